@@ -1,0 +1,191 @@
+"""Every private torch / Inductor API graphmfu touches, each with a fallback.
+
+This is the one module that changes when torch changes.  Checked on torch 2.13
+(CPU) and 2.11 (CUDA).  Each function says what happens when the private API is
+missing: graphmfu degrades (plain Inductor, no symbolic hints) rather than
+breaking the user's model.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Mapping
+
+import torch
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patches: dict | None = None):
+    """Compile ``gm`` with Inductor; call ``on_graph(post_grad_gm, example_inputs, kw)`` once per
+    forward / backward / inference graph, after Inductor's post-grad passes ran on it in place.
+
+    ``on_graph`` must not raise (the caller guards it).  Raises ``HookUnavailable`` when this torch
+    has no ``inner_compile`` hook, so the caller can fall back to plain Inductor."""
+    try:
+        from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    except ImportError as e:  # pragma: no cover - torch without Inductor
+        raise HookUnavailable(str(e)) from e
+
+    def inner(gm_, example_inputs_, **kw):
+        with caches_off():
+            compiled = compile_fx_inner(gm_, example_inputs_, **kw)
+        on_graph(gm_, example_inputs_, kw)
+        return compiled
+
+    try:
+        with caches_off():
+            return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=config_patches or None)
+    except TypeError as e:
+        if "inner_compile" in str(e) or "config_patches" in str(e):
+            raise HookUnavailable(str(e)) from e
+        raise
+
+
+def compile_plain(gm, example_inputs, config_patches: dict | None = None):
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=config_patches or None)
+
+
+class HookUnavailable(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def caches_off():
+    """AOTAutogradCache and FxGraphCache hits skip the hook (no graph, empty report): turn them off
+    for the graphs graphmfu compiles.  Missing config keys are skipped."""
+    stack = contextlib.ExitStack()
+    with stack:
+        for mod_name, key in (("torch.compiler.config", "force_disable_caches"),
+                              ("torch._inductor.config", "force_disable_caches"),
+                              ("torch._inductor.config", "fx_graph_cache"),
+                              ("torch._functorch.config", "enable_autograd_cache")):
+            mod = _module(mod_name)
+            if mod is None or not hasattr(mod, key):
+                continue
+            value = key == "force_disable_caches"
+            with contextlib.suppress(Exception):
+                stack.enter_context(mod.patch(**{key: value}))
+        yield
+
+
+def _module(name):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def mode_config(mode: str | None) -> dict:
+    """``torch.compile``'s ``mode`` as Inductor config patches."""
+    if not mode or mode == "default":
+        return {}
+    try:
+        return dict(torch._inductor.list_mode_options(mode))
+    except Exception as e:
+        from graphmfu.errors import GraphMFUError
+
+        raise GraphMFUError(f"unknown mode {mode!r}; use one of default, reduce-overhead, max-autotune, "
+                            f"max-autotune-no-cudagraphs") from e
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def shape_hints(example_inputs) -> dict:
+    """sympy Symbol -> int for the symbols of a dynamic-shape graph (empty if static or unknown)."""
+    try:
+        from torch._guards import detect_fake_mode
+
+        mode = detect_fake_mode(example_inputs)
+    except Exception:
+        mode = None
+    env = getattr(mode, "shape_env", None)
+    hints: dict = {}
+    if env is not None:
+        # 2.13 renamed var_to_val (now deprecated) to backed_var_to_val; 2.11 has only the old name
+        table = getattr(env, "backed_var_to_val", None)
+        if not isinstance(table, Mapping):
+            table = getattr(env, "var_to_val", None)
+        if isinstance(table, Mapping):
+            hints.update({k: int(v) for k, v in table.items() if _intlike(v)})
+    # SymInt inputs carry their own hints
+    for x in example_inputs:
+        if isinstance(x, torch.SymInt):
+            with contextlib.suppress(Exception):
+                hints.setdefault(x.node.expr, int(x.node.hint))
+    return hints
+
+
+def _intlike(v) -> bool:
+    try:
+        int(v)
+        return True
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- fake tensors
+
+
+def fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=False)
+
+
+def to_fake(mode, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A FakeTensor of ``t``'s shape, dtype and strides on ``device``; nothing allocated."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    meta = t.detach().to("meta") if t.device.type != "meta" else t.detach()
+    try:
+        return FakeTensor(mode, meta, device)
+    except TypeError:  # pragma: no cover - constructor signature changed: go through the mode
+        with mode:
+            return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+
+
+def analysis_backend(on_graph: Callable[[Any, Any, str], None]):
+    """A Dynamo backend that runs AOTAutograd with Inductor's decompositions and hands each
+    forward/backward/inference graph to ``on_graph(gm, example_inputs, phase)``; the graph then
+    runs as is (on fake tensors: shape propagation only)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    try:
+        from torch._inductor.decomposition import select_decomp_table
+
+        decomps = select_decomp_table()
+    except Exception:  # pragma: no cover
+        decomps = None
+
+    def make(phase):
+        def compiler(gm, example_inputs):
+            on_graph(gm, example_inputs, phase)
+            return gm.forward if hasattr(gm, "forward") else gm
+        return compiler
+
+    return aot_autograd(fw_compiler=make("forward"), bw_compiler=make("backward"),
+                        inference_compiler=make("inference"), decompositions=decomps)
+
+
+@contextlib.contextmanager
+def fresh_dynamo():
+    """Analysis compiles a throwaway copy of the model: lift recompile limits so repeated
+    analyses never fall back to eager, without resetting the user's compiled code."""
+    cfg = torch._dynamo.config
+    patches = {k: 1 << 30 for k in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                                    "accumulated_cache_size_limit") if hasattr(cfg, k)}
+    with cfg.patch(**patches), caches_off():
+        yield
+
+
+def matmul_allows_tf32() -> bool:
+    try:
+        return torch.get_float32_matmul_precision() != "highest" or bool(torch.backends.cuda.matmul.allow_tf32)
+    except Exception:  # pragma: no cover
+        return False

@@ -1,0 +1,439 @@
+"""Costs and the rule registry.
+
+Conventions (stated once, here; docs/conventions.md repeats them for users):
+
+* 1 fused multiply-add = 2 FLOPs.  An ``m x k @ k x n`` product is ``2*m*n*k``.
+* **Matrix FLOPs** (``flops``) are the work of matrix units: mm/bmm/addmm/
+  baddbmm/_scaled_mm, convolutions, and the two products of attention
+  (``Q @ K^T`` and ``P @ V``).  They are the MFU numerator and what
+  ``torch.utils.flop_counter.FlopCounterMode`` and 6ND count.
+* **Vector FLOPs** (``vector_flops``) are everything else that computes:
+  pointwise ops, reductions, softmax, norms, the bias add of ``addmm``.
+  Per-element counts live in ``rules/pointwise.py``; a transcendental
+  (exp, log, tanh, erf, sin, rsqrt, sqrt, ...) counts 1 FLOP per element (one
+  special-function instruction); composite activations count their parts
+  (sigmoid = exp + add + div = 3, silu = sigmoid + mul = 4, gelu(erf) = 5 ...).
+* Matrix and vector FLOPs are kept **by dtype** of the operands
+  (``bf16``, ``fp16``, ``fp32``, ``fp64``, ``fp8``, ``int8``, ``int``, ``bool``),
+  so the roofline divides each by the peak of the unit that does it.
+* **Attention** reports ``flops_dense`` (every score of ``Tq x Tk`` computed) and
+  ``flops`` (effective: a causal mask counts only the lower triangle, a sliding
+  window only its band).  For every other op the two are equal.
+  A flash-attention backward's recomputation of ``Q @ K^T`` is hardware work
+  (HFU), not model work, and is not counted: backward = 2x forward, as in
+  FlopCounterMode.
+* **Bytes** are unique DRAM traffic, a lower bound: every tensor input read once
+  plus every output written once.  Views (view, reshape, t, permute, expand,
+  as_strided, slice, ...) move 0 bytes.  Fusion (kernel-level bytes) is a later
+  stage of the pipeline, not a rule's business.
+* Sizes may be Python ints or sympy expressions (dynamic shapes); a rule is
+  plain arithmetic and works for both.
+
+A rule is a small pure function registered on ATen ops with ``@rule(...)``.
+It receives the op's arguments with tensors replaced by :class:`TensorSpec`
+(shape + dtype), the outputs as ``out=`` and returns a :class:`Cost`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from graphmfu.errors import GraphMFUError
+
+# --------------------------------------------------------------------------- dtypes
+
+_DTYPE_NAMES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+    torch.complex64: "fp32",
+    torch.complex128: "fp64",
+    torch.int8: "int8",
+    torch.uint8: "int8",
+    torch.bool: "bool",
+}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"):
+    if hasattr(torch, _name):
+        _DTYPE_NAMES[getattr(torch, _name)] = "fp8"
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """Short name of a dtype as used in costs and the hardware table."""
+    if dtype is None:
+        return "fp32"
+    name = _DTYPE_NAMES.get(dtype)
+    if name is not None:
+        return name
+    return "int" if not dtype.is_floating_point else "fp32"
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype, device="meta").element_size()
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor; sizes are ints or sympy expressions."""
+
+    shape: tuple
+    dtype: torch.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self):
+        return prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return _itemsize_cached(self.dtype)
+
+    @property
+    def nbytes(self):
+        return self.numel * self.itemsize
+
+    def __repr__(self) -> str:
+        return f"{dtype_name(self.dtype)}{list(self.shape)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize_cached(dtype: torch.dtype) -> int:
+    return itemsize(dtype)
+
+
+def prod(xs: Iterable) -> Any:
+    out = 1
+    for x in xs:
+        out = out * x
+    return out
+
+
+def tensors(obj) -> list[TensorSpec]:
+    """Every TensorSpec inside obj (nested lists/tuples/dicts), in order."""
+    if isinstance(obj, TensorSpec):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in tensors(o)]
+    return []
+
+
+def nbytes(obj) -> Any:
+    """Bytes of every tensor inside obj."""
+    return sum((t.nbytes for t in tensors(obj)), 0)
+
+
+# --------------------------------------------------------------------------- Cost
+
+
+def _merge(a: tuple, b: tuple) -> tuple:
+    if not a:
+        return b
+    if not b:
+        return a
+    d = dict(a)
+    for k, v in b:
+        d[k] = d.get(k, 0) + v
+    return tuple(sorted(d.items()))
+
+
+def _norm(m: Mapping | None) -> tuple:
+    if not m:
+        return ()
+    return tuple(sorted((k, v) for k, v in m.items() if not _is_zero(v)))
+
+
+def _is_zero(v) -> bool:
+    try:
+        return bool(v == 0)
+    except TypeError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What one op (or a sum of ops) needs: FLOPs by unit and dtype, and bytes.
+
+    ``matrix``/``matrix_dense``/``vector`` are sorted ``(dtype, flops)`` tuples.
+    Build with :meth:`Cost.of`; add with ``+``.
+    """
+
+    matrix: tuple = ()
+    matrix_dense: tuple = ()
+    vector: tuple = ()
+    bytes_read: Any = 0
+    bytes_written: Any = 0
+
+    @classmethod
+    def of(
+        cls,
+        matrix: Mapping | None = None,
+        *,
+        dense: Mapping | None = None,
+        vector: Mapping | None = None,
+        read: Any = 0,
+        written: Any = 0,
+    ) -> "Cost":
+        """``dense`` defaults to ``matrix`` (only attention makes them differ)."""
+        m = _norm(matrix)
+        return cls(m, _norm(dense) if dense is not None else m, _norm(vector), read, written)
+
+    # totals -------------------------------------------------------------
+    @property
+    def flops(self):
+        return sum((v for _, v in self.matrix), 0)
+
+    @property
+    def flops_dense(self):
+        return sum((v for _, v in self.matrix_dense), 0)
+
+    @property
+    def vector_flops(self):
+        return sum((v for _, v in self.vector), 0)
+
+    @property
+    def bytes(self):
+        return self.bytes_read + self.bytes_written
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(
+            _merge(self.matrix, other.matrix),
+            _merge(self.matrix_dense, other.matrix_dense),
+            _merge(self.vector, other.vector),
+            self.bytes_read + other.bytes_read,
+            self.bytes_written + other.bytes_written,
+        )
+
+    def __radd__(self, other):
+        if other == 0:
+            return self
+        return NotImplemented
+
+    # symbolic -----------------------------------------------------------
+    def _values(self):
+        for part in (self.matrix, self.matrix_dense, self.vector):
+            for _, v in part:
+                yield v
+        yield self.bytes_read
+        yield self.bytes_written
+
+    @property
+    def is_symbolic(self) -> bool:
+        return any(not isinstance(v, (int, float)) for v in self._values())
+
+    def map(self, fn: Callable[[Any], Any]) -> "Cost":
+        def mp(part):
+            return tuple((k, fn(v)) for k, v in part)
+
+        return Cost(mp(self.matrix), mp(self.matrix_dense), mp(self.vector),
+                    fn(self.bytes_read), fn(self.bytes_written))
+
+    def evaluate(self, hints: Mapping) -> "Cost":
+        """Replace symbols by ints (``hints``: sympy Symbol -> int)."""
+        return self.map(lambda v: evaluate(v, hints))
+
+    def as_strings(self) -> dict:
+        return {
+            "flops": str(self.flops),
+            "flops_dense": str(self.flops_dense),
+            "vector_flops": str(self.vector_flops),
+            "bytes_read": str(self.bytes_read),
+            "bytes_written": str(self.bytes_written),
+        }
+
+
+ZERO = Cost()
+
+
+def evaluate(v, hints: Mapping):
+    if isinstance(v, (int, float)):
+        return v
+    if hasattr(v, "xreplace"):
+        r = v.xreplace(hints)
+        try:
+            return int(r) if r.is_integer else float(r)
+        except TypeError as e:  # free symbols left
+            raise GraphMFUError(f"no value for symbols {sorted(map(str, r.free_symbols))} in {v}") from e
+    return int(v)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    fn: Callable[..., Cost]
+    origin: str  # "module:function"
+
+    def __call__(self, *args, **kwargs) -> Cost:
+        return self.fn(*args, **kwargs)
+
+
+class RuleRegistry:
+    """ATen op (overload or packet) -> Rule.  Duplicate registration is an error."""
+
+    def __init__(self):
+        self._rules: dict[Any, Rule] = {}
+
+    def register(self, op, fn: Callable[..., Cost], *, override: bool = False) -> None:
+        _check_op(op)
+        key = op
+        if key in self._rules and not override:
+            old = self._rules[key]
+            raise GraphMFUError(
+                f"a rule for {op_name(op)} is already registered ({old.origin}); "
+                f"pass override=True to replace it"
+            )
+        self._rules[key] = Rule(fn, f"{fn.__module__}:{getattr(fn, '__qualname__', fn)}")
+
+    def lookup(self, target) -> Rule | None:
+        r = self._rules.get(target)
+        if r is None:
+            packet = getattr(target, "overloadpacket", None)
+            if packet is not None:
+                r = self._rules.get(packet)
+        return r
+
+    def __contains__(self, op) -> bool:
+        return self.lookup(op) is not None
+
+    def ops(self) -> list:
+        return list(self._rules)
+
+
+def _check_op(op) -> None:
+    ok = isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator))
+    if not ok:
+        raise GraphMFUError(
+            f"rule() takes ATen ops such as torch.ops.aten.mm or torch.ops.mylib.op, got {op!r}"
+        )
+
+
+def op_name(op) -> str:
+    """The ATen overload name as torch prints it: ``aten.mm.default``."""
+    if isinstance(op, torch._ops.OpOverload):
+        return str(op)
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return str(op) if "." in str(op) else f"{op}"
+    if isinstance(op, torch._ops.HigherOrderOperator):
+        return f"higher_order.{op.name()}"
+    return getattr(op, "__name__", str(op))
+
+
+REGISTRY = RuleRegistry()
+
+
+def rule(*ops, override: bool = False):
+    """Register the decorated function as the cost rule of ``ops``.
+
+    >>> @graphmfu.rule(torch.ops.mylib.fused_gemm)
+    ... def fused_gemm(a, b, *, out):
+    ...     m, k = a.shape; n = b.shape[1]
+    ...     return Cost.of({dtype_name(a.dtype): 2 * m * n * k}, read=a.nbytes + b.nbytes, written=out.nbytes)
+    """
+    if not ops:
+        raise GraphMFUError("rule() needs at least one op, e.g. @graphmfu.rule(torch.ops.mylib.op)")
+
+    def deco(fn):
+        for op in ops:
+            REGISTRY.register(op, fn, override=override)
+        return fn
+
+    return deco
+
+
+def table_rule(rows: Mapping[Any, Any], make: Callable[[Any], Callable[..., Cost]]) -> None:
+    """Register one rule per table row: ``make(value)`` builds the function."""
+    for op, value in rows.items():
+        fn = make(value)
+        fn.__qualname__ = f"{make.__name__}[{op_name(op)}]"
+        REGISTRY.register(op, fn)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def builtin_rules_dir() -> Path:
+    """``rules/`` of the source tree, or ``graphmfu/rules`` inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "rules", here.parent / "rules"):
+        if (cand / "matmul.py").is_file():
+            return cand
+    raise GraphMFUError(f"graphmfu's rules/ folder is missing (looked beside {here}); reinstall graphmfu")
+
+
+_loaded: set[str] = set()
+
+
+def _load_file(path: Path, modname: str) -> None:
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except GraphMFUError:
+        sys.modules.pop(modname, None)
+        raise
+    except Exception as e:
+        sys.modules.pop(modname, None)
+        raise GraphMFUError(
+            f"could not import rules file {path}: {type(e).__name__}: {e} (fix the file, or remove it from "
+            f"GRAPHMFU_RULES / load_rules())"
+        ) from None
+
+
+def ensure_builtin_rules() -> None:
+    if "builtin" in _loaded:
+        return
+    _loaded.add("builtin")
+    d = builtin_rules_dir()
+    for f in sorted(d.glob("*.py")):
+        if f.name.startswith("_"):
+            continue
+        _load_file(f, f"graphmfu.rules.{f.stem}")
+    for p in os.environ.get("GRAPHMFU_RULES", "").split(os.pathsep):
+        if p:
+            load_rules(p)
+
+
+def load_rules(path: str | os.PathLike) -> None:
+    """Import a user rules file (a .py using ``@graphmfu.rule``). Idempotent per path."""
+    ensure_builtin_rules()
+    p = Path(path).expanduser().resolve()
+    if str(p) in _loaded:
+        return
+    if not p.is_file():
+        raise GraphMFUError(f"rules file {path} does not exist (check the path given to load_rules / GRAPHMFU_RULES)")
+    _loaded.add(str(p))
+    _load_file(p, f"graphmfu_user_rules_{abs(hash(str(p)))}")
+
+
+def ceil_div(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return -(-a // b)
+    import sympy
+
+    return sympy.ceiling(sympy.sympify(a) / b)
+
+
+__all__ = [
+    "Cost", "TensorSpec", "ZERO", "REGISTRY", "rule", "table_rule", "load_rules", "dtype_name",
+    "tensors", "nbytes", "prod", "op_name", "ceil_div", "math",
+]

@@ -1,0 +1,202 @@
+"""Hardware ceilings: a data table of exact device names -> dense peaks and DRAM bandwidth
+(``devices.csv``, each row with its datasheet source), overrides by API and environment, and
+measured ceilings for the CPU (``cpu.py``).
+
+Units: ``*_tflops`` are dense TFLOP/s (int8: TOPS) of the unit that runs that dtype: tensor
+cores for bf16/fp16/tf32/fp8/int8, the vector (CUDA-core) pipes for fp32/fp64.  ``dram_gbps``
+is GB/s (1e9 bytes/s).
+
+Environment overrides (also used for a GPU the table lacks):
+  GRAPHMFU_PEAK_TFLOPS  one number for every dtype (``989``) or per dtype (``bf16=989,fp32=67``)
+  GRAPHMFU_DRAM_GBPS    DRAM bandwidth in GB/s (``3350``)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+from graphmfu.errors import GraphMFUError
+
+DTYPES = ("bf16", "fp16", "tf32", "fp8", "int8", "fp32", "fp64")
+_COLUMNS = {"bf16": "bf16_tflops", "fp16": "fp16_tflops", "tf32": "tf32_tflops", "fp8": "fp8_tflops",
+            "int8": "int8_tops", "fp32": "fp32_tflops", "fp64": "fp64_tflops"}
+_TABLE = Path(__file__).with_name("devices.csv")
+_FIX = ("set GRAPHMFU_PEAK_TFLOPS (e.g. 989 or bf16=989,fp32=67) and GRAPHMFU_DRAM_GBPS (e.g. 3350), "
+        "or pass device=graphmfu.DeviceSpec(name, peaks_tflops={...}, dram_gbps=...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+    """Dense peak TFLOP/s per dtype and DRAM GB/s of one device."""
+
+    name: str
+    peaks_tflops: Mapping[str, float]
+    dram_gbps: float
+    source: str = "user"
+    measured: bool = False
+    tf32: bool = False  # fp32 matmuls run on tensor cores as tf32
+
+    def matrix_tflops(self, dtype: str) -> float:
+        """Peak of the unit a matrix product of ``dtype`` operands runs on."""
+        p = self.peaks_tflops
+        chain = {"fp32": ("tf32", "fp32") if self.tf32 else ("fp32",), "fp8": ("fp8", "fp16", "bf16"),
+                 "int8": ("int8", "fp16"), "int": ("int8", "fp32"), "bool": ("fp32",)}.get(dtype, (dtype,))
+        for d in chain + ("fp32",):
+            if p.get(d):
+                return float(p[d])
+        return _first_peak(p)
+
+    def vector_tflops(self, dtype: str) -> float:
+        """Peak of the vector pipes: fp64 ops on fp64, everything else at the fp32 rate."""
+        p = self.peaks_tflops
+        d = "fp64" if dtype == "fp64" else "fp32"
+        return float(p.get(d) or _first_peak(p))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "peaks": {k: v for k, v in self.peaks_tflops.items() if v},
+                "dram_gbps": self.dram_gbps, "source": self.source, "measured": self.measured,
+                "tf32": self.tf32}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "DeviceSpec":
+        return cls(d["name"], dict(d["peaks"]), float(d["dram_gbps"]), d.get("source", ""),
+                   bool(d.get("measured", False)), bool(d.get("tf32", False)))
+
+
+def _first_peak(p: Mapping) -> float:
+    vals = [v for v in p.values() if v]
+    if not vals:
+        raise GraphMFUError(f"device has no peak figures; {_FIX}")
+    return float(max(vals))
+
+
+@lru_cache(maxsize=1)
+def table() -> dict[str, DeviceSpec]:
+    """Exact device name (and each alias) -> DeviceSpec."""
+    out: dict[str, DeviceSpec] = {}
+    with open(_TABLE, newline="") as f:
+        for row in csv.DictReader(f):
+            peaks = {d: float(row[c]) for d, c in _COLUMNS.items() if row[c].strip()}
+            spec = DeviceSpec(row["name"], peaks, float(row["dram_gbps"]), row["source"])
+            out[row["name"]] = spec
+            for a in filter(None, (x.strip() for x in row.get("aliases", "").split(";"))):
+                out[a.lower()] = spec
+    return out
+
+
+def known_devices() -> list[str]:
+    return sorted({s.name for s in table().values()})
+
+
+def lookup(name: str) -> DeviceSpec | None:
+    t = table()
+    return t.get(name) or t.get(name.lower())
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_peak_override(value: str, source: str = "GRAPHMFU_PEAK_TFLOPS") -> dict[str, float]:
+    """``"989"`` -> every dtype 989; ``"bf16=989,fp32=67"`` -> those dtypes."""
+    value = value.strip()
+    try:
+        if "=" not in value:
+            v = float(value)
+            if v <= 0:
+                raise ValueError
+            return {d: v for d in DTYPES}
+        out = {}
+        for part in value.split(","):
+            k, v = part.split("=")
+            k = k.strip().lower()
+            if k not in DTYPES or float(v) <= 0:
+                raise ValueError
+            out[k] = float(v)
+        return out
+    except ValueError:
+        raise GraphMFUError(f"{source}={value!r} is not a positive number or a dtype=number list "
+                            f"(e.g. 989 or bf16=989,fp32=67; dtypes: {', '.join(DTYPES)})") from None
+
+
+def parse_bandwidth_override(value: str, source: str = "GRAPHMFU_DRAM_GBPS") -> float:
+    try:
+        v = float(value)
+        if v <= 0:
+            raise ValueError
+        return v
+    except ValueError:
+        raise GraphMFUError(f"{source}={value!r} is not a positive number of GB/s (e.g. 3350)") from None
+
+
+def _apply_overrides(spec: DeviceSpec | None, name: str, peak, bw) -> DeviceSpec:
+    env_peak, env_bw = os.environ.get("GRAPHMFU_PEAK_TFLOPS"), os.environ.get("GRAPHMFU_DRAM_GBPS")
+    peaks = None
+    if isinstance(peak, Mapping):
+        peaks = parse_peak_override(",".join(f"{k}={v}" for k, v in peak.items()), "peak_tflops")
+    elif peak is not None:
+        peaks = parse_peak_override(str(peak), "peak_tflops")
+    elif env_peak:
+        peaks = parse_peak_override(env_peak)
+    bwv = parse_bandwidth_override(str(bw), "dram_gbps") if bw is not None else (
+        parse_bandwidth_override(env_bw) if env_bw else None)
+    if spec is None:
+        if peaks is None or bwv is None:
+            missing = " and ".join(x for x, v in (("GRAPHMFU_PEAK_TFLOPS", peaks), ("GRAPHMFU_DRAM_GBPS", bwv))
+                                   if v is None)
+            raise GraphMFUError(f"unknown device {name!r} (graphmfu's table has no row for it); set {missing} "
+                                f"(e.g. GRAPHMFU_PEAK_TFLOPS=989 GRAPHMFU_DRAM_GBPS=3350), or pass "
+                                f"device=graphmfu.DeviceSpec(...); known: {', '.join(known_devices())}")
+        return DeviceSpec(name, peaks, bwv, "override (GRAPHMFU_PEAK_TFLOPS/GRAPHMFU_DRAM_GBPS or API)")
+    if peaks is None and bwv is None:
+        return spec
+    merged = dict(spec.peaks_tflops)
+    merged.update(peaks or {})
+    return dataclasses.replace(spec, peaks_tflops=merged, dram_gbps=bwv or spec.dram_gbps,
+                               source=spec.source + " + override")
+
+
+def get_device(device=None, *, peak_tflops=None, dram_gbps=None) -> DeviceSpec:
+    """The ceilings for ``device``: a DeviceSpec, an exact device name or alias, ``"cuda"``/
+    ``"cuda:N"`` (the GPU's reported name), ``"cpu"`` (measured), or None (the current GPU if
+    there is one, else the CPU)."""
+    import torch
+
+    if isinstance(device, DeviceSpec):
+        spec = device
+        return _apply_overrides(spec, spec.name, peak_tflops, dram_gbps)
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise GraphMFUError(f"device={device!r}: pass a device name (e.g. 'NVIDIA H100 80GB HBM3', 'h100-sxm'), "
+                            f"'cuda', 'cpu' or a graphmfu.DeviceSpec")
+    tf32 = _tf32()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device.startswith("cpu:"):
+        if peak_tflops is None and dram_gbps is None and not os.environ.get("GRAPHMFU_PEAK_TFLOPS") \
+                and not os.environ.get("GRAPHMFU_DRAM_GBPS"):
+            from graphmfu.hardware.cpu import measured_cpu
+
+            return measured_cpu()
+        from graphmfu.hardware.cpu import measured_cpu
+
+        return _apply_overrides(measured_cpu(), "cpu", peak_tflops, dram_gbps)
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise GraphMFUError(f"device={device!r} but CUDA is not available; pass a GPU name "
+                                f"(e.g. 'h100-sxm') to analyse for a GPU you do not have")
+        idx = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        device = torch.cuda.get_device_name(idx)
+    spec = lookup(device)
+    spec = _apply_overrides(spec, device, peak_tflops, dram_gbps)
+    return dataclasses.replace(spec, tf32=tf32) if tf32 != spec.tf32 else spec
+
+
+def _tf32() -> bool:
+    from graphmfu._inductor import matmul_allows_tf32
+
+    return matmul_allows_tf32()

@@ -1,0 +1,161 @@
+"""Data movement: views, copies, casts, concatenation, padding, indexing,
+gather/scatter, embedding, tensor creation.  No FLOPs except where an op adds
+(scatter_add, index_add, index_put with accumulate, embedding backward: one
+add per element added).
+
+Views (view, reshape, t, permute, expand, as_strided, slice, select, squeeze,
+unsqueeze, ...) move 0 bytes: they are metadata.  A copy reads its input and
+writes its output.  An index/gather reads the elements it picks (output-sized)
+plus the index; a scatter/index_put reads and writes the updated elements
+(source-sized) plus the index — the untouched rest of the destination is not
+traffic.  Creation (full, zeros, arange ...) writes its output; ``empty``
+writes nothing."""
+import torch
+
+from graphmfu.cost import ZERO, Cost, dtype_name, rule, table_rule, tensors
+
+aten, prims = torch.ops.aten, torch.ops.prims
+
+
+def _nb(x):
+    return sum((t.nbytes for t in tensors(x)), 0)
+
+
+VIEWS = [
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "expand_as", "as_strided",
+    "squeeze", "unsqueeze", "slice", "select", "alias", "detach", "unbind", "split", "split_with_sizes",
+    "chunk", "narrow", "diagonal", "unfold", "view_as_real", "view_as_complex", "view_as", "lift_fresh",
+    "_reshape_alias", "movedim", "flatten", "unflatten", "real", "imag", "numpy_T", "mT", "swapaxes",
+    "tensor_split", "_conj", "conj", "_neg_view", "resolve_conj", "resolve_neg", "sym_size", "sym_stride",
+    "sym_numel", "sym_storage_offset", "_local_scalar_dense", "empty", "empty_strided", "empty_like",
+    "new_empty", "new_empty_strided", "_assert_async", "_assert_scalar", "sym_constrain_range",
+    "sym_constrain_range_for_size", "_functional_sym_constrain_range", "_functional_assert_async",
+    "lift_fresh_copy_", "set_", "resize_", "record_stream", "_make_dep_token", "is_same_size",
+]
+PRIM_VIEWS = ["view_of", "broadcast_in_dim", "squeeze", "collapse_view", "split_dim", "transpose",
+              "as_strided", "slice", "slice_in_dim", "view_of_dtype", "_make_token", "_sink_tokens"]
+
+
+def zero(_):
+    def rule_fn(*args, out, **kwargs):
+        return ZERO
+    return rule_fn
+
+
+table_rule({getattr(aten, n): None for n in VIEWS if hasattr(aten, n)}, zero)
+table_rule({getattr(prims, n): None for n in PRIM_VIEWS if hasattr(prims, n)}, zero)
+
+
+def copy(_):
+    """Reads its tensor inputs (the source) and writes its outputs."""
+    def rule_fn(*args, out, **kwargs):
+        return Cost.of(read=_nb((args, kwargs)), written=_nb(out))
+    return rule_fn
+
+
+COPIES = [
+    "clone", "_to_copy", "contiguous", "cat", "stack", "hstack", "vstack", "constant_pad_nd", "pad",
+    "reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
+    "replication_pad3d", "flip", "roll", "repeat", "repeat_interleave", "tile", "tril", "triu",
+    "lift_fresh_copy", "alias_copy", "view_copy", "permute_copy", "expand_copy", "transpose_copy",
+    "slice_copy", "select_copy", "squeeze_copy", "unsqueeze_copy", "t_copy", "as_strided_copy",
+    "split_copy", "split_with_sizes_copy", "unbind_copy", "detach_copy", "diagonal_copy",
+    "_reshape_copy", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "im2col", "col2im",
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact2d",
+    "reflection_pad2d_backward", "replication_pad2d_backward", "masked_select", "nonzero", "clone_",
+]
+PRIM_COPIES = ["convert_element_type", "copy_to", "device_put", "clone", "cat", "copy_strided", "iota_like"]
+table_rule({getattr(aten, n): None for n in COPIES if hasattr(aten, n)}, copy)
+table_rule({getattr(prims, n): None for n in PRIM_COPIES if hasattr(prims, n)}, copy)
+
+
+@rule(aten.copy, aten.copy_)
+def copy_into(dst, src, non_blocking=False, *, out):
+    # the destination's old contents are not read
+    return Cost.of(read=src.nbytes, written=_nb(out))
+
+
+def create(_):
+    """Writes its output; reads nothing (or only a tensor used for its shape/value)."""
+    def rule_fn(*args, out, **kwargs):
+        return Cost.of(written=_nb(out))
+    return rule_fn
+
+
+CREATION = [
+    "full", "zeros", "ones", "full_like", "zeros_like", "ones_like", "new_full", "new_zeros", "new_ones",
+    "arange", "linspace", "logspace", "scalar_tensor", "eye", "fill", "fill_", "zero", "zero_",
+    "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "bernoulli", "normal",
+    "uniform", "randperm", "multinomial", "_fused_moving_avg_obs_fq_helper", "exponential",
+]
+PRIM_CREATION = ["iota", "full", "scalar_tensor", "empty_strided", "inductor_random", "inductor_randint",
+                 "inductor_seeds", "inductor_lookup_seed", "philox_rand"]
+table_rule({getattr(aten, n): None for n in CREATION if hasattr(aten, n)}, create)
+table_rule({getattr(prims, n): None for n in PRIM_CREATION if hasattr(prims, n)}, create)
+
+
+# ----------------------------------------------------------------- indexing
+
+def _gather(args, out):
+    idx = [t for t in tensors(args)[1:] if not t.dtype.is_floating_point]
+    return Cost.of(read=_nb(out) + _nb(idx), written=_nb(out))
+
+
+@rule(aten.index, aten.index_select, aten.gather, aten.take, aten.take_along_dim, aten._unsafe_index,
+      aten._unsafe_masked_index)
+def index(*args, out, **kwargs):
+    return _gather((args, kwargs), out)
+
+
+@rule(aten.embedding)
+def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False, *, out):
+    return Cost.of(read=out.nbytes + indices.nbytes, written=out.nbytes)
+
+
+@rule(aten.embedding_dense_backward)
+def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq, *, out):
+    # zero the table, then one add per gradient element into it
+    return Cost.of(vector={dtype_name(grad_output.dtype): grad_output.numel},
+                   read=grad_output.nbytes + indices.nbytes, written=out.nbytes)
+
+
+def _scatter(dst, src, idx, accumulate, out):
+    n = src.numel if src is not None else 0
+    moved = (src.nbytes if src is not None else 0)
+    vec = {dtype_name(dst.dtype): n} if accumulate else None
+    # the updated elements are read (if accumulating) and written; src and index are read
+    return Cost.of(vector=vec, read=moved + _nb(idx) + (moved if accumulate else 0), written=moved)
+
+
+@rule(aten.index_put, aten.index_put_, aten._unsafe_index_put, aten._index_put_impl, aten._index_put_impl_)
+def index_put(dst, indices, values, accumulate=False, *rest, out):
+    return _scatter(dst, values, indices, accumulate, out)
+
+
+@rule(aten._unsafe_masked_index_put_accumulate)
+def masked_index_put_accumulate(dst, mask, indices, values, *, out):
+    return _scatter(dst, values, (mask, indices), True, out)
+
+
+@rule(aten.scatter, aten.scatter_)
+def scatter(dst, dim, index, src=None, *rest, out, **kwargs):
+    src = src if hasattr(src, "nbytes") else index  # .value overloads scatter a scalar: index-sized
+    reduce = kwargs.get("reduce") or (rest[0] if rest else None)
+    return _scatter(dst, src, index, reduce is not None, out)
+
+
+@rule(aten.scatter_add, aten.scatter_add_, aten.index_add, aten.index_add_)
+def scatter_add(dst, dim, index, src, *rest, out, **kwargs):
+    return _scatter(dst, src, index, True, out)
+
+
+@rule(aten.scatter_reduce, aten.scatter_reduce_)
+def scatter_reduce(dst, dim, index, src, reduce, include_self=True, *, out):
+    return _scatter(dst, src, index, True, out)
+
+
+@rule(aten.index_copy, aten.index_copy_, aten.index_fill, aten.index_fill_, aten.masked_scatter,
+      aten.slice_scatter, aten.select_scatter, aten.diagonal_scatter, aten.as_strided_scatter)
+def scatter_like(dst, *args, out, **kwargs):
+    # functional scatters copy the destination and write the source into it
+    return Cost.of(read=_nb((dst, args, kwargs)), written=_nb(out))
