@@ -177,12 +177,16 @@ def main(argv=None) -> int:
     print(rep.table(by="op", top=a.top))
     print("\n" + rep.coverage_line())
     if a.check:
+        torch._dynamo.reset()
         ref_model = torch.compile(model)
         with torch.no_grad():
-            ref = ref_model(tokens)
-            got = compiled(tokens)
-        diff = (ref.float() - got.float()).abs().max().item()
-        print(f"check: max |graphmfu backend - plain torch.compile| = {diff:.3g} over {ref.numel()} logits")
+            ref = ref_model(tokens).float()
+            got = compiled(tokens).float()
+            eager = model(tokens).float()
+        ndiff = int((ref != got).sum())
+        print(f"check: graphmfu backend vs plain torch.compile: {ndiff} of {ref.numel()} logits differ, max |diff| "
+              f"{(ref - got).abs().max().item():.3g} (max |logit| {ref.abs().max().item():.3g}); for scale, eager vs "
+              f"plain torch.compile max |diff| {(ref - eager).abs().max().item():.3g}")
     if a.json:
         rep.save(a.json)
         print(f"report written to {a.json}")

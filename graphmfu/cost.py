@@ -350,6 +350,8 @@ def rule(*ops, override: bool = False):
     """
     if not ops:
         raise GraphMFUError("rule() needs at least one op, e.g. @graphmfu.rule(torch.ops.mylib.op)")
+    for op in ops:
+        _check_op(op)
 
     def deco(fn):
         for op in ops:

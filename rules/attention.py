@@ -30,9 +30,11 @@ def _is_int(*xs):
     return all(isinstance(x, int) for x in xs)
 
 
-def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None):
+def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None, window_align=None):
     """(query, key) pairs a mask keeps.  causal: None, "top_left", "bottom_right".
-    window_left/right: keys at most that far before/after the (aligned) diagonal."""
+    window_left/right: keys at most that far before/after the (aligned) diagonal.
+    window_align: where a window's diagonal sits, "top_left" or "bottom_right"
+    (flash-attention aligns every window bottom-right); default: as ``causal``."""
     if causal is None and window_left is None and window_right is None:
         return tq * tk
     if causal is not None and window_left is None:
@@ -46,7 +48,7 @@ def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None):
         return tq * (tk - tq) + tq * (tq + 1) / 2
     if not _is_int(tq, tk):
         return tq * tk  # a symbolic banded count is not worth a closed form: dense
-    offset = (tk - tq) if causal == "bottom_right" else 0
+    offset = (tk - tq) if (window_align or causal) == "bottom_right" else 0
     right = 0 if causal is not None else (window_right if window_right is not None and window_right >= 0 else tk)
     left = window_left if window_left is not None and window_left >= 0 else tk
     total = 0
@@ -58,11 +60,11 @@ def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None):
 
 
 def _attention(q_bhtd, k_bhtd, v_bhtd, causal, window_left=None, window_right=None, *, backward,
-               dtype, read, written):
+               dtype, read, written, window_align=None):
     b, hq, tq, d = q_bhtd
     tk, dv = k_bhtd[2], v_bhtd[3]
     dense_pairs = tq * tk
-    pairs = attention_pairs(tq, tk, causal, window_left, window_right)
+    pairs = attention_pairs(tq, tk, causal, window_left, window_right, window_align)
     per_pair = 2 * d + 2 * dv
     mult = 2 if backward else 1
     out_elems = b * hq * tq * dv
@@ -161,11 +163,17 @@ def flash_attention_forward(q, k, v, cum_seq_q, cum_seq_k, max_q, max_k, dropout
                             alibi_slopes=None, block_table=None, num_splits=None, out):
     c, wl, wr = _window(is_causal, window_size_left, window_size_right)
     r, w = _io((q, k, v), out[:2])
-    return _attention(_bthd(q), _bthd(k), _bthd(v), c, wl, wr if wl is not None else None,
-                      backward=False, dtype=q.dtype, read=r, written=w)
+    return _attention(_bthd(q), _bthd(k), _bthd(v), c, wl, wr,
+                      backward=False, dtype=q.dtype, read=r, written=w, window_align="bottom_right")
 
 
 _MASK_TYPE = {0: None, 1: "top_left", 2: "bottom_right"}
+
+
+def _eff_window(window_size):
+    # mem-efficient (xformers) window_size counts the keys a query sees, its diagonal included:
+    # keys (i - window_size, i]; None or <= 0 = no window
+    return window_size - 1 if window_size is not None and window_size > 0 else None
 
 
 @rule(aten._efficient_attention_forward)
@@ -173,15 +181,16 @@ def efficient_attention_forward(q, k, v, bias, cu_seqlens_q, cu_seqlens_k, max_s
                                 custom_mask_type, compute_log_sumexp=False, *, scale=None, seqlen_k=None,
                                 window_size=None, out):
     r, w = _io((q, k, v, bias), out[:2])
-    return _attention(_bthd(q), _bthd(k), _bthd(v), _MASK_TYPE.get(custom_mask_type), window_size,
+    return _attention(_bthd(q), _bthd(k), _bthd(v), _MASK_TYPE.get(custom_mask_type), _eff_window(window_size),
                       backward=False, dtype=q.dtype, read=r, written=w)
 
 
 # ----------------------------------------------------------------- backwards
 
-def _bwd(grad_out, q, k, v, causal, ins, out, layout=lambda t: t.shape, wl=None, wr=None):
+def _bwd(grad_out, q, k, v, causal, ins, out, layout=lambda t: t.shape, wl=None, wr=None, align=None):
     r, w = _io(ins, out)
-    return _attention(layout(q), layout(k), layout(v), causal, wl, wr, backward=True, dtype=q.dtype, read=r, written=w)
+    return _attention(layout(q), layout(k), layout(v), causal, wl, wr, backward=True, dtype=q.dtype, read=r, written=w,
+                      window_align=align)
 
 
 @rule(aten._scaled_dot_product_flash_attention_for_cpu_backward)
@@ -217,7 +226,7 @@ def sdpa_overrideable_backward(grad_out, q, k, v, attn_bias, grad_input_mask, o,
 def flash_attention_backward(grad_out, q, k, v, o, lse, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal,
                              rng_state, unused, *, scale=None, window_size_left=None, window_size_right=None, out):
     c, wl, wr = _window(is_causal, window_size_left, window_size_right)
-    return _bwd(grad_out, q, k, v, c, (grad_out, q, k, v, o, lse), out, _bthd, wl, wr if wl is not None else None)
+    return _bwd(grad_out, q, k, v, c, (grad_out, q, k, v, o, lse), out, _bthd, wl, wr, "bottom_right")
 
 
 @rule(aten._efficient_attention_backward)
@@ -226,7 +235,7 @@ def efficient_attention_backward(grad_out, q, k, v, bias, o, cu_seqlens_q, cu_se
                                  *, scale=None, num_splits_key=None, window_size=None, shared_storage_dqdkdv=False,
                                  out):
     return _bwd(grad_out, q, k, v, _MASK_TYPE.get(custom_mask_type), (grad_out, q, k, v, bias, o, lse), out,
-                _bthd, window_size)
+                _bthd, _eff_window(window_size))
 
 
 # ----------------------------------------------------------------- flex_attention (higher-order op)

@@ -39,7 +39,7 @@ REDUCTIONS = {
     aten.any: (1, 0), aten.all: (1, 0), aten.logsumexp: (3, 1), aten.linalg_vector_norm: (2, 1),
     aten.norm: (2, 1), aten.var: (3, 1), aten.std: (3, 2), aten.var_mean: (4, 1), aten.std_mean: (4, 2),
     aten.cumsum: (1, 0), aten.cumprod: (1, 0), aten.nansum: (2, 0), aten.count_nonzero: (1, 0),
-    aten._softmax: (5, 0), aten._log_softmax: (5, 0), aten._softmax_backward_data: (4, 0),
+    aten._softmax: (5, 0), aten._softmax_backward_data: (4, 0),
     aten._log_softmax_backward_data: (4, 0), aten.mse_loss: (3, 0), aten.mse_loss_backward: (3, 0),
     aten.l1_loss: (2, 0), aten.smooth_l1_loss: (4, 0), aten.smooth_l1_loss_backward: (4, 0),
     aten.binary_cross_entropy: (6, 0), aten.binary_cross_entropy_backward: (6, 0),
@@ -50,6 +50,14 @@ REDUCTIONS = {
     aten.mode: (1, 0), aten.nanmedian: (1, 0), aten.unique_consecutive: (1, 0), aten._unique2: (1, 0),
 }
 table_rule({op: v for op, v in REDUCTIONS.items()}, lambda v: reduce(*v))
+
+
+@rule(aten._log_softmax)
+def log_softmax(x, dim, half_to_float=False, *, out):
+    # 5 per element (max, subtract, exp, sum, subtract) + one log per row
+    rows = prod(s for i, s in enumerate(x.shape) if i != dim % max(x.ndim, 1))
+    r, w = _io((x,), out)
+    return Cost.of(vector={dtype_name(x.dtype): 5 * x.numel + rows}, read=r, written=w)
 
 
 @rule(aten.nll_loss_backward, aten.nll_loss2d_backward)
