@@ -157,6 +157,7 @@ def analysis_backend(on_graph: Callable[[Any, Any, str], None]):
     from torch._dynamo.backends.common import aot_autograd
 
     try:
+        import torch._inductor.lowering  # noqa: F401 - some decompositions (max_pool2d) reach into it
         from torch._inductor.decomposition import select_decomp_table
 
         decomps = select_decomp_table()
@@ -182,6 +183,13 @@ def fresh_dynamo():
                                     "accumulated_cache_size_limit") if hasattr(cfg, k)}
     with cfg.patch(**patches), caches_off():
         yield
+
+
+def define_inductor_prims() -> None:
+    """Inductor's own prims (max-pool offsets, random) exist only once this module is imported;
+    the rules that cover them check for them at load time."""
+    with contextlib.suppress(ImportError):
+        import torch._inductor.inductor_prims  # noqa: F401
 
 
 def matmul_allows_tf32() -> bool:

@@ -226,7 +226,8 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
     with _inductor.fresh_dynamo():
         compiled = torch.compile(target, backend=be)
         try:
-            with torch.set_grad_enabled(training):
+            # inside the fake mode: tensors the model creates (arange, ones, masks) are fake too
+            with torch.set_grad_enabled(training), mode:
                 out = compiled(*fargs, **fkwargs)
             if training:
                 outs = _float_outputs(out)
@@ -238,6 +239,8 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
         except GraphMFUError:
             raise
         except Exception as e:  # noqa: BLE001 - one clear line instead of a Dynamo traceback
+            while e.__cause__ is not None:  # Dynamo wraps the real error (BackendCompilerFailed ...)
+                e = e.__cause__
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise GraphMFUError(f"analyze(): tracing {name} on fake tensors failed: {type(e).__name__}: "
                                 f"{first[:300]}. Check that {name}(*args) runs eagerly with these arguments and "

@@ -19,9 +19,10 @@ Conventions (stated once, here; docs/conventions.md repeats them for users):
 * **Attention** reports ``flops_dense`` (every score of ``Tq x Tk`` computed) and
   ``flops`` (effective: a causal mask counts only the lower triangle, a sliding
   window only its band).  For every other op the two are equal.
-  A flash-attention backward's recomputation of ``Q @ K^T`` is hardware work
-  (HFU), not model work, and is not counted: backward = 2x forward, as in
-  FlopCounterMode.
+  Attention backward = 4 products (dV, dP, dQ, dK) = 2x forward.  The flash
+  backward's recomputation of ``Q @ K^T`` is recompute (HFU), not model work,
+  and is not counted; FlopCounterMode counts it (5 products, 2.5x forward), so
+  on attention backward the two differ by exactly that product.
 * **Bytes** are unique DRAM traffic, a lower bound: every tensor input read once
   plus every output written once.  Views (view, reshape, t, permute, expand,
   as_strided, slice, ...) move 0 bytes.  Fusion (kernel-level bytes) is a later
@@ -405,6 +406,9 @@ def ensure_builtin_rules() -> None:
     if "builtin" in _loaded:
         return
     _loaded.add("builtin")
+    from graphmfu._inductor import define_inductor_prims
+
+    define_inductor_prims()
     d = builtin_rules_dir()
     for f in sorted(d.glob("*.py")):
         if f.name.startswith("_"):

@@ -49,8 +49,12 @@ def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None, wi
     if not _is_int(tq, tk):
         return tq * tk  # a symbolic banded count is not worth a closed form: dense
     offset = (tk - tq) if (window_align or causal) == "bottom_right" else 0
-    right = 0 if causal is not None else (window_right if window_right is not None and window_right >= 0 else tk)
-    left = window_left if window_left is not None and window_left >= 0 else tk
+    unbounded = tq + tk  # farther than any key from any query, whatever the alignment
+    if causal is not None:
+        right = 0
+    else:
+        right = window_right if window_right is not None and window_right >= 0 else unbounded
+    left = window_left if window_left is not None and window_left >= 0 else unbounded
     total = 0
     for i in range(tq):
         lo, hi = max(i + offset - left, 0), min(i + offset + right, tk - 1)
@@ -148,20 +152,25 @@ def cudnn_attention_forward(q, k, v, attn_bias, cum_seq_q, cum_seq_k, max_q, max
 
 # ----------------------------------------------------------------- forwards, [B, T, H, D]
 
-def _window(causal, left, right):
-    # flash: window_size_left/right (-1 = unbounded); causal aligns bottom-right
+def _window(causal, left, right, tk):
+    # flash: window_size_left/right (-1 = unbounded); causal aligns bottom-right.  Like flash's
+    # set_params_fprop, a one-sided window bounds its open side at seqlen_k (matters only for Tq > Tk).
     if left is not None and left < 0:
         left = None
     if right is not None and right < 0:
         right = None
-    return ("bottom_right" if causal else None), left, (0 if causal else right)
+    if causal:
+        return "bottom_right", left, 0
+    if (left is None) != (right is None):
+        left, right = (tk if left is None else left), (tk if right is None else right)
+    return None, left, right
 
 
 @rule(aten._flash_attention_forward)
 def flash_attention_forward(q, k, v, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, return_debug_mask,
                             *rest, scale=None, window_size_left=None, window_size_right=None, seqused_k=None,
                             alibi_slopes=None, block_table=None, num_splits=None, out):
-    c, wl, wr = _window(is_causal, window_size_left, window_size_right)
+    c, wl, wr = _window(is_causal, window_size_left, window_size_right, _bthd(k)[2])
     r, w = _io((q, k, v), out[:2])
     return _attention(_bthd(q), _bthd(k), _bthd(v), c, wl, wr,
                       backward=False, dtype=q.dtype, read=r, written=w, window_align="bottom_right")
@@ -225,7 +234,7 @@ def sdpa_overrideable_backward(grad_out, q, k, v, attn_bias, grad_input_mask, o,
 @rule(aten._flash_attention_backward)
 def flash_attention_backward(grad_out, q, k, v, o, lse, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal,
                              rng_state, unused, *, scale=None, window_size_left=None, window_size_right=None, out):
-    c, wl, wr = _window(is_causal, window_size_left, window_size_right)
+    c, wl, wr = _window(is_causal, window_size_left, window_size_right, _bthd(k)[2])
     return _bwd(grad_out, q, k, v, c, (grad_out, q, k, v, o, lse), out, _bthd, wl, wr, "bottom_right")
 
 

@@ -103,6 +103,24 @@ def max_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_
     return Cost.of(vector={dtype_name(x.dtype): grad_out.numel}, read=r, written=w)
 
 
+prims = torch.ops.prims  # Inductor's own prims: defined by _inductor.define_inductor_prims()
+if hasattr(prims, "_low_memory_max_pool_with_offsets"):
+    # Inductor's max_pool2d decomposition: (values, int8 offsets within the window)
+    @rule(prims._low_memory_max_pool_with_offsets)
+    def low_memory_max_pool(x, kernel_size, *args, out, **kwargs):
+        o = tensors(out)[0]
+        r, w = _io((x,), out)
+        return Cost.of(vector={dtype_name(x.dtype): o.numel * _window(kernel_size, len(kernel_size))},
+                       read=r, written=w)
+
+if hasattr(prims, "_low_memory_max_pool_offsets_to_indices"):
+    # offsets -> flat indices: a few integer ops per element (row, column, add)
+    @rule(prims._low_memory_max_pool_offsets_to_indices)
+    def low_memory_offsets_to_indices(offsets, *args, out, **kwargs):
+        r, w = _io((offsets,), out)
+        return Cost.of(vector={"int": 4 * offsets.numel}, read=r, written=w)
+
+
 def adaptive(*args, out, **kwargs):
     x = tensors(args)[0]
     o = tensors(out)[0]

@@ -129,7 +129,8 @@ def analysis(name: str, mode: str) -> Report:
     """graphmfu.analyze of a zoo model, traced once per (model, mode) for the whole module."""
     _lowering_workaround()
     model, args = _prepare(name, mode)
-    return graphmfu.analyze(model, *args, training=mode == "training")
+    # device="cpu": trace on CPU fakes even where CUDA exists (the CPU SDPA kernel, CPU ceilings)
+    return graphmfu.analyze(model, *args, training=mode == "training", device="cpu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,18 +268,17 @@ def test_backward_is_twice_forward_per_layer(name):
 
 # --------------------------------------------------------------------------- 3. coverage
 
-# ops with no rule (unknown nodes), per model: xfail(strict) so a new rule turns them green loudly
-KNOWN_UNCOVERED = {
-    "cnn": "MaxPool2d: prims._low_memory_max_pool_with_offsets.default (forward) and "
-           "prims._low_memory_max_pool_offsets_to_indices.default (backward) have no rule",
-}
+# ops with no rule (unknown nodes), per model: xfail(strict) so a new rule turns them green loudly.
+# (MaxPool2d's prims._low_memory_max_pool_* had none; rules/reduction.py covers them now.)
+KNOWN_UNCOVERED: dict = {}
 
 
 def _coverage_params():
     out = []
     for name in MODELS:
         for mode in MODES:
-            marks = [pytest.mark.xfail(strict=True, reason=KNOWN_UNCOVERED[name])] if name in KNOWN_UNCOVERED else []
+            marks = ([pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_UNCOVERED[name])]
+                     if name in KNOWN_UNCOVERED else [])
             out.append(pytest.param(name, mode, marks=marks, id=f"{name}-{mode}"))
     return out
 
@@ -329,12 +329,13 @@ def test_backend_matches_analyze_and_eager(name):
 # --------------------------------------------------------------------------- bugs found on the way
 
 
+# regression: analyze() used Inductor decompositions without importing torch._inductor.lowering
 def test_analyze_maxpool_fresh_process():
     """analyze() of a model with MaxPool2d, in a process where nothing imported torch._inductor.lowering."""
     code = textwrap.dedent("""
         import sys, torch, graphmfu
         m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2))
-        rep = graphmfu.analyze(m, torch.randn(1, 3, 8, 8))
+        rep = graphmfu.analyze(m, torch.randn(1, 3, 8, 8), device="cpu")
         assert rep.totals["flops_dense"] == 2 * 1 * 4 * 3 * 9 * 36, rep.totals
         print("ok")
     """)
@@ -357,18 +358,16 @@ class _BoolMaskMHA(nn.Module):  # nn.MultiheadAttention turns a bool mask into a
         return self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="graphmfu bug: analyze() runs the traced graph outside the fake mode, so a "
-                                       "tensor created inside forward (arange, ones, a bool->float attn_mask) is "
-                                       "real and mixing it with fake tensors raises")
+# regression: analyze() ran the traced graph outside the fake mode (tensors made in forward were real)
 @pytest.mark.parametrize("case", ["arange", "mha_bool_mask"])
 def test_analyze_tensor_made_in_forward(case):
     if case == "arange":
-        rep = graphmfu.analyze(_make_positions, torch.randn(2, 8))
+        rep = graphmfu.analyze(_make_positions, torch.randn(2, 8), device="cpu")
         assert rep.totals["nodes"] >= 2
     else:
         torch.manual_seed(0)
         m, x = _BoolMaskMHA(), torch.randn(2, 6, 16)
-        rep = graphmfu.analyze(m, x)
+        rep = graphmfu.analyze(m, x, device="cpu")
         fc = FlopCounterMode(display=False)
         with torch.no_grad(), fc:
             m(x)
