@@ -267,7 +267,9 @@ def evaluate(v, hints: Mapping):
     if isinstance(v, (int, float)):
         return v
     if hasattr(v, "xreplace"):
-        r = v.xreplace(hints)
+        import sympy
+
+        r = sympy.sympify(v.xreplace(hints))  # a bare Symbol comes back as a plain int
         try:
             return int(r) if r.is_integer else float(r)
         except TypeError as e:  # free symbols left

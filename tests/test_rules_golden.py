@@ -817,9 +817,7 @@ def test_cost_evaluate_sympy():
     assert Cost.of({"fp32": 7}, read=1).evaluate({}) == Cost.of({"fp32": 7}, read=1)
 
 
-@pytest.mark.xfail(raises=AttributeError, strict=False,
-                   reason="graphmfu.cost.evaluate: a bare Symbol xreplace()s to a Python int, which has no "
-                          ".is_integer on Python < 3.12")
+# regression: a bare Symbol xreplace()s to a Python int (no .is_integer before Python 3.12)
 def test_cost_evaluate_bare_symbol():
     s = sympy.Symbol("s", positive=True, integer=True)
     # e.g. the vector FLOPs of sum() over a [s] tensor, or the bytes of a bool [s] tensor
