@@ -175,7 +175,6 @@ def main(argv=None) -> int:
     print(rep.table(by="module", depth=a.depth, top=a.top))
     print(f"\nper op (top {a.top}):")
     print(rep.table(by="op", top=a.top))
-    print("\n" + rep.coverage_line())
     if a.check:
         # Inductor autotunes some kernels by timing, so two plain compiles can already differ in the
         # last bit: compare the backend against plain compile, and plain compile against itself.

@@ -139,6 +139,11 @@ def nbytes(obj) -> Any:
     return sum((t.nbytes for t in tensors(obj)), 0)
 
 
+def io_bytes(ins, out) -> tuple:
+    """(bytes read, bytes written): every tensor in ``ins`` read once, every tensor in ``out`` written once."""
+    return nbytes(ins), nbytes(out)
+
+
 # --------------------------------------------------------------------------- Cost
 
 
@@ -443,5 +448,5 @@ def ceil_div(a, b):
 
 __all__ = [
     "Cost", "TensorSpec", "ZERO", "REGISTRY", "rule", "table_rule", "load_rules", "dtype_name",
-    "tensors", "nbytes", "prod", "op_name", "ceil_div", "math",
+    "tensors", "nbytes", "io_bytes", "prod", "op_name", "ceil_div", "math",
 ]

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 import torch.fx
 
-from graphmfu.cost import REGISTRY, ZERO, Cost, TensorSpec, ensure_builtin_rules, op_name
+from graphmfu.cost import REGISTRY, Cost, TensorSpec, ensure_builtin_rules, op_name
 
 
 @dataclasses.dataclass

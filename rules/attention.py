@@ -21,7 +21,7 @@ flex_attention: the block mask is data, not shape, so ``flops`` = dense there
 (the report's notes say so)."""
 import torch
 
-from graphmfu.cost import Cost, dtype_name, rule, tensors
+from graphmfu.cost import Cost, dtype_name, io_bytes, rule
 
 aten = torch.ops.aten
 
@@ -79,8 +79,6 @@ def _attention(q_bhtd, k_bhtd, v_bhtd, causal, window_left=None, window_right=No
                    vector={dt: vec}, read=read, written=written)
 
 
-def _io(ins, out):
-    return (sum((t.nbytes for t in tensors(ins)), 0), sum((t.nbytes for t in tensors(out)), 0))
 
 
 def _bthd(t):
@@ -97,13 +95,13 @@ def _causal(flag):
 
 @rule(aten._scaled_dot_product_flash_attention_for_cpu)
 def sdpa_flash_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None, out):
-    r, w = _io((q, k, v, attn_mask), out)
+    r, w = io_bytes((q, k, v, attn_mask), out)
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
 @rule(aten._scaled_dot_product_flash_attention.default)
 def sdpa_flash(q, k, v, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None, out):
-    r, w = _io((q, k, v), out[:2])
+    r, w = io_bytes((q, k, v), out[:2])
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
@@ -111,42 +109,42 @@ if hasattr(aten._scaled_dot_product_flash_attention, "quantized"):
     @rule(aten._scaled_dot_product_flash_attention.quantized)
     def sdpa_flash_quantized(q, k, v, q_descale, k_descale, v_descale, dropout_p=0.0, is_causal=False,
                              return_debug_mask=False, *, scale=None, out):
-        r, w = _io((q, k, v, q_descale, k_descale, v_descale), out[:2])
+        r, w = io_bytes((q, k, v, q_descale, k_descale, v_descale), out[:2])
         return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype,
                           read=r, written=w)
 
 
 @rule(aten._scaled_dot_product_efficient_attention)
 def sdpa_efficient(q, k, v, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, *, scale=None, out):
-    r, w = _io((q, k, v, attn_bias), out[:2])
+    r, w = io_bytes((q, k, v, attn_bias), out[:2])
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
 @rule(aten._scaled_dot_product_cudnn_attention)
 def sdpa_cudnn(q, k, v, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False,
                return_debug_mask=False, *, scale=None, out):
-    r, w = _io((q, k, v, attn_bias), out[:2])
+    r, w = io_bytes((q, k, v, attn_bias), out[:2])
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
 @rule(aten._scaled_dot_product_fused_attention_overrideable)
 def sdpa_overrideable(q, k, v, attn_bias=None, dropout_p=0.0, is_causal=False, return_debug_mask=False,
                       *, scale=None, out):
-    r, w = _io((q, k, v, attn_bias), out[:2])
+    r, w = io_bytes((q, k, v, attn_bias), out[:2])
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
 @rule(aten._scaled_dot_product_attention_math, aten.scaled_dot_product_attention)
 def sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *rest, scale=None, enable_gqa=False,
               dropout_mask=None, out):
-    r, w = _io((q, k, v, attn_mask), out)
+    r, w = io_bytes((q, k, v, attn_mask), out)
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
 @rule(aten._cudnn_attention_forward)
 def cudnn_attention_forward(q, k, v, attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, compute_log_sumexp,
                             dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None, out):
-    r, w = _io((q, k, v, attn_bias), out[:2])
+    r, w = io_bytes((q, k, v, attn_bias), out[:2])
     return _attention(q.shape, k.shape, v.shape, _causal(is_causal), backward=False, dtype=q.dtype, read=r, written=w)
 
 
@@ -171,7 +169,7 @@ def flash_attention_forward(q, k, v, cum_seq_q, cum_seq_k, max_q, max_k, dropout
                             *rest, scale=None, window_size_left=None, window_size_right=None, seqused_k=None,
                             alibi_slopes=None, block_table=None, num_splits=None, out):
     c, wl, wr = _window(is_causal, window_size_left, window_size_right, _bthd(k)[2])
-    r, w = _io((q, k, v), out[:2])
+    r, w = io_bytes((q, k, v), out[:2])
     return _attention(_bthd(q), _bthd(k), _bthd(v), c, wl, wr,
                       backward=False, dtype=q.dtype, read=r, written=w, window_align="bottom_right")
 
@@ -189,7 +187,7 @@ def _eff_window(window_size):
 def efficient_attention_forward(q, k, v, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                                 custom_mask_type, compute_log_sumexp=False, *, scale=None, seqlen_k=None,
                                 window_size=None, out):
-    r, w = _io((q, k, v, bias), out[:2])
+    r, w = io_bytes((q, k, v, bias), out[:2])
     return _attention(_bthd(q), _bthd(k), _bthd(v), _MASK_TYPE.get(custom_mask_type), _eff_window(window_size),
                       backward=False, dtype=q.dtype, read=r, written=w)
 
@@ -197,7 +195,7 @@ def efficient_attention_forward(q, k, v, bias, cu_seqlens_q, cu_seqlens_k, max_s
 # ----------------------------------------------------------------- backwards
 
 def _bwd(grad_out, q, k, v, causal, ins, out, layout=lambda t: t.shape, wl=None, wr=None, align=None):
-    r, w = _io(ins, out)
+    r, w = io_bytes(ins, out)
     return _attention(layout(q), layout(k), layout(v), causal, wl, wr, backward=True, dtype=q.dtype, read=r, written=w,
                       window_align=align)
 
@@ -257,12 +255,12 @@ def _register_flex():
 
     @rule(fa)
     def flex_attention(q, k, v, score_mod=None, block_mask=None, *rest, out, **kw):
-        r, w = _io((q, k, v), out[:2])
+        r, w = io_bytes((q, k, v), out[:2])
         return _attention(q.shape, k.shape, v.shape, None, backward=False, dtype=q.dtype, read=r, written=w)
 
     @rule(fab)
     def flex_attention_backward(q, k, v, o, lse, grad_out, *rest, out, **kw):
-        r, w = _io((q, k, v, o, lse, grad_out), out[:3])
+        r, w = io_bytes((q, k, v, o, lse, grad_out), out[:3])
         return _attention(q.shape, k.shape, v.shape, None, backward=True, dtype=q.dtype, read=r, written=w)
 
 

@@ -9,7 +9,7 @@ position either way.  Bias: one vector add per output element.
 Backward: grad-input and grad-weight each cost the forward's matrix FLOPs,
 counted only where ``output_mask`` asks for them; grad-bias is a reduction
 (one add per grad-output element)."""
-from graphmfu.cost import Cost, dtype_name, prod, rule, tensors
+from graphmfu.cost import Cost, dtype_name, nbytes, prod, rule
 import torch
 
 aten = torch.ops.aten
@@ -21,15 +21,13 @@ def conv_flops(x_shape, w_shape, out_shape, transposed):
     return 2 * n * prod(w_shape) * prod(spatial)
 
 
-def _bytes(ts):
-    return sum((t.nbytes for t in tensors(ts)), 0)
 
 
 @rule(aten.convolution, aten._convolution)
 def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups, *rest, out):
     f = conv_flops(x.shape, w.shape, out.shape, transposed)
     vec = {dtype_name(out.dtype): out.numel} if bias is not None else None
-    return Cost.of({dtype_name(x.dtype): f}, vector=vec, read=_bytes((x, w, bias)), written=out.nbytes)
+    return Cost.of({dtype_name(x.dtype): f}, vector=vec, read=nbytes((x, w, bias)), written=out.nbytes)
 
 
 @rule(aten.convolution_backward)
@@ -40,5 +38,5 @@ def convolution_backward(grad_out, x, w, bias_sizes, stride, padding, dilation, 
     flops = f * (int(bool(want_in)) + int(bool(want_w)))
     vec = {dtype_name(grad_out.dtype): grad_out.numel} if want_b else None
     read = grad_out.nbytes + (w.nbytes if want_in else 0) + (x.nbytes if want_w else 0)
-    written = _bytes([o for o, m in zip(out, output_mask) if m and o is not None])
+    written = nbytes([o for o, m in zip(out, output_mask) if m and o is not None])
     return Cost.of({dtype_name(x.dtype): flops}, vector=vec, read=read, written=written)

@@ -1,18 +1,16 @@
 """Matrix products: mm, addmm, bmm, baddbmm, matmul/linear (where they survive),
 _scaled_mm (fp8) and grouped mm.  ``2*m*n*k`` matrix FLOPs; a bias add or
 ``beta*C`` is vector work (one add per output element)."""
-from graphmfu.cost import Cost, dtype_name, prod, rule, tensors
+from graphmfu.cost import Cost, dtype_name, io_bytes, prod, rule
 import torch
 
 aten = torch.ops.aten
 
 
-def _io(*ins, out):
-    return sum((t.nbytes for t in tensors(ins)), 0), sum((t.nbytes for t in tensors(out)), 0)
 
 
 def _gemm(flops, a, ins, out, bias_elems=0):
-    read, written = _io(*ins, out=out)
+    read, written = io_bytes(ins, out)
     vec = {dtype_name(out.dtype): bias_elems} if bias_elems else None
     return Cost.of({dtype_name(a.dtype): flops}, vector=vec, read=read, written=written)
 

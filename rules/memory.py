@@ -12,13 +12,11 @@ traffic.  Creation (full, zeros, arange ...) writes its output; ``empty``
 writes nothing."""
 import torch
 
-from graphmfu.cost import ZERO, Cost, dtype_name, rule, table_rule, tensors
+from graphmfu.cost import ZERO, Cost, nbytes, dtype_name, rule, table_rule, tensors
 
 aten, prims = torch.ops.aten, torch.ops.prims
 
 
-def _nb(x):
-    return sum((t.nbytes for t in tensors(x)), 0)
 
 
 VIEWS = [
@@ -49,7 +47,7 @@ table_rule({getattr(prims, n): None for n in PRIM_VIEWS if hasattr(prims, n)}, z
 def copy(_):
     """Reads its tensor inputs (the source) and writes its outputs."""
     def rule_fn(*args, out, **kwargs):
-        return Cost.of(read=_nb((args, kwargs)), written=_nb(out))
+        return Cost.of(read=nbytes((args, kwargs)), written=nbytes(out))
     return rule_fn
 
 
@@ -72,13 +70,13 @@ table_rule({getattr(prims, n): None for n in PRIM_COPIES if hasattr(prims, n)}, 
 @rule(aten.copy, aten.copy_)
 def copy_into(dst, src, non_blocking=False, *, out):
     # the destination's old contents are not read
-    return Cost.of(read=src.nbytes, written=_nb(out))
+    return Cost.of(read=src.nbytes, written=nbytes(out))
 
 
 def create(_):
     """Writes its output; reads nothing (or only a tensor used for its shape/value)."""
     def rule_fn(*args, out, **kwargs):
-        return Cost.of(written=_nb(out))
+        return Cost.of(written=nbytes(out))
     return rule_fn
 
 
@@ -98,7 +96,7 @@ table_rule({getattr(prims, n): None for n in PRIM_CREATION if hasattr(prims, n)}
 
 def _gather(args, out):
     idx = [t for t in tensors(args)[1:] if not t.dtype.is_floating_point]
-    return Cost.of(read=_nb(out) + _nb(idx), written=_nb(out))
+    return Cost.of(read=nbytes(out) + nbytes(idx), written=nbytes(out))
 
 
 @rule(aten.index, aten.index_select, aten.gather, aten.take, aten.take_along_dim, aten._unsafe_index,
@@ -124,7 +122,7 @@ def _scatter(dst, src, idx, accumulate, out):
     moved = (src.nbytes if src is not None else 0)
     vec = {dtype_name(dst.dtype): n} if accumulate else None
     # the updated elements are read (if accumulating) and written; src and index are read
-    return Cost.of(vector=vec, read=moved + _nb(idx) + (moved if accumulate else 0), written=moved)
+    return Cost.of(vector=vec, read=moved + nbytes(idx) + (moved if accumulate else 0), written=moved)
 
 
 @rule(aten.index_put, aten.index_put_, aten._unsafe_index_put, aten._index_put_impl, aten._index_put_impl_)
@@ -158,4 +156,4 @@ def scatter_reduce(dst, dim, index, src, reduce, include_self=True, *, out):
       aten.slice_scatter, aten.select_scatter, aten.diagonal_scatter, aten.as_strided_scatter)
 def scatter_like(dst, *args, out, **kwargs):
     # functional scatters copy the destination and write the source into it
-    return Cost.of(read=_nb((dst, args, kwargs)), written=_nb(out))
+    return Cost.of(read=nbytes((dst, args, kwargs)), written=nbytes(out))

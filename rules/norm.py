@@ -8,17 +8,15 @@ grad 9, weight and bias grads 3), 8 for RMS norm.  Without weight/bias the
 affine terms drop.  Bytes: inputs read once, outputs written once."""
 import torch
 
-from graphmfu.cost import Cost, dtype_name, rule, tensors
+from graphmfu.cost import Cost, dtype_name, io_bytes, rule
 
 aten = torch.ops.aten
 
 
-def _io(args, out):
-    return sum((t.nbytes for t in tensors(args)), 0), sum((t.nbytes for t in tensors(out)), 0)
 
 
 def _cost(x, per_elem, args, out):
-    r, w = _io(args, out)
+    r, w = io_bytes(args, out)
     return Cost.of(vector={dtype_name(x.dtype): per_elem * x.numel}, read=r, written=w)
 
 

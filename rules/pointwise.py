@@ -8,7 +8,7 @@ written once (broadcast inputs are read at their own size).  The FLOPs are
 counted in the dtype of the first floating input (else the output's)."""
 import torch
 
-from graphmfu.cost import Cost, dtype_name, table_rule, tensors
+from graphmfu.cost import Cost, dtype_name, io_bytes, table_rule, tensors
 
 aten, prims = torch.ops.aten, torch.ops.prims
 
@@ -57,9 +57,8 @@ def pointwise(per_element):
         outs = [o for o in tensors(out)]
         elems = outs[0].numel if outs else 0
         dt = _first_float((args, kwargs)) or (outs[0].dtype if outs else None)
-        return Cost.of(vector={dtype_name(dt): per_element * elems},
-                       read=sum((t.nbytes for t in tensors((args, kwargs))), 0),
-                       written=sum((t.nbytes for t in outs), 0))
+        read, written = io_bytes((args, kwargs), outs)
+        return Cost.of(vector={dtype_name(dt): per_element * elems}, read=read, written=written)
     return rule_fn
 
 

@@ -9,13 +9,11 @@ i.e. ``out.numel * prod(kernel)``; adaptive pooling the same with the implied
 window.  Bytes: inputs read once, outputs written once."""
 import torch
 
-from graphmfu.cost import Cost, dtype_name, prod, rule, table_rule, tensors
+from graphmfu.cost import Cost, io_bytes, dtype_name, prod, rule, table_rule, tensors
 
 aten = torch.ops.aten
 
 
-def _io(args, out):
-    return sum((t.nbytes for t in tensors(args)), 0), sum((t.nbytes for t in tensors(out)), 0)
 
 
 def _first(args):
@@ -27,7 +25,7 @@ def reduce(per_input, per_output=0):
         x = _first(args)
         outs = tensors(out)
         n_out = outs[0].numel if outs else 1
-        r, w = _io((args, kwargs), out)
+        r, w = io_bytes((args, kwargs), out)
         return Cost.of(vector={dtype_name(x.dtype): per_input * x.numel + per_output * n_out}, read=r, written=w)
     return rule_fn
 
@@ -56,14 +54,14 @@ table_rule({op: v for op, v in REDUCTIONS.items()}, lambda v: reduce(*v))
 def log_softmax(x, dim, half_to_float=False, *, out):
     # 5 per element (max, subtract, exp, sum, subtract) + one log per row
     rows = prod(s for i, s in enumerate(x.shape) if i != dim % max(x.ndim, 1))
-    r, w = _io((x,), out)
+    r, w = io_bytes((x,), out)
     return Cost.of(vector={dtype_name(x.dtype): 5 * x.numel + rows}, read=r, written=w)
 
 
 @rule(aten.nll_loss_backward, aten.nll_loss2d_backward)
 def nll_loss_backward(grad_output, x, target, weight, reduction, ignore_index, total_weight, *, out):
     # writes the gradient (zeros + one scatter per row)
-    r, w = _io((grad_output, target, weight, total_weight), out)
+    r, w = io_bytes((grad_output, target, weight, total_weight), out)
     return Cost.of(vector={dtype_name(x.dtype): target.numel}, read=r, written=w)
 
 
@@ -79,14 +77,14 @@ def _window(kernel_size, ndim):
 def pool(ndim):
     def rule_fn(x, kernel_size, *args, out, **kwargs):
         o = tensors(out)[0]
-        r, w = _io((x,), out)
+        r, w = io_bytes((x,), out)
         return Cost.of(vector={dtype_name(x.dtype): o.numel * _window(kernel_size, ndim)}, read=r, written=w)
     return rule_fn
 
 
 def pool_backward(ndim):
     def rule_fn(grad_out, x, kernel_size, *args, out, **kwargs):
-        r, w = _io((grad_out, x, args, kwargs), out)
+        r, w = io_bytes((grad_out, x, args, kwargs), out)
         return Cost.of(vector={dtype_name(x.dtype): grad_out.numel * _window(kernel_size, ndim)}, read=r, written=w)
     return rule_fn
 
@@ -99,7 +97,7 @@ table_rule({aten.avg_pool2d_backward: 2, aten.avg_pool3d_backward: 3}, pool_back
 @rule(aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward)
 def max_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, indices, *, out):
     # one scatter-add per grad-output element
-    r, w = _io((grad_out, indices), out)
+    r, w = io_bytes((grad_out, indices), out)
     return Cost.of(vector={dtype_name(x.dtype): grad_out.numel}, read=r, written=w)
 
 
@@ -109,7 +107,7 @@ if hasattr(prims, "_low_memory_max_pool_with_offsets"):
     @rule(prims._low_memory_max_pool_with_offsets)
     def low_memory_max_pool(x, kernel_size, *args, out, **kwargs):
         o = tensors(out)[0]
-        r, w = _io((x,), out)
+        r, w = io_bytes((x,), out)
         return Cost.of(vector={dtype_name(x.dtype): o.numel * _window(kernel_size, len(kernel_size))},
                        read=r, written=w)
 
@@ -117,14 +115,14 @@ if hasattr(prims, "_low_memory_max_pool_offsets_to_indices"):
     # offsets -> flat indices: a few integer ops per element (row, column, add)
     @rule(prims._low_memory_max_pool_offsets_to_indices)
     def low_memory_offsets_to_indices(offsets, *args, out, **kwargs):
-        r, w = _io((offsets,), out)
+        r, w = io_bytes((offsets,), out)
         return Cost.of(vector={"int": 4 * offsets.numel}, read=r, written=w)
 
 
 def adaptive(*args, out, **kwargs):
     x = tensors(args)[0]
     o = tensors(out)[0]
-    r, w = _io(args, out)
+    r, w = io_bytes(args, out)
     # every input element is summed once (windows may overlap by one; a lower bound) + 1 divide per output
     return Cost.of(vector={dtype_name(x.dtype): x.numel + o.numel}, read=r, written=w)
 
