@@ -1,15 +1,16 @@
-"""A minimal Llama-3-style decoder (RMSNorm, RoPE, GQA attention through SDPA, SwiGLU MLP),
-compiled with the graphmfu backend; prints the per-module and per-op roofline tables.
+"""A minimal Llama-3-style decoder (RMSNorm, RoPE, GQA attention through SDPA, SwiGLU MLP, KV
+cache), compiled with the graphmfu backend and profiled per stage: prints the stage table (MFU,
+MBU, memory-bound share), the top kernels on their roofline and the per-module times.
 
-    python examples/minimal_llama.py                      # CPU (or CUDA when present), small sizes
-    python examples/minimal_llama.py --device cuda --dtype bf16 --dim 4096 --ffn 11008 --heads 32 \\
-        --kv-heads 8 --layers 2 --seq 512 --inference
+    python examples/minimal_llama.py                       # prefill + decode, CPU (or CUDA when present)
+    python examples/minimal_llama.py --decode --compiled   # as in the Nsight seed; BENCHMARK NVTX range
+    python examples/minimal_llama.py --device cuda --dim 4096 --ffn 11008 --heads 32 --kv-heads 32 --seq 512
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import sys
 import time
 
@@ -66,14 +67,19 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.dim, cfg.kv_heads * self.hd, bias=False)
         self.o = nn.Linear(cfg.heads * self.hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None):
+        """Prefill (cache None): causal over the T new tokens.  Decode: the new token(s) attend to
+        the cache plus themselves.  Returns (output, (k, v)) where k, v are this call's new keys/values."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.hd).transpose(1, 2)
         k = self.k(x).view(b, t, self.kv, self.hd).transpose(1, 2)
         v = self.v(x).view(b, t, self.kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
-        return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.hd))
+        new = (k, v)
+        if cache is not None:
+            k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None, enable_gqa=self.kv != self.h)
+        return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.hd)), new
 
 
 class MLP(nn.Module):
@@ -95,9 +101,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, cos, sin, cache=None):
+        a, new = self.attn(self.attn_norm(x), cos, sin, cache)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), new
 
 
 class Llama(nn.Module):
@@ -112,13 +119,22 @@ class Llama(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens):
+    def forward(self, tokens, caches=None):
+        """Logits for ``tokens``.  With ``caches`` (a list of (k, v) per layer, [B, kv, S, hd]) the
+        tokens sit after the S cached positions (decode); ``return_cache`` variants: see prefill()."""
+        logits, _ = self.step(tokens, caches)
+        return logits
+
+    def step(self, tokens, caches=None):
+        start = 0 if caches is None else caches[0][0].shape[2]
         t = tokens.shape[1]
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
         x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.head(self.norm(x))
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, None if caches is None else caches[i])
+            new.append(kv)
+        return self.head(self.norm(x)), new
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -132,71 +148,134 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--ffn", type=int, default=688)
     p.add_argument("--vocab", type=int, default=1000)
-    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--seq", type=int, default=128, help="prefill length = decode cache length")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--inference", action="store_true", help="forward only (default: a training step)")
-    p.add_argument("--depth", type=int, default=3, help="module table depth")
-    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--prefill", action="store_true", help="run prefill (default: prefill and decode)")
+    p.add_argument("--decode", action="store_true", help="run one decode step over a --seq cache")
+    p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--compiled", dest="compiled", action="store_true", default=True)
+    g.add_argument("--eager", dest="compiled", action="store_false")
+    p.add_argument("--mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iters", type=int, default=3, help="measured iterations inside the BENCHMARK range")
+    p.add_argument("--depth", type=int, default=2, help="module table depth")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--static", action="store_true", help="also print the static per-module / per-op tables")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--check", action="store_true", help="also compile with plain Inductor and compare outputs")
     return p.parse_args(argv)
+
+
+def build(a):
+    dtype = DTYPES[a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")]
+    cfg = LlamaConfig(dim=a.dim, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
+                      max_seq=max(a.seq + 8, 16))
+    torch.manual_seed(0)
+    model = Llama(cfg).to(device=a.device, dtype=dtype)
+    tokens = torch.randint(0, cfg.vocab, (a.batch, a.seq), device=a.device)
+    hd = cfg.dim // cfg.heads
+    caches = [(torch.randn(a.batch, cfg.kv_heads, a.seq, hd, device=a.device, dtype=dtype),
+               torch.randn(a.batch, cfg.kv_heads, a.seq, hd, device=a.device, dtype=dtype)) for _ in range(cfg.layers)]
+    next_tok = torch.randint(0, cfg.vocab, (a.batch, 1), device=a.device)
+    return model, tokens, caches, next_tok, dtype
 
 
 def main(argv=None) -> int:
     import graphmfu
 
     a = parse_args(argv)
-    dtype = DTYPES[a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")]
-    cfg = LlamaConfig(dim=a.dim, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
-                      max_seq=max(a.seq, 16))
-    torch.manual_seed(0)
-    model = Llama(cfg).to(device=a.device, dtype=dtype)
-    tokens = torch.randint(0, cfg.vocab, (a.batch, a.seq), device=a.device)
+    model, tokens, caches, next_tok, dtype = build(a)
+    stages = ["train"] if a.train else [s for s in ("prefill", "decode") if getattr(a, s)] or ["prefill", "decode"]
     graphmfu.reset()
-    compiled = torch.compile(model, backend=graphmfu.backend)
+    fn = torch.compile(model, backend=graphmfu.backend(mode=a.mode)) if a.compiled else model
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+
+    def run(stage):
+        if stage == "train":
+            fn(tokens).float().pow(2).mean().backward()
+            return
+        with torch.no_grad():
+            if stage == "prefill":
+                fn(tokens)
+            else:  # one decode step: the same --seq cache every iteration (no growth, no recompiles)
+                fn(next_tok, caches)
+
     t0 = time.perf_counter()
-    if a.inference:
-        with torch.no_grad():
-            out = compiled(tokens)
-    else:
-        out = compiled(tokens)
-        out.float().pow(2).mean().backward()
-    if a.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t_first = time.perf_counter() - t0
-    rep = graphmfu.report()
+    for _ in range(max(a.warmup, 1)):
+        for s in stages:
+            run(s)
+    sync()
+    t_warm = time.perf_counter() - t0
     print(f"minimal_llama: dim {a.dim}, {a.layers} layers, {a.heads} q / {a.kv_heads} kv heads, ffn {a.ffn}, "
-          f"vocab {a.vocab}, {a.batch}x{a.seq} tokens, {dtype}, {a.device}, "
-          f"{'inference' if a.inference else 'training step'}; compile + first call {t_first:.1f} s")
+          f"vocab {a.vocab}, batch {a.batch}, seq {a.seq}, {dtype}, {a.device}, "
+          f"{'compiled' + (f' ({a.mode})' if a.mode else '') if a.compiled else 'eager'}; stages {'+'.join(stages)}; "
+          f"{a.warmup} warm-up iterations (incl. compile) {t_warm:.1f} s")
+    events = {}
+    prof = graphmfu.profile() if a.compiled else None
+    with (prof or contextlib.nullcontext()):
+        with graphmfu.stage("BENCHMARK"):  # NVTX range: the seed's nsys/ncu commands filter on it
+            for _ in range(a.iters):
+                for s in stages:
+                    with graphmfu.stage(s):
+                        if a.device.startswith("cuda"):
+                            ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                            ev[0].record()
+                            run(s)
+                            ev[1].record()
+                            events.setdefault(s, []).append(ev)
+                        else:
+                            t1 = time.perf_counter()
+                            run(s)
+                            events.setdefault(s, []).append(time.perf_counter() - t1)
+    sync()
+    for s, evs in events.items():
+        ms = [e[0].elapsed_time(e[1]) if isinstance(e, tuple) else e * 1e3 for e in evs]
+        print(f"{s}: {sum(ms) / len(ms):.3f} ms per iteration ({'CUDA events' if a.device.startswith('cuda') else 'wall clock'}, "
+              f"{len(ms)} iterations{', under the profiler' if prof else ''})")
+    if prof is None:
+        print("eager run: no graphs to analyse (graphmfu compare, the eager-vs-compiled view, is the next step)")
+        return 0
+    rep = prof.report()
     print(rep.summary())
-    print(f"\nper module (depth {a.depth}, top {a.top} by roofline time):")
-    print(rep.table(by="module", depth=a.depth, top=a.top))
-    print(f"\nper op (top {a.top}):")
-    print(rep.table(by="op", top=a.top))
+    print("\nstages (inclusive of nested stages; per-iteration numbers are totals / calls):")
+    print(rep.stage_table())
+    print(f"\ntop {a.top} kernels by measured time:")
+    print(rep.kernel_table(top=a.top))
+    print(f"\nper module (depth {a.depth}), measured:")
+    print(rep.module_time_table(depth=a.depth, top=a.top))
+    if a.static:
+        print(f"\nstatic, per module (depth {a.depth}):")
+        print(rep.table(by="module", depth=a.depth, top=a.top))
+        print("\nstatic, per op:")
+        print(rep.table(by="op", top=a.top))
     if a.check:
-        # Inductor autotunes some kernels by timing, so two plain compiles can already differ in the
-        # last bit: compare the backend against plain compile, and plain compile against itself.
-        with torch.no_grad():
-            got = compiled(tokens).float()
-            refs = []
-            for _ in range(2):
-                torch._dynamo.reset()
-                refs.append(torch.compile(model)(tokens).float())
-            eager = model(tokens).float()
-
-        def diff(x, y):
-            return f"{int((x != y).sum())} of {x.numel()} logits differ, max |diff| {(x - y).abs().max().item():.3g}"
-
-        print(f"check: graphmfu backend vs plain torch.compile: {diff(got, refs[0])}")
-        print(f"check: plain torch.compile vs plain torch.compile (2nd compile): {diff(refs[1], refs[0])}")
-        print(f"check: eager vs plain torch.compile: {diff(eager, refs[0])} (max |logit| "
-              f"{refs[0].abs().max().item():.3g})")
+        check(model, fn, tokens)
     if a.json:
         rep.save(a.json)
         print(f"report written to {a.json}")
     return 0
+
+
+def check(model, compiled, tokens):
+    # Inductor autotunes some kernels by timing, so two plain compiles can already differ in the
+    # last bit: compare the backend against plain compile, and plain compile against itself.
+    with torch.no_grad():
+        got = compiled(tokens).float()
+        refs = []
+        for _ in range(2):
+            torch._dynamo.reset()
+            refs.append(torch.compile(model)(tokens).float())
+        eager = model(tokens).float()
+
+    def diff(x, y):
+        return f"{int((x != y).sum())} of {x.numel()} logits differ, max |diff| {(x - y).abs().max().item():.3g}"
+
+    print(f"check: graphmfu backend vs plain torch.compile: {diff(got, refs[0])}")
+    print(f"check: plain torch.compile vs plain torch.compile (2nd compile): {diff(refs[1], refs[0])}")
+    print(f"check: eager vs plain torch.compile: {diff(eager, refs[0])} (max |logit| {refs[0].abs().max().item():.3g})")
 
 
 if __name__ == "__main__":

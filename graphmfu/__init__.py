@@ -16,9 +16,10 @@ from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as 
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, get_device, known_devices
 from graphmfu.report import Report, build as _build
+from graphmfu.timing import ProfileSession, profile, stage
 
 __version__ = "0.1.0"
-__all__ = ["backend", "Backend", "analyze", "report", "reset", "rule", "load_rules", "Cost", "TensorSpec",
+__all__ = ["backend", "Backend", "analyze", "report", "reset", "stage", "profile", "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec",
            "DeviceSpec", "Report", "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
 

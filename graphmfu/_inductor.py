@@ -17,8 +17,11 @@ import torch
 
 
 def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patches: dict | None = None):
-    """Compile ``gm`` with Inductor; call ``on_graph(post_grad_gm, example_inputs, kw)`` once per
-    forward / backward / inference graph, after Inductor's post-grad passes ran on it in place.
+    """Compile ``gm`` with Inductor; call ``on_graph(post_grad_gm, example_inputs, kw, kernels)`` once
+    per forward / backward / inference graph, after Inductor's post-grad passes ran on it in place.
+    ``kernels`` lists the kernels Inductor generated or called, in codegen (= launch) order, as
+    ``{"name", "extern", "origins": [fx node names], "inductor_bytes"}``.  ``on_graph`` returns a
+    graph id (or None); every later call of the compiled graph is tagged with it (see ``tag_calls``).
 
     ``on_graph`` must not raise (the caller guards it).  Raises ``HookUnavailable`` when this torch
     has no ``inner_compile`` hook, so the caller can fall back to plain Inductor."""
@@ -28,9 +31,11 @@ def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patch
         raise HookUnavailable(str(e)) from e
 
     def inner(gm_, example_inputs_, **kw):
-        with caches_off():
+        with caches_off(), kernel_hook() as kernels:
             compiled = compile_fx_inner(gm_, example_inputs_, **kw)
-        on_graph(gm_, example_inputs_, kw)
+        gid = on_graph(gm_, example_inputs_, kw, kernels)
+        if gid is not None:
+            tag_calls(compiled, gid)
         return compiled
 
     try:
@@ -50,6 +55,108 @@ def compile_plain(gm, example_inputs, config_patches: dict | None = None):
 
 class HookUnavailable(Exception):
     pass
+
+
+# --------------------------------------------------------------------------- kernels
+
+_HOOK_MODULES = ("torch._inductor.debug", "torch._inductor.codegen.cpp", "torch._inductor.codegen.triton",
+                 "torch._inductor.codegen.cpp_wrapper_cpu", "torch._inductor.codegen.simd")
+_HOOK_NAME = "set_kernel_post_grad_provenance_tracing"
+
+
+@contextlib.contextmanager
+def kernel_hook():
+    """Record every kernel Inductor emits while compiling (Triton, C++, templates, extern kernels).
+
+    Inductor calls ``set_kernel_post_grad_provenance_tracing(node_schedule, kernel_name, is_extern)``
+    for each kernel it emits, whatever the provenance level (2.11 and 2.13); it is bound by name in
+    several modules, so each binding is wrapped for the duration of the compile.  Without it the
+    list stays empty (no kernel map; the node-level report is unaffected)."""
+    kernels: list[dict] = []
+    original = getattr(_module("torch._inductor.debug"), _HOOK_NAME, None)
+    if original is None:
+        yield kernels
+        return
+
+    def hook(node_schedule, kernel_name, is_extern=False, *a, **k):
+        with contextlib.suppress(Exception):
+            kernels.append(_kernel_entry(node_schedule, kernel_name, is_extern))
+        return original(node_schedule, kernel_name, is_extern, *a, **k)
+
+    patched = []
+    for name in _HOOK_MODULES:
+        mod = _module(name)
+        if mod is not None and getattr(mod, _HOOK_NAME, None) is original:
+            setattr(mod, _HOOK_NAME, hook)
+            patched.append(mod)
+    try:
+        yield kernels
+    finally:
+        for mod in patched:
+            setattr(mod, _HOOK_NAME, original)
+
+
+def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
+    if is_extern:
+        on = getattr(node_schedule, "origin_node", None)
+        origins = [on.name] if on is not None else [o.name for o in getattr(node_schedule, "origins", ())]
+        return {"name": str(kernel_name), "extern": True, "origins": origins, "inductor_bytes": None}
+    origins: list[str] = []
+    nbytes = 0
+    for snode in node_schedule:
+        node = getattr(snode, "node", None)
+        if node is None:
+            continue
+        for o in getattr(node, "origins", ()):
+            if o.name not in origins:
+                origins.append(o.name)
+        try:
+            nbytes += int(snode.get_read_write_buffers_sizes())
+        except Exception:
+            nbytes = None if nbytes is None else nbytes
+    return {"name": str(kernel_name), "extern": False, "origins": origins, "inductor_bytes": nbytes}
+
+
+# --------------------------------------------------------------------------- graph calls
+
+CALL_RANGE = "graphmfu::graph "  # + graph id: a profiler range around each call of a compiled graph
+_TAGGED: dict = {}
+PROFILING = [False]  # set while a graphmfu.profile() session runs
+
+
+def tag_calls(compiled, gid: int) -> None:
+    """Make each call of Inductor's compiled graph (a CompiledFxGraph / OutputCode) open a profiler
+    range ``graphmfu::graph <gid>`` while graphmfu profiles, so kernels are joined to the right graph
+    (kernel names repeat across graphs).  The object's class is swapped for a subclass whose
+    ``__call__`` adds the range; outside profiling it costs one list lookup per call.  If the class
+    cannot be swapped, calls are untagged and the join falls back to call order."""
+    cls = type(compiled)
+    if not callable(compiled):
+        return
+    sub = _TAGGED.get(cls)
+    if sub is None:
+        base_call = cls.__call__
+
+        def __call__(self, *args, **kwargs):
+            if not PROFILING[0]:
+                return base_call(self, *args, **kwargs)
+            with torch.profiler.record_function(CALL_RANGE + str(self._graphmfu_gid)):
+                return base_call(self, *args, **kwargs)
+
+        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+        _TAGGED[cls] = sub
+    try:
+        compiled.__class__ = sub
+        compiled._graphmfu_gid = gid
+    except (TypeError, AttributeError):
+        pass
+
+
+def kernel_profile_config() -> dict:
+    """Inductor config that makes C++ (CPU) kernels visible to the profiler (``graph_<id>_<kernel>``)."""
+    cfg = _module("torch._inductor.config")
+    return {"cpp.enable_kernel_profile": True} if cfg is not None and hasattr(cfg, "cpp") and hasattr(
+        cfg.cpp, "enable_kernel_profile") else {}
 
 
 @contextlib.contextmanager

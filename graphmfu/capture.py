@@ -20,6 +20,7 @@ import torch
 
 from graphmfu import _inductor
 from graphmfu.errors import GraphMFUError
+from graphmfu.kernels import kernel_map
 from graphmfu.nodes import AnalysisError, NodeRecord, records_from_graph
 
 
@@ -32,6 +33,7 @@ class GraphRecord:
     nodes: list[NodeRecord]
     hints: dict  # symbol -> compile-time value, when shapes are dynamic
     source: str  # backend | analyze
+    kernels: list = dataclasses.field(default_factory=list)  # KernelRecord, launch order (backend only)
 
     @property
     def dynamic(self) -> bool:
@@ -83,12 +85,14 @@ def _graph_device(example_inputs) -> str:
     return "cpu"
 
 
-def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id, source: str) -> None:
-    """Analyse one graph into ``registry``; on failure warn once and record the failure."""
+def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id, source: str,
+                 kernel_entries: list | None = None) -> int | None:
+    """Analyse one graph into ``registry``; on failure warn once, record the failure, return None."""
     gid = registry.next_id()
     try:
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints)
+        kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
         cause = e.cause if isinstance(e, AnalysisError) else e
@@ -97,9 +101,10 @@ def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id
                f"missing from the report.")
         registry.fail(msg)
         _warn_once("analysis", msg)
-        return
+        return None
     registry.add(GraphRecord(gid, phase, aot_id, _graph_device(example_inputs), nodes,
-                             {str(k): int(v) for k, v in hints.items()}, source))
+                             {str(k): int(v) for k, v in hints.items()}, source, kernels))
+    return gid
 
 
 # --------------------------------------------------------------------------- backend
@@ -114,16 +119,16 @@ class Backend:
     def __init__(self, mode: str | None = None, options: dict | None = None, registry: GraphRegistry | None = None):
         if options is not None and not isinstance(options, dict):
             raise GraphMFUError(f"graphmfu.backend(options=...) takes a dict of Inductor config, got {options!r}")
-        self.config = {**_inductor.mode_config(mode), **(options or {})}
+        self.config = {**_inductor.kernel_profile_config(), **_inductor.mode_config(mode), **(options or {})}
         self.registry = registry or GRAPHS
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **options):
         config = {**self.config, **_inductor.mode_config(options.pop("mode", None)), **options.pop("options", {}),
                   **options}
 
-        def on_graph(post_gm, ex, kw):
+        def on_graph(post_gm, ex, kw, kernels):
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")
-            record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend")
+            return record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
 
         try:
             return _inductor.compile_with_inner_hook(gm, example_inputs, on_graph, config)

@@ -79,7 +79,115 @@ def _modules(nodes: list[dict]) -> list[dict]:
     return out
 
 
-def build(graphs, dev: DeviceSpec, failures: Iterable[str] = (), notes: Iterable[str] = ()) -> "Report":
+def _kernel_static(k, dev: DeviceSpec) -> dict:
+    p = place(k.cost, dev)
+    t_matrix = sum(f / (dev.matrix_tflops(dt) * 1e12) for dt, f in k.cost.matrix)
+    return {"flops": k.cost.flops, "flops_dense": k.cost.flops_dense, "vector_flops": k.cost.vector_flops,
+            "bytes": k.cost.bytes, "t_min_s": p.t_min_s, "t_matrix_s": t_matrix, "bound": p.bound,
+            "intensity": None if math.isinf(p.intensity) else p.intensity}
+
+
+def _rate(num, den):
+    return num / den if den else None
+
+
+def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
+    """Kernels, module times, stages and time coverage from a joined profile."""
+    from graphmfu.timing import busy_us, stage_of
+
+    gmap = {g.id: g for g in graphs}
+    measured, stages = timing["measured"], timing["stages"]
+    rows: dict = {}
+    other: dict = {}
+    total_us = attributed_us = 0.0
+    for m in measured:
+        m.stage = stage_of(m, stages)
+        dur = m.end_us - m.start_us
+        total_us += dur
+        if m.graph is None:
+            o = other.setdefault((m.name, m.where, m.launch_op), {"name": m.name, "where": m.where,
+                                                                "launch_op": m.launch_op, "count": 0, "time_s": 0.0})
+            o["count"] += 1
+            o["time_s"] += dur * 1e-6
+            continue
+        attributed_us += dur
+        r = rows.setdefault((m.graph, m.kernel, m.stage), {"time_us": 0.0, "calls": set(), "gpu": [], "how": set(),
+                                                          "spans": []})
+        r["time_us"] += dur
+        r["calls"].add(m.call)
+        r["how"].add(m.how)
+        r["spans"].append((m.start_us, m.end_us))
+        if m.name not in r["gpu"]:
+            r["gpu"].append(m.name)
+    kernels = []
+    for (gid, idx, st), r in rows.items():
+        g = gmap[gid]
+        k = g.kernels[idx]
+        s = _kernel_static(k, dev)
+        n = len(r["calls"])
+        t = r["time_us"] * 1e-6
+        row = {"name": k.name, "graph": gid, "phase": g.phase, "index": idx, "nodes": k.nodes, "module": k.module,
+               "stage": st, "calls": n, "extern": k.extern, "gpu_kernels": r["gpu"], "joined_by": sorted(r["how"]),
+               "flops": s["flops"] * n, "flops_dense": s["flops_dense"] * n, "vector_flops": s["vector_flops"] * n,
+               "bytes": s["bytes"] * n, "bytes_inductor": None if k.bytes_inductor is None else k.bytes_inductor * n,
+               "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": s["t_min_s"] * n,
+               "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"], "intensity": s["intensity"],
+               "achieved_tflops": _rate(s["flops"] * n, t * 1e12), "achieved_gbps": _rate(s["bytes"] * n, t * 1e9),
+               "mfu": _rate(s["t_matrix_s"] * n, t), "mbu": _rate(s["bytes"] * n / (dev.dram_gbps * 1e9), t),
+               "sol": _rate(s["t_min_s"] * n, t), "_spans": r["spans"]}
+        kernels.append(row)
+    kernels.sort(key=lambda r: -r["time_s"])
+
+    def agg(rs, spans=None):
+        t = sum(r["time_s"] for r in rs)
+        mem = sum(r["time_s"] for r in rs if r["bound"] == "memory")
+        fl, fd, by = (sum(r[k] for r in rs) for k in ("flops", "flops_dense", "bytes"))
+        tm = sum(r["t_matrix_s"] for r in rs)
+        out = {"time_s": t, "flops": fl, "flops_dense": fd, "vector_flops": sum(r["vector_flops"] for r in rs),
+               "bytes": by, "t_min_s": sum(r["t_min_s"] for r in rs), "kernels": len(rs),
+               "mfu": _rate(tm, t), "mbu": _rate(by / (dev.dram_gbps * 1e9), t), "sol": _rate(
+                   sum(r["t_min_s"] for r in rs), t), "memory_bound_share": _rate(mem, t) or 0.0}
+        return out
+
+    module_times = []
+    groups: dict = defaultdict(list)
+    for r in kernels:
+        parts = r["module"].split(".") if r["module"] else []
+        for d in range(len(parts) + 1):
+            groups[".".join(parts[:d])].append(r)
+    for path in sorted(groups, key=lambda p: p.split(".") if p else []):
+        module_times.append({"module": path, "depth": len(path.split(".")) if path else 0, **agg(groups[path])})
+
+    stage_rows = []
+    names = sorted({s["name"] for s in stages})
+    for name in names:
+        inside = [r for r in kernels if r["stage"] and (r["stage"] == name or r["stage"].startswith(name + "/"))]
+        ms = [m for m in measured if m.stage and (m.stage == name or m.stage.startswith(name + "/"))]
+        spans = [(m.start_us, m.end_us) for m in ms]
+        span = (max(e for _, e in spans) - min(s for s, _ in spans)) * 1e-6 if spans else 0.0
+        busy = busy_us(spans) * 1e-6
+        a = agg(inside)
+        tm = sum(r["t_matrix_s"] for r in inside)
+        stage_rows.append({"name": name, "parent": name.rsplit("/", 1)[0] if "/" in name else None,
+                           "calls": sum(1 for s in stages if s["name"] == name), "span_s": span, "busy_s": busy,
+                           "idle_share": (1 - busy / span) if span else 0.0, "flops": a["flops"],
+                           "flops_dense": a["flops_dense"], "vector_flops": a["vector_flops"], "bytes": a["bytes"],
+                           "kernel_time_s": a["time_s"], "mfu": _rate(tm, span), "mfu_busy": _rate(tm, busy),
+                           "mbu": _rate(a["bytes"] / (dev.dram_gbps * 1e9), span),
+                           "memory_bound_share": a["memory_bound_share"],
+                           "unattributed_s": sum(m.time_s for m in ms if m.graph is None)})
+    for r in kernels:
+        r.pop("_spans", None)
+    return {"kernels": kernels, "module_times": module_times, "stages": stage_rows,
+            "timing": {"device_kernel_time_s": total_us * 1e-6, "attributed_time_s": attributed_us * 1e-6,
+                       "cuda": timing["cuda"], "notes": timing["notes"]},
+            "time_attributed": (attributed_us / total_us) if total_us else 0.0,
+            "unattributed_kernels": sorted(other.values(), key=lambda o: -o["time_s"])}
+
+
+def build(graphs, dev: DeviceSpec, failures: Iterable[str] = (), notes: Iterable[str] = (),
+          timing: dict | None = None) -> "Report":
+    graphs = list(graphs)
     nodes = [_node_row(rec, dev) for g in graphs for rec in g.nodes]
     unknown: dict[str, dict] = {}
     for r in nodes:
@@ -108,7 +216,17 @@ def build(graphs, dev: DeviceSpec, failures: Iterable[str] = (), notes: Iterable
                      "unknown_ops": sorted(unknown.values(), key=lambda u: -u["count"]),
                      "graphs_failed": list(failures), "decomposed_attention": decomposed},
         "notes": all_notes,
+        "kernel_map": [{"graph": g.id, "index": k.index, "name": k.name, "extern": k.extern, "nodes": k.nodes,
+                        "module": k.module, **_kernel_static(k, dev), "bytes_inductor": k.bytes_inductor,
+                        "bytes_nodes": k.bytes_nodes} for g in graphs for k in g.kernels],
     }
+    if timing is not None:
+        t = _timing_sections(graphs, dev, timing)
+        data["kernels"], data["module_times"], data["stages"] = t["kernels"], t["module_times"], t["stages"]
+        data["timing"] = t["timing"]
+        data["coverage"]["time_attributed"] = t["time_attributed"]
+        data["coverage"]["unattributed_kernels"] = t["unattributed_kernels"]
+        data["notes"] += t["timing"]["notes"]
     return Report(data)
 
 
@@ -126,6 +244,10 @@ def _fmt(x, unit=""):
 
 def _ms(s):
     return f"{s * 1e3:.4g}"
+
+
+def _pct(x):
+    return "-" if x is None else f"{x * 100:.1f}"
 
 
 class Report:
@@ -174,12 +296,69 @@ class Report:
         rows = [{"op": k, "count": len(v), **_sum(v)} for k, v in groups.items()]
         return sorted(rows, key=lambda r: -r["t_min_s"])
 
+    @property
+    def kernels(self) -> list[dict]:
+        """Measured kernels (after graphmfu.profile()); empty for a static report."""
+        return self.data.get("kernels", [])
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.data.get("stages", [])
+
+    def by_module_time(self, depth: int | None = None) -> list[dict]:
+        """Measured kernel time per module cut to ``depth`` (each kernel once: rows sum to the total)."""
+        groups: dict[str, list] = defaultdict(list)
+        for r in self.kernels:
+            parts = r["module"].split(".") if r["module"] else []
+            groups[".".join(parts if depth is None else parts[:depth])].append(r)
+        dev = self.device
+        rows = []
+        for k, v in groups.items():
+            t = sum(r["time_s"] for r in v)
+            by = sum(r["bytes"] for r in v)
+            rows.append({"module": k, "time_s": t, "flops": sum(r["flops"] for r in v), "bytes": by,
+                         "kernels": len(v), "mfu": _rate(sum(r["t_matrix_s"] for r in v), t),
+                         "mbu": _rate(by / (dev.dram_gbps * 1e9), t),
+                         "memory_bound_share": _rate(sum(r["time_s"] for r in v if r["bound"] == "memory"), t) or 0.0})
+        return sorted(rows, key=lambda r: -r["time_s"])
+
+    def stage_table(self) -> str:
+        from tabulate import tabulate
+
+        rows = [[s["name"], s["calls"], _ms(s["span_s"]), _ms(s["busy_s"]), f"{s['idle_share'] * 100:.1f}",
+                 _fmt(s["flops"]), _fmt(s["bytes"], "B"), _pct(s["mfu"]), _pct(s["mfu_busy"]), _pct(s["mbu"]),
+                 f"{s['memory_bound_share'] * 100:.0f}"] for s in self.stages]
+        return tabulate(rows, headers=["stage", "calls", "span ms", "busy ms", "idle %", "flops", "bytes", "MFU %",
+                                       "MFU busy %", "MBU %", "mem-bound %"], tablefmt="simple", disable_numparse=True)
+
+    def kernel_table(self, top: int | None = 15) -> str:
+        from tabulate import tabulate
+
+        rows = [[(k["name"][:48]), k["graph"], k["stage"] or "-", k["module"] or "(root)", k["calls"],
+                 f"{k['time_s'] * 1e3:.4g}", _fmt(k["flops"]), _fmt(k["bytes"], "B"), _pct(k["mfu"]), _pct(k["mbu"]),
+                 _pct(k["sol"]), k["bound"]] for k in (self.kernels[:top] if top else self.kernels)]
+        return tabulate(rows, headers=["kernel", "graph", "stage", "module", "calls", "time ms", "flops", "bytes",
+                                       "MFU %", "MBU %", "SOL %", "bound"], tablefmt="simple", disable_numparse=True)
+
+    def module_time_table(self, depth: int | None = 2, top: int | None = 15) -> str:
+        from tabulate import tabulate
+
+        rows = [[r["module"] or "(root)", f"{r['time_s'] * 1e3:.4g}", r["kernels"], _fmt(r["flops"]),
+                 _fmt(r["bytes"], "B"), _pct(r["mfu"]), _pct(r["mbu"]), f"{r['memory_bound_share'] * 100:.0f}"]
+                for r in self.by_module_time(depth)[:top]]
+        return tabulate(rows, headers=["module", "time ms", "kernels", "flops", "bytes", "MFU %", "MBU %",
+                                       "mem-bound %"], tablefmt="simple", disable_numparse=True)
+
     # ---------------------------------------------------------------- text
     def coverage_line(self) -> str:
         c = self.coverage()
         unk = ", ".join(f"{u['op']} x{u['count']} ({_fmt(u['output_bytes'], 'B')} out)" for u in c["unknown_ops"])
         line = (f"coverage: {c['nodes_total'] - c['nodes_unknown']}/{c['nodes_total']} nodes have a rule"
                 f"{'; no rule: ' + unk if unk else ''}")
+        if "time_attributed" in c:
+            line += f"; {c['time_attributed'] * 100:.2f}% of measured kernel time attributed to graph nodes"
+            if c["unattributed_kernels"]:
+                line += f" ({len(c['unattributed_kernels'])} unattributed kernel name(s), see coverage.unattributed_kernels)"
         if c.get("graphs_failed"):
             line += f"; {len(c['graphs_failed'])} graph(s) not analysed (see coverage.graphs_failed)"
         return line

@@ -1,0 +1,142 @@
+"""The kernel map: every kernel Inductor generated or called for a graph, with its origin ATen nodes,
+module, FLOPs and bytes.
+
+* FLOPs of a kernel = the sum of its origin nodes' costs.  A node that is an origin of several
+  kernels (Inductor recomputes cheap pointwise work inside more than one fused kernel) counts in
+  the first kernel that lists it only: the repeats are recomputation (HFU), not model work.  So
+  the kernels of a graph sum to the graph's node totals.
+* Bytes of a fused kernel = its *external* traffic: tensors that cross the boundary of the kernel's
+  origin subgraph (read from outside, or used outside / returned), each once — computed on the FX
+  graph with networkx.  Intermediates fused away cost nothing.  Inductor's own count
+  (``get_read_write_buffers_sizes`` of the scheduler nodes) is kept beside it as
+  ``bytes_inductor``.  An extern kernel (cuBLAS GEMM, SDPA, convolution) moves what its node moves.
+* Module of a kernel = the longest common module path of its origin nodes (a kernel fusing
+  ``layers.0.attn.q`` and ``layers.0.attn.k`` belongs to ``layers.0.attn``), so every kernel has
+  exactly one module and module times never double count at any depth.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+import torch
+
+from graphmfu.cost import ZERO, Cost, nbytes
+from graphmfu.nodes import NodeRecord, spec_of
+
+
+@dataclasses.dataclass
+class KernelRecord:
+    graph: int
+    index: int  # launch order within the graph
+    name: str  # Inductor's kernel name (triton_poi_fused_..., cpp_fused_..., extern_kernels.mm)
+    extern: bool
+    nodes: list  # origin FX node names (op nodes with a record)
+    module: str
+    cost: Cost  # FLOPs of the origins; bytes = external traffic
+    bytes_inductor: int | None
+    bytes_nodes: int  # sum of the origins' per-node bytes (no fusion), for comparison
+
+
+def common_module(paths) -> str:
+    parts = [p.split(".") for p in paths if p]
+    if not parts:
+        return ""
+    out = []
+    for level in zip(*parts):
+        if all(x == level[0] for x in level):
+            out.append(level[0])
+        else:
+            break
+    return ".".join(out)
+
+
+def _dataflow(gm: torch.fx.GraphModule) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for n in gm.graph.nodes:
+        g.add_node(n.name)
+        for a in n.all_input_nodes:
+            g.add_edge(a.name, n.name)
+    return g
+
+
+def _tensor_bytes(node: torch.fx.Node) -> int:
+    val = node.meta.get("val")
+    if val is None:
+        return 0
+    b = nbytes(spec_of(val))
+    return int(b) if isinstance(b, int) else 0
+
+
+# ops that read only the picked elements of their first argument (a table), not all of it
+_GATHERS = {"embedding", "index", "_unsafe_index", "index_select", "gather", "take", "_unsafe_masked_index"}
+
+
+def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
+    t = consumer.target
+    name = getattr(getattr(t, "overloadpacket", t), "__name__", "")
+    first = consumer.args[0] if consumer.args else None
+    return name in _GATHERS and isinstance(first, torch.fx.Node) and first.name == table
+
+
+def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set) -> int:
+    """Bytes of the tensors crossing the boundary of the node set ``names``: each external input
+    read once (a table read only through gathers costs the gathered elements), each result used
+    outside written once."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    inputs = {p for n in names if n in flow for p in flow.predecessors(n) if p not in names}
+    outputs = {n for n in names if n in flow and any(s not in names for s in flow.successors(n))}
+    total = 0
+    for name in inputs | outputs:
+        node = by_name.get(name)
+        if node is None or node.op == "output":
+            continue
+        nb = _tensor_bytes(node)
+        if name in inputs and name not in outputs:
+            users = [by_name[u] for u in flow.successors(name) if u in names]
+            if users and all(_is_gather_of(u, name) for u in users):
+                nb = min(nb, sum(_tensor_bytes(u) for u in users))
+        total += nb
+    return total
+
+
+def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord], entries: list[dict],
+               hints=None) -> list[KernelRecord]:
+    """Kernel records for one graph from the hook's ``entries`` (launch order) and its node records."""
+    rec_by_name = {r.name: r for r in nodes}
+    flow = _dataflow(gm) if entries else None
+    claimed: set = set()
+    out = []
+    for i, e in enumerate(entries):
+        origins = [n for n in e["origins"] if n in rec_by_name]
+        cost = ZERO
+        node_bytes = 0
+        for n in origins:
+            r = rec_by_name[n]
+            if r.cost is None:
+                continue
+            node_bytes += r.cost.bytes
+            if n not in claimed:
+                cost = cost + r.cost
+        claimed.update(origins)
+        if e["extern"]:
+            moved_read, moved_written = cost.bytes_read, cost.bytes_written
+        else:
+            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"])), 0
+        cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
+        module = common_module(rec_by_name[n].module for n in origins)
+        out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,
+                                e.get("inductor_bytes"), int(node_bytes)))
+    return out
+
+
+def extern_op_name(kernel_name: str) -> str:
+    """``extern_kernels.mm`` / ``aten._scaled_dot_product_cudnn_attention.default`` -> ``aten::mm`` ..."""
+    s = kernel_name
+    for prefix in ("extern_kernels.", "torch.ops.", "aten."):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+    if s.startswith("aten."):
+        s = s[5:]
+    base = s.split(".")[0]
+    return f"aten::{base}"

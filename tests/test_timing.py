@@ -1,0 +1,185 @@
+"""Kernel map, stages and the timing join on CPU (Inductor C++ kernels + extern GEMMs)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import graphmfu
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.n = nn.Linear(64, 128), nn.Linear(128, 64), nn.LayerNorm(64)
+
+    def forward(self, x):
+        return self.n(self.b(torch.relu(self.a(x))) + x).softmax(-1)
+
+
+@pytest.fixture
+def trained(fresh):
+    torch.manual_seed(0)
+    m = Tiny()
+    x = torch.randn(32, 64, requires_grad=True)
+    cm = torch.compile(m, backend=graphmfu.backend)
+    cm(x).sum().backward()  # compile forward and backward
+    return cm, x
+
+
+def _profile(cm, x, iters=2):
+    with graphmfu.profile() as p:
+        with graphmfu.stage("train"):
+            for _ in range(iters):
+                with graphmfu.stage("fwd"):
+                    y = cm(x)
+                with graphmfu.stage("bwd"):
+                    y.sum().backward()
+    return p.report()
+
+
+def test_kernel_map_sums_to_graph_totals(trained):
+    rep = graphmfu.report()
+    km = rep.data["kernel_map"]
+    assert km, "the hook recorded no kernels"
+    for g in rep.data["graphs"]:
+        ks = [k for k in km if k["graph"] == g["id"]]
+        nodes = [n for n in rep.nodes if n["graph"] == g["id"]]
+        assert sum(k["flops"] for k in ks) == sum(n["flops"] for n in nodes)
+        assert sum(k["vector_flops"] for k in ks) == sum(n["vector_flops"] for n in nodes)
+    mm = [k for k in km if k["extern"] and k["graph"] == 0]
+    assert [k["module"] for k in mm] == ["a", "b"]  # forward GEMMs, in launch order
+    assert mm[0]["flops"] == 2 * 32 * 64 * 128  # 524288
+    fused = [k for k in km if not k["extern"]]
+    # fusion: a fused kernel moves at most what its nodes move one by one
+    assert all(k["bytes"] <= k["bytes_nodes"] for k in fused)
+    assert any(k["bytes"] < k["bytes_nodes"] for k in fused)
+
+
+def test_every_kernel_joined_and_stage_flops_equal_static(trained):
+    cm, x = trained
+    static = graphmfu.report()
+    rep = _profile(cm, x, iters=2)
+    # every kernel inside the graphs is joined; what is left is eager autograd work outside them
+    # (the loss's sum, the ones that seed backward, gradient accumulation), listed by op
+    un = rep.coverage()["unattributed_kernels"]
+    assert all(u["where"] == "outside graphs" for u in un), un
+    assert {u["launch_op"] for u in un} <= {"aten::sum", "aten::ones_like", "aten::add_", "aten::fill_",
+                                             "aten::expand", "aten::copy_", "aten::zeros_like", "aten::add"}, un
+    st = {s["name"]: s for s in rep.stages}
+    assert set(st) == {"train", "train/fwd", "train/bwd"}
+    assert st["train/fwd"]["calls"] == 2 and st["train"]["calls"] == 1
+    # per stage FLOPs = static totals of the phase x iterations
+    assert st["train/fwd"]["flops"] == 2 * static.phase("forward")["flops"]
+    assert st["train/bwd"]["flops"] == 2 * static.phase("backward")["flops"]
+    assert st["train/fwd"]["vector_flops"] == 2 * static.phase("forward")["vector_flops"]
+    # nested stages roll up once: the parent is the sum of its children, not more
+    assert st["train"]["flops"] == st["train/fwd"]["flops"] + st["train/bwd"]["flops"]
+    assert st["train"]["kernel_time_s"] == pytest.approx(st["train/fwd"]["kernel_time_s"]
+                                                         + st["train/bwd"]["kernel_time_s"])
+    for s in rep.stages:
+        assert 0 <= s["busy_s"] <= s["span_s"] + 1e-12 and 0 <= s["memory_bound_share"] <= 1
+
+
+def test_inference_profile_is_fully_attributed(fresh):
+    m = Tiny()
+    x = torch.randn(32, 64)
+    cm = torch.compile(m, backend=graphmfu.backend)
+    with torch.no_grad():
+        cm(x)
+        with graphmfu.profile() as p, graphmfu.stage("infer"):
+            for _ in range(3):
+                cm(x)
+    rep = p.report()
+    assert rep.coverage()["time_attributed"] == 1.0, rep.coverage()["unattributed_kernels"]
+    assert rep.stages[0]["flops"] == 3 * graphmfu.report().totals["flops"]
+    assert {k["calls"] for k in rep.kernels} == {3}
+
+
+def test_same_kernel_names_in_forward_and_backward_land_on_their_graph(trained):
+    cm, x = trained
+    rep = _profile(cm, x, iters=1)
+    km = {(k["graph"], k["index"]): k for k in rep.data["kernel_map"]}
+    names = {}
+    for k in rep.kernels:
+        names.setdefault(k["name"], set()).add(k["graph"])
+        assert k["nodes"] == km[(k["graph"], k["index"])]["nodes"]
+        assert k["stage"] == ("train/fwd" if k["phase"] == "forward" else "train/bwd")
+    assert any(len(g) == 2 for g in names.values()), "expected a kernel name shared by both graphs"
+    assert {k["graph"] for k in rep.kernels} == {0, 1}
+
+
+def test_module_times_never_double_count(trained):
+    cm, x = trained
+    rep = _profile(cm, x, iters=1)
+    total = sum(k["time_s"] for k in rep.kernels)
+    for depth in (None, 0, 1):
+        assert sum(r["time_s"] for r in rep.by_module_time(depth)) == pytest.approx(total)
+    root = next(m for m in rep.data["module_times"] if m["module"] == "")
+    assert root["time_s"] == pytest.approx(total)
+
+
+def test_report_json_has_timing_schema(trained, tmp_path):
+    cm, x = trained
+    rep = _profile(cm, x, iters=1)
+    back = graphmfu.Report.load(rep.save(tmp_path / "t.json"))
+    k = back.kernels[0]
+    for f in ("name", "graph", "nodes", "module", "stage", "flops", "flops_dense", "bytes", "time_s", "mfu", "mbu",
+              "sol", "bound"):
+        assert f in k
+    for f in ("name", "parent", "span_s", "busy_s", "flops", "flops_dense", "bytes", "mfu", "mbu",
+              "memory_bound_share"):
+        assert f in back.stages[0]
+    assert 0 < back.coverage()["time_attributed"] <= 1
+    assert "train/fwd" in back.stage_table() and "MFU" in back.kernel_table()
+
+
+def test_outside_graph_work_is_listed_not_attributed(trained):
+    cm, x = trained
+    with graphmfu.profile() as p:
+        with graphmfu.stage("mixed"):
+            cm(x).sum().backward()
+            eager = torch.mm(torch.randn(256, 256), torch.randn(256, 256))  # eager op, no graph
+    rep = p.report()
+    un = rep.coverage()["unattributed_kernels"]
+    assert any(u["name"] == "aten::mm" and u["where"] == "outside graphs" for u in un), un
+    assert rep.coverage()["time_attributed"] < 1.0
+    assert eager.shape == (256, 256)
+
+
+def test_profile_without_compiled_run_is_a_clear_error(fresh):
+    with graphmfu.profile() as p:
+        torch.mm(torch.randn(8, 8), torch.randn(8, 8))
+    with pytest.raises(graphmfu.GraphMFUError, match="no graphmfu-compiled graph ran"):
+        p.report()
+
+
+def test_model_compiled_without_backend_is_a_clear_error(fresh):
+    m = Tiny()
+    x = torch.randn(4, 64)
+    cm = torch.compile(m)  # plain Inductor
+    with torch.no_grad():
+        cm(x)
+        with graphmfu.profile() as p:
+            cm(x)
+    with pytest.raises(graphmfu.GraphMFUError, match="compiled without graphmfu's backend"):
+        p.report()
+
+
+def test_stage_left_open_is_a_clear_error(fresh):
+    s = graphmfu.stage("dangling")
+    with pytest.raises(graphmfu.GraphMFUError, match="'dangling' was left open"):
+        with graphmfu.profile():
+            s.__enter__()
+    with pytest.raises(graphmfu.GraphMFUError, match="non-empty string"):
+        graphmfu.stage("")
+
+
+def test_stage_decorator(trained):
+    cm, x = trained
+
+    @graphmfu.stage("step")
+    def step():
+        cm(x).sum().backward()
+
+    with graphmfu.profile() as p:
+        step()
+    assert [s["name"] for s in p.report().stages] == ["step"]
