@@ -91,6 +91,13 @@ def parse_ncu(text):
     return out
 
 
+def norm(name: str) -> str:
+    """Kernel names as the profiler and ncu both spell them: no 'void ', no template args or
+    parameters, no inline namespaces (the two demangle templates differently)."""
+    n = name.removeprefix("void ").split("<")[0].split("(")[0]
+    return n.replace("::fusion::", "::")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
@@ -112,7 +119,8 @@ def main():
     rep.save(Path(a.out) / "ncu_validate_graphmfu.json")
     graphs = {g.id: g for g in graphmfu.capture.GRAPHS.graphs}
     measured, _, _ = join(p.prof, graphs, cuda=True)
-    measured.sort(key=lambda m: m.start_us)
+    # ncu profiles kernels, not memsets/memcpys
+    measured = sorted((m for m in measured if not m.name.startswith(("Memset", "Memcpy"))), key=lambda m: m.start_us)
     print(f"graphmfu on {torch.cuda.get_device_name()}, torch {torch.__version__}: d 4096, ffn 11008, 32 q / "
           f"{a.kv_heads} kv heads, {a.layers} layers, T={a.seq} prefill + 1 decode step, bf16")
     print(rep.stage_table())
@@ -148,7 +156,7 @@ def main():
     agg = {}
     j = 0
     for m in measured:
-        while j < len(ncu) and ncu[j]["name"] != m.name:
+        while j < len(ncu) and norm(ncu[j]["name"]) != norm(m.name):
             j += 1  # a kernel ncu saw that the profiler did not (should not happen)
         if j == len(ncu):
             break

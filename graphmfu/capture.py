@@ -119,12 +119,14 @@ class Backend:
     def __init__(self, mode: str | None = None, options: dict | None = None, registry: GraphRegistry | None = None):
         if options is not None and not isinstance(options, dict):
             raise GraphMFUError(f"graphmfu.backend(options=...) takes a dict of Inductor config, got {options!r}")
-        self.config = {**_inductor.kernel_profile_config(), **_inductor.mode_config(mode), **(options or {})}
+        self.config = {**_inductor.mode_config(mode), **(options or {})}
         self.registry = registry or GRAPHS
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **options):
         config = {**self.config, **_inductor.mode_config(options.pop("mode", None)), **options.pop("options", {}),
                   **options}
+        if _graph_device(example_inputs) == "cpu":  # C++ kernels become visible to the profiler
+            config = {**_inductor.kernel_profile_config(), **config}
 
         def on_graph(post_gm, ex, kw, kernels):
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")

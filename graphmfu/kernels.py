@@ -79,25 +79,48 @@ def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
     return name in _GATHERS and isinstance(first, torch.fx.Node) and first.name == table
 
 
-def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set) -> int:
+def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set, kernels_of: dict | None = None) -> int:
     """Bytes of the tensors crossing the boundary of the node set ``names``: each external input
-    read once (a table read only through gathers costs the gathered elements), each result used
-    outside written once."""
+    read once (a table read only through gathers costs the gathered elements), each result written
+    once if something outside needs it materialised — not when every outside consumer's kernel
+    recomputes it (``kernels_of``: node name -> set of kernel indices that contain it)."""
     by_name = {n.name: n for n in gm.graph.nodes}
+    kernels_of = kernels_of or {}
     inputs = {p for n in names if n in flow for p in flow.predecessors(n) if p not in names}
-    outputs = {n for n in names if n in flow and any(s not in names for s in flow.successors(n))}
     total = 0
-    for name in inputs | outputs:
+    for name in inputs:
         node = by_name.get(name)
-        if node is None or node.op == "output":
+        if node is None:
             continue
         nb = _tensor_bytes(node)
-        if name in inputs and name not in outputs:
-            users = [by_name[u] for u in flow.successors(name) if u in names]
-            if users and all(_is_gather_of(u, name) for u in users):
-                nb = min(nb, sum(_tensor_bytes(u) for u in users))
+        users = [by_name[u] for u in flow.successors(name) if u in names]
+        if users and all(_is_gather_of(u, name) for u in users):
+            nb = min(nb, sum(_tensor_bytes(u) for u in users))
         total += nb
+    for name in names:
+        if name in flow and _needs_store(name, names, flow, by_name, kernels_of):
+            total += _tensor_bytes(by_name[name])
     return total
+
+
+def _needs_store(name, names, flow, by_name, kernels_of, depth=0) -> bool:
+    """Does a consumer outside ``names`` read ``name`` from memory?  Views (in no kernel) are
+    looked through; a consumer kernel that also contains ``name`` recomputes it instead."""
+    mine = kernels_of.get(name, set())
+    for u in flow.successors(name):
+        if u in names:
+            continue
+        node = by_name.get(u)
+        if node is None or node.op == "output":
+            return True
+        ks = kernels_of.get(u)
+        if not ks:  # a view or other node in no kernel: its consumers decide
+            if depth > 8 or _needs_store(u, names, flow, by_name, kernels_of, depth + 1):
+                return True
+            continue
+        if any(k not in mine for k in ks):  # a consumer kernel that does not recompute it reads it
+            return True
+    return False
 
 
 def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord], entries: list[dict],
@@ -105,6 +128,10 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
     """Kernel records for one graph from the hook's ``entries`` (launch order) and its node records."""
     rec_by_name = {r.name: r for r in nodes}
     flow = _dataflow(gm) if entries else None
+    kernels_of: dict = {}
+    for i, e in enumerate(entries):
+        for n in e["origins"]:
+            kernels_of.setdefault(n, set()).add(i)
     claimed: set = set()
     out = []
     for i, e in enumerate(entries):
@@ -122,7 +149,7 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
         if e["extern"]:
             moved_read, moved_written = cost.bytes_read, cost.bytes_written
         else:
-            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"])), 0
+            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"]), kernels_of), 0
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,

@@ -264,8 +264,10 @@ def _join_by_order(kernels: list[Measured], g, call_index, notes) -> None:
             pairs = [(ext[0], m) for m in pending]
         elif ext:
             pairs = [(ext[min(i, len(ext) - 1)], m) for i, m in enumerate(pending)]
-            notes.append(f"graph {g.id}: {len(pending)} GPU kernels replayed for {len(ext)} extern kernels; "
-                         f"joined by order only")
+            note = (f"graph {g.id}: {len(pending)} GPU kernels replayed for {len(ext)} extern kernels "
+                    f"({', '.join(e.name for e in ext)}); joined by order only")
+            if note not in notes:
+                notes.append(note)
         else:
             pairs = []
         for e, m in pairs:
