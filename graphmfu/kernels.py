@@ -2,9 +2,9 @@
 module, FLOPs and bytes.
 
 * FLOPs of a kernel = the sum of its origin nodes' costs.  A node that is an origin of several
-  kernels (Inductor recomputes cheap pointwise work inside more than one fused kernel) counts in
-  the first kernel that lists it only: the repeats are recomputation (HFU), not model work.  So
-  the kernels of a graph sum to the graph's node totals.
+  kernels counts once: in the extern kernel that runs it (a GEMM, SDPA, convolution) if there is
+  one, else in the first kernel that lists it; the repeats are recomputation (HFU), not model
+  work.  So the kernels of a graph sum to the graph's node totals.
 * Bytes of a fused kernel = its *external* traffic: tensors that cross the boundary of the kernel's
   origin subgraph (read from outside, or used outside / returned), each once — computed on the FX
   graph with networkx.  Intermediates fused away cost nothing.  Inductor's own count
@@ -79,7 +79,8 @@ def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
     return name in _GATHERS and isinstance(first, torch.fx.Node) and first.name == table
 
 
-def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set, kernels_of: dict | None = None) -> int:
+def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
+                   kernels_of: dict | None = None) -> tuple[int, int]:
     """Bytes of the tensors crossing the boundary of the node set ``names``: each external input
     read once (a table read only through gathers costs the gathered elements), each result written
     once if something outside needs it materialised — not when every outside consumer's kernel
@@ -87,7 +88,7 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set, kerne
     by_name = {n.name: n for n in gm.graph.nodes}
     kernels_of = kernels_of or {}
     inputs = {p for n in names if n in flow for p in flow.predecessors(n) if p not in names}
-    total = 0
+    read = written = 0
     for name in inputs:
         node = by_name.get(name)
         if node is None:
@@ -96,11 +97,11 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set, kerne
         users = [by_name[u] for u in flow.successors(name) if u in names]
         if users and all(_is_gather_of(u, name) for u in users):
             nb = min(nb, sum(_tensor_bytes(u) for u in users))
-        total += nb
+        read += nb
     for name in names:
         if name in flow and _needs_store(name, names, flow, by_name, kernels_of):
-            total += _tensor_bytes(by_name[name])
-    return total
+            written += _tensor_bytes(by_name[name])
+    return read, written
 
 
 def _needs_store(name, names, flow, by_name, kernels_of, depth=0) -> bool:
@@ -132,7 +133,16 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
     for i, e in enumerate(entries):
         for n in e["origins"]:
             kernels_of.setdefault(n, set()).add(i)
-    claimed: set = set()
+    # an extern kernel (GEMM, SDPA, conv) owns the node it runs, even when a neighbouring fused
+    # kernel lists that node among its origins (e.g. the layout copy feeding a cuDNN attention)
+    owner: dict = {}
+    for i, e in enumerate(entries):
+        if e["extern"]:
+            for n in e["origins"]:
+                owner.setdefault(n, i)
+    for i, e in enumerate(entries):
+        for n in e["origins"]:
+            owner.setdefault(n, i)
     out = []
     for i, e in enumerate(entries):
         origins = [n for n in e["origins"] if n in rec_by_name]
@@ -143,13 +153,12 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
             if r.cost is None:
                 continue
             node_bytes += r.cost.bytes
-            if n not in claimed:
+            if owner.get(n) == i:
                 cost = cost + r.cost
-        claimed.update(origins)
         if e["extern"]:
             moved_read, moved_written = cost.bytes_read, cost.bytes_written
         else:
-            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"]), kernels_of), 0
+            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"]), kernels_of)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,

@@ -183,3 +183,18 @@ def test_stage_decorator(trained):
     with graphmfu.profile() as p:
         step()
     assert [s["name"] for s in p.report().stages] == ["step"]
+
+
+def test_attention_flops_belong_to_the_attention_kernel(fresh):
+    from examples.minimal_llama import Llama, LlamaConfig
+
+    m = Llama(LlamaConfig(dim=64, layers=1, heads=4, kv_heads=2, ffn=128, vocab=100))
+    with torch.no_grad():
+        torch.compile(m, backend=graphmfu.backend)(torch.randint(0, 100, (1, 16)))
+    rep = graphmfu.report()
+    sdpa_nodes = [n for n in rep.nodes if "scaled_dot_product" in n["op"]]
+    assert len(sdpa_nodes) == 1
+    owners = [k for k in rep.data["kernel_map"] if sdpa_nodes[0]["name"] in k["nodes"] and k["flops"]]
+    assert len(owners) == 1 and owners[0]["extern"], owners
+    assert owners[0]["flops"] == sdpa_nodes[0]["flops"]  # 4*1*4*(16*17/2)*16 = 34816
+    assert owners[0]["flops"] == 34816
