@@ -135,6 +135,7 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
             kernels_of.setdefault(n, set()).add(i)
     # an extern kernel (GEMM, SDPA, conv) owns the node it runs, even when a neighbouring fused
     # kernel lists that node among its origins (e.g. the layout copy feeding a cuDNN attention)
+    entries = [_own_op_origins(e, rec_by_name) for e in entries]
     owner: dict = {}
     for i, e in enumerate(entries):
         if e["extern"]:
@@ -164,6 +165,16 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,
                                 e.get("inductor_bytes"), int(node_bytes)))
     return out
+
+
+def _own_op_origins(entry: dict, rec_by_name: dict) -> dict:
+    """An extern kernel without Inductor's ``origin_node`` (multi-output fallbacks such as SDPA) lists
+    every FX node that fed its IR (layout copies, RoPE ...): keep the nodes of its own op."""
+    if not entry["extern"] or len(entry["origins"]) <= 1:
+        return entry
+    base = extern_op_name(entry["name"]).split("::", 1)[1]
+    own = [n for n in entry["origins"] if n in rec_by_name and rec_by_name[n].op.split(".")[1:2] == [base]]
+    return {**entry, "origins": own} if own else entry
 
 
 def extern_op_name(kernel_name: str) -> str:
