@@ -163,9 +163,14 @@ def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
     for name in names:
         inside = [r for r in kernels if r["stage"] and (r["stage"] == name or r["stage"].startswith(name + "/"))]
         ms = [m for m in measured if m.stage and (m.stage == name or m.stage.startswith(name + "/"))]
-        spans = [(m.start_us, m.end_us) for m in ms]
-        span = (max(e for _, e in spans) - min(s for s, _ in spans)) * 1e-6 if spans else 0.0
-        busy = busy_us(spans) * 1e-6
+        # span and busy per occurrence of the stage (a repeated stage interleaved with another must
+        # not span the other's time), summed over occurrences
+        span = busy = 0.0
+        for occ in (s for s in stages if s["name"] == name):
+            spans = [(m.start_us, m.end_us) for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
+            if spans:
+                span += (max(e for _, e in spans) - min(b for b, _ in spans)) * 1e-6
+                busy += busy_us(spans) * 1e-6
         a = agg(inside)
         tm = sum(r["t_matrix_s"] for r in inside)
         stage_rows.append({"name": name, "parent": name.rsplit("/", 1)[0] if "/" in name else None,

@@ -198,3 +198,21 @@ def test_attention_flops_belong_to_the_attention_kernel(fresh):
     assert len(owners) == 1 and owners[0]["extern"], owners
     assert owners[0]["flops"] == sdpa_nodes[0]["flops"]  # 4*1*4*(16*17/2)*16 = 34816
     assert owners[0]["flops"] == 34816
+
+
+def test_interleaved_repeated_stages_span_only_their_own_time(trained):
+    cm, x = trained
+    with torch.no_grad():
+        cm(x)  # compile the inference graph before profiling
+    with torch.no_grad(), graphmfu.profile() as p:
+        for _ in range(3):
+            with graphmfu.stage("a"):
+                cm(x)
+            with graphmfu.stage("b"):
+                for _ in range(5):
+                    cm(x)
+    st = {s["name"]: s for s in p.report().stages}
+    # b does 5x a's work per occurrence; a's span must not include b's time between a's occurrences
+    assert st["a"]["calls"] == 3 and st["b"]["calls"] == 3
+    assert st["a"]["span_s"] < st["b"]["span_s"]
+    assert st["a"]["busy_s"] <= st["a"]["span_s"] and st["b"]["busy_s"] <= st["b"]["span_s"]
