@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python examples/minimal_llama.py
+	$(BIN)/python examples/minimal_llama.py --static
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
