@@ -135,8 +135,20 @@ def _launch_sites(call, kids):
     return parent, kids.get(id(parent), [])
 
 
-def collect(prof, cuda: bool):
-    """(cpu events, measured kernels, graph calls) from a finished torch.profiler session."""
+def _graph_of(e):
+    """The graphmfu graph id whose call range encloses CPU event ``e`` (or None)."""
+    for a in _ancestors(e):
+        if a.name.startswith(_inductor.CALL_RANGE):
+            return int(a.name[len(_inductor.CALL_RANGE):])
+    return None
+
+
+def collect(prof, cuda: bool, cpu_graphs: set | None = None):
+    """(cpu events, measured kernels, graph calls) from a finished torch.profiler session.
+
+    GPU kernels come from CUPTI; kernels of CPU graphs (``cpu_graphs``: ids of graphs whose tensors
+    live on the CPU) are their C++ kernel / extern op events, timed on the CPU — also when CUDA is
+    being profiled, so a CPU model profiled on a GPU machine is still joined."""
     events = [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
     kids = _children(events)
     calls = [e for e in events if e.name.startswith(_inductor.CALL_RANGE)]
@@ -158,12 +170,20 @@ def collect(prof, cuda: bool):
             measured.append(Measured(k.name(), start, start + k.duration_ns() / 1e3,
                                      op.name if op else "", op.time_range.start if op else start))
             measured[-1]._op = op
-    else:
-        for e in events:
-            if _cpp_kernel(e.name) or (e.name.startswith("aten::") and not _IGNORED_OPS.match(e.name)
-                                       and (_in_call(e) or _top_level_op(e))):
-                measured.append(Measured(e.name, e.time_range.start, e.time_range.end, e.name, e.time_range.start))
-                measured[-1]._op = e
+    cpu_graphs = cpu_graphs or set()
+    eager_cpu = not cuda or not measured  # no GPU work at all: eager CPU ops are the kernels
+    for e in events:
+        if _cpp_kernel(e.name):
+            pass
+        elif not e.name.startswith("aten::") or _IGNORED_OPS.match(e.name):
+            continue
+        elif _in_call(e):
+            if cuda and _graph_of(e) not in cpu_graphs:
+                continue  # a CUDA graph's extern op: its GPU kernels are measured instead
+        elif not (eager_cpu and _top_level_op(e)):
+            continue
+        measured.append(Measured(e.name, e.time_range.start, e.time_range.end, e.name, e.time_range.start))
+        measured[-1]._op = e
     return events, kids, calls, measured
 
 
@@ -180,7 +200,7 @@ def _in_call(e) -> bool:
 
 def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], list[str]]:
     """Join measured kernels to ``graphs`` (id -> GraphRecord).  Returns (measured, stage ranges, notes)."""
-    events, kids, calls, measured = collect(prof, cuda)
+    events, kids, calls, measured = collect(prof, cuda, {gid for gid, g in graphs.items() if g.device == "cpu"})
     notes: list[str] = []
     by_op: dict[int, list[Measured]] = {}
     for m in measured:
@@ -210,7 +230,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
         replay = by_op.get(id(parent), [])
         if replay:
             _join_by_order(sorted(replay, key=lambda m: m.start_us), g, k, notes)
-        _join_sites(sites, by_op, g, k, cuda)
+        _join_sites(sites, by_op, g, k, cuda and g.device != "cpu")
     for m in measured:
         if m.graph is None:
             inside = any(a.name.startswith("## Call CompiledFxGraph") for a in ([m._op] + list(_ancestors(m._op)))) \
