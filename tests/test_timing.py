@@ -62,7 +62,7 @@ def test_every_kernel_joined_and_stage_flops_equal_static(trained):
     # (the loss's sum, the ones that seed backward, gradient accumulation), listed by op
     un = rep.coverage()["unattributed_kernels"]
     assert all(u["where"] == "outside graphs" for u in un), un
-    assert {u["launch_op"] for u in un} <= {"aten::sum", "aten::ones_like", "aten::add_", "aten::fill_",
+    assert {u["launch_op"] for u in un} <= {"aten::sum", "aten::ones_like", "aten::add_", "aten::fill_", "aten::contiguous",
                                              "aten::expand", "aten::copy_", "aten::zeros_like", "aten::add"}, un
     st = {s["name"]: s for s in rep.stages}
     assert set(st) == {"train", "train/fwd", "train/bwd"}
