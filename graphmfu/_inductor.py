@@ -120,36 +120,58 @@ def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
 # --------------------------------------------------------------------------- graph calls
 
 CALL_RANGE = "graphmfu::graph "  # + graph id: a profiler range around each call of a compiled graph
-_TAGGED: dict = {}
-PROFILING = [False]  # set while a graphmfu.profile() session runs
+_TAGGED: dict = {}  # Inductor's class -> its tagging subclass
+_COMPILED: list = []  # weak references to every compiled graph graphmfu may tag
+_TAGGING = [False]  # a graphmfu.profile() session is running
 
 
 def tag_calls(compiled, gid: int) -> None:
-    """Make each call of Inductor's compiled graph (a CompiledFxGraph / OutputCode) open a profiler
-    range ``graphmfu::graph <gid>`` while graphmfu profiles, so kernels are joined to the right graph
-    (kernel names repeat across graphs).  The object's class is swapped for a subclass whose
-    ``__call__`` adds the range; outside profiling it costs one list lookup per call.  If the class
-    cannot be swapped, calls are untagged and the join falls back to call order."""
-    cls = type(compiled)
-    if not callable(compiled):
-        return
+    """Remember Inductor's compiled graph (a CompiledFxGraph / OutputCode) so that, while graphmfu
+    profiles, each of its calls opens a profiler range ``graphmfu::graph <gid>`` (kernel names repeat
+    across graphs; the range tells them apart).  Outside profiling the object is untouched: zero
+    overhead.  If it cannot be tagged, its calls are untagged and not joined (the report says so)."""
+    import weakref
+
+    try:
+        compiled._graphmfu_gid = gid
+        _COMPILED.append(weakref.ref(compiled))
+        if _TAGGING[0]:  # compiled inside a profiled block: tag it now
+            compiled.__class__ = _tagging_class(type(compiled))
+    except (TypeError, AttributeError):
+        pass
+
+
+def _tagging_class(cls):
     sub = _TAGGED.get(cls)
     if sub is None:
         base_call = cls.__call__
 
         def __call__(self, *args, **kwargs):
-            if not PROFILING[0]:
-                return base_call(self, *args, **kwargs)
             with torch.profiler.record_function(CALL_RANGE + str(self._graphmfu_gid)):
                 return base_call(self, *args, **kwargs)
 
-        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                          "_graphmfu_base": cls})
         _TAGGED[cls] = sub
-    try:
-        compiled.__class__ = sub
-        compiled._graphmfu_gid = gid
-    except (TypeError, AttributeError):
-        pass
+    return sub
+
+
+def set_call_tags(on: bool) -> None:
+    """Swap every live compiled graph to its tagging subclass (on) or back to Inductor's class (off)."""
+    _TAGGING[0] = on
+    alive = []
+    for ref in _COMPILED:
+        obj = ref()
+        if obj is None:
+            continue
+        alive.append(ref)
+        with contextlib.suppress(TypeError, AttributeError):
+            cls = type(obj)
+            if on and "_graphmfu_base" not in cls.__dict__:
+                obj.__class__ = _tagging_class(cls)
+            elif not on and "_graphmfu_base" in cls.__dict__:
+                obj.__class__ = cls._graphmfu_base
+    _COMPILED[:] = alive
 
 
 def kernel_profile_config() -> dict:

@@ -124,8 +124,8 @@ def _needs_store(name, names, flow, by_name, kernels_of, depth=0) -> bool:
     return False
 
 
-def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord], entries: list[dict],
-               hints=None) -> list[KernelRecord]:
+def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
+               entries: list[dict]) -> list[KernelRecord]:
     """Kernel records for one graph from the hook's ``entries`` (launch order) and its node records."""
     rec_by_name = {r.name: r for r in nodes}
     flow = _dataflow(gm) if entries else None

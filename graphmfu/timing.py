@@ -25,7 +25,6 @@ autograd engine's backward thread counts too), and rolls up into enclosing stage
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import functools
@@ -165,7 +164,7 @@ def collect(prof, cuda: bool, cpu_graphs: set | None = None):
                 continue
             op = op_by_corr.get(k.linked_correlation_id())
             start = k.start_ns() / 1e3 - offset
-            if k.name().startswith(STAGE_RANGE) or op is None and k.name().startswith("graphmfu::"):
+            if k.name().startswith("graphmfu::"):
                 continue  # GPU-side copies of our own ranges
             measured.append(Measured(k.name(), start, start + k.duration_ns() / 1e3,
                                      op.name if op else "", op.time_range.start if op else start))
@@ -230,7 +229,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
         replay = by_op.get(id(parent), [])
         if replay:
             _join_by_order(sorted(replay, key=lambda m: m.start_us), g, k, notes)
-        _join_sites(sites, by_op, g, k, cuda and g.device != "cpu")
+        _join_sites(sites, by_op, g, k)
     for m in measured:
         if m.graph is None:
             inside = any(a.name.startswith("## Call CompiledFxGraph") for a in ([m._op] + list(_ancestors(m._op)))) \
@@ -245,14 +244,12 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
     return measured, stages, notes
 
 
-def _join_sites(sites, by_op, g, call_index, cuda) -> None:
+def _join_sites(sites, by_op, g, call_index) -> None:
     expected = g.kernels
     i = 0
     for site in sites:
         ms = by_op.get(id(site), [])
-        if not ms and cuda:
-            continue
-        if not cuda and not ms:
+        if not ms:
             continue
         name = site.name
         j = i
@@ -358,7 +355,7 @@ class ProfileSession:
         self.prof = profile(activities=acts, **self.profiler_kwargs)
         if self.cuda:
             torch.cuda.synchronize()
-        _inductor.PROFILING[0] = True
+        _inductor.set_call_tags(True)
         ProfileSession._active = self
         self.prof.__enter__()
         return self
@@ -369,7 +366,7 @@ class ProfileSession:
                 torch.cuda.synchronize()
         finally:
             self.prof.__exit__(exc_type, exc, tb)
-            _inductor.PROFILING[0] = False
+            _inductor.set_call_tags(False)
             ProfileSession._active = None
         left = open_stages()
         if left and exc_type is None:
@@ -405,4 +402,4 @@ def profile(**profiler_kwargs) -> ProfileSession:
     return ProfileSession(**profiler_kwargs)
 
 
-__all__ = ["stage", "profile", "ProfileSession", "join", "busy_us", "stage_of", "bisect"]
+__all__ = ["stage", "profile", "ProfileSession", "join", "busy_us", "stage_of"]

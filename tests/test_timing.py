@@ -216,3 +216,27 @@ def test_interleaved_repeated_stages_span_only_their_own_time(trained):
     assert st["a"]["calls"] == 3 and st["b"]["calls"] == 3
     assert st["a"]["span_s"] < st["b"]["span_s"]
     assert st["a"]["busy_s"] <= st["a"]["span_s"] and st["b"]["busy_s"] <= st["b"]["span_s"]
+
+
+def test_no_profiling_means_inductors_own_objects(trained):
+    """Outside graphmfu.profile() the compiled graphs are Inductor's own classes (zero overhead)."""
+    from graphmfu import _inductor
+
+    cm, x = trained
+    live = [r() for r in _inductor._COMPILED if r() is not None]
+    assert live and all("_graphmfu_base" not in type(o).__dict__ for o in live)
+    with graphmfu.profile():
+        assert all("_graphmfu_base" in type(o).__dict__ for o in live)
+        cm(x).sum().backward()
+    assert all("_graphmfu_base" not in type(o).__dict__ for o in live)
+
+
+def test_graph_compiled_inside_the_profile_is_joined(fresh):
+    m = Tiny()
+    x = torch.randn(8, 64)
+    cm = torch.compile(m, backend=graphmfu.backend)
+    with torch.no_grad(), graphmfu.profile() as p:
+        cm(x)  # compiles here
+        cm(x)
+    rep = p.report()
+    assert {k["calls"] for k in rep.kernels} == {2}
