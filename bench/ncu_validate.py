@@ -161,7 +161,7 @@ def main():
             j += 1  # a kernel ncu saw that the profiler did not (should not happen)
         if j == len(ncu):
             break
-        key = (m.graph, m.kernel, m.stage if hasattr(m, "stage") else None)
+        key = (m.graph, m.kernel, m.stage)
         e = agg.setdefault(key, {"gpu": [], "ncu_ops": 0.0, "ncu_bytes": 0.0, "ncu_read": 0.0, "ncu_t": 0.0,
                                  "gm_t": 0.0})
         e["ncu_read"] += ncu[j]["dram_read"]

@@ -174,6 +174,30 @@ def set_call_tags(on: bool) -> None:
     _COMPILED[:] = alive
 
 
+def device_kernels(prof, op_by_corr: Mapping) -> list[tuple]:
+    """GPU activities of a finished torch.profiler session as (name, start_us, end_us, linked
+    correlation id), in the time base of ``prof.events()``.  The linked id is that of the CPU op
+    enclosing the launch (CUPTI correlation).  Reads the profiler's kineto results (semi-private);
+    without them, no GPU kernels (the report then attributes nothing and says so)."""
+    try:
+        kineto = prof.profiler.kineto_results.events()
+        cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    except AttributeError:
+        return []
+    # kineto times are absolute ns; FunctionEvent times are us from the trace start: align on the
+    # CPU ops both list (same correlation id and name)
+    offs = sorted(k.start_ns() / 1e3 - op_by_corr[k.correlation_id()].time_range.start for k in kineto
+                  if k.device_type() == cpu and k.correlation_id() in op_by_corr
+                  and op_by_corr[k.correlation_id()].name == k.name())
+    offset = offs[len(offs) // 2] if offs else 0.0
+    out = []
+    for k in kineto:
+        if k.device_type() == cuda:
+            start = k.start_ns() / 1e3 - offset
+            out.append((k.name(), start, start + k.duration_ns() / 1e3, k.linked_correlation_id()))
+    return out
+
+
 def kernel_profile_config() -> dict:
     """Inductor config that makes C++ (CPU) kernels visible to the profiler (``graph_<id>_<kernel>``)."""
     cfg = _module("torch._inductor.config")

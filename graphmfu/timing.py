@@ -97,6 +97,9 @@ class Measured:
     call: int | None = None  # which call of the graph (0, 1, ...)
     how: str = ""  # "name", "op", "order" or "" (unattributed)
     where: str = ""  # "inside graph" | "outside graphs"
+    stage: str | None = None  # innermost stage (set when the report is built)
+    op: object = dataclasses.field(default=None, repr=False, compare=False)  # launching CPU FunctionEvent
+    site: object = dataclasses.field(default=None, repr=False, compare=False)  # its launch site in a graph call
 
     @property
     def time_s(self) -> float:
@@ -154,21 +157,12 @@ def collect(prof, cuda: bool, cpu_graphs: set | None = None):
     measured: list[Measured] = []
     if cuda:
         op_by_corr = {e.id: e for e in events if not re.match(r"^(cuda|cu[A-Z])", e.name)}
-        kineto = prof.profiler.kineto_results.events()
-        cpu_k = [k for k in kineto if k.device_type() == torch.autograd.DeviceType.CPU and k.correlation_id() in op_by_corr
-                 and op_by_corr[k.correlation_id()].name == k.name()]
-        offs = sorted(k.start_ns() / 1e3 - op_by_corr[k.correlation_id()].time_range.start for k in cpu_k)
-        offset = offs[len(offs) // 2] if offs else 0.0
-        for k in kineto:
-            if k.device_type() != torch.autograd.DeviceType.CUDA:
-                continue
-            op = op_by_corr.get(k.linked_correlation_id())
-            start = k.start_ns() / 1e3 - offset
-            if k.name().startswith("graphmfu::"):
+        for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
+            if name.startswith("graphmfu::"):
                 continue  # GPU-side copies of our own ranges
-            measured.append(Measured(k.name(), start, start + k.duration_ns() / 1e3,
-                                     op.name if op else "", op.time_range.start if op else start))
-            measured[-1]._op = op
+            op = op_by_corr.get(linked)
+            measured.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start,
+                                     op=op))
     cpu_graphs = cpu_graphs or set()
     eager_cpu = not cuda or not measured  # no GPU work at all: eager CPU ops are the kernels
     for e in events:
@@ -181,8 +175,7 @@ def collect(prof, cuda: bool, cpu_graphs: set | None = None):
                 continue  # a CUDA graph's extern op: its GPU kernels are measured instead
         elif not (eager_cpu and _top_level_op(e)):
             continue
-        measured.append(Measured(e.name, e.time_range.start, e.time_range.end, e.name, e.time_range.start))
-        measured[-1]._op = e
+        measured.append(Measured(e.name, e.time_range.start, e.time_range.end, e.name, e.time_range.start, op=e))
     return events, kids, calls, measured
 
 
@@ -203,7 +196,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
     notes: list[str] = []
     by_op: dict[int, list[Measured]] = {}
     for m in measured:
-        op = getattr(m, "_op", None)
+        op = m.op
         if op is None:
             continue
         # map each measured kernel to its launch site: the op directly under Inductor's call range
@@ -215,7 +208,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
             if a.name.startswith("## Call CompiledFxGraph"):
                 site = a  # CUDA graph replay: the launch is the call itself
                 break
-        m._site = site
+        m.site = site
         by_op.setdefault(id(site), []).append(m)
     ncalls: dict[int, int] = {}
     for call in sorted(calls, key=lambda e: e.time_range.start):
@@ -232,8 +225,8 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
         _join_sites(sites, by_op, g, k)
     for m in measured:
         if m.graph is None:
-            inside = any(a.name.startswith("## Call CompiledFxGraph") for a in ([m._op] + list(_ancestors(m._op)))) \
-                if getattr(m, "_op", None) is not None else False
+            inside = m.op is not None and any(a.name.startswith("## Call CompiledFxGraph")
+                                              for a in [m.op, *_ancestors(m.op)])
             m.where = "inside graph" if inside else "outside graphs"
         else:
             m.where = "inside graph"
