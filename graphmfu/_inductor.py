@@ -110,10 +110,11 @@ def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
         for o in getattr(node, "origins", ()):
             if o.name not in origins:
                 origins.append(o.name)
-        try:
-            nbytes += int(snode.get_read_write_buffers_sizes())
-        except Exception:
-            nbytes = None if nbytes is None else nbytes
+        if nbytes is not None:
+            try:
+                nbytes += int(snode.get_read_write_buffers_sizes())
+            except Exception:  # symbolic sizes: Inductor's count is not available
+                nbytes = None
     return {"name": str(kernel_name), "extern": False, "origins": origins, "inductor_bytes": nbytes}
 
 

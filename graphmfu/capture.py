@@ -92,7 +92,7 @@ def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id
     try:
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints)
-        kernels = kernel_map(gm, gid, nodes, kernel_entries or [])
+        kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
         cause = e.cause if isinstance(e, AnalysisError) else e

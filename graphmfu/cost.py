@@ -42,6 +42,7 @@ import importlib.util
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -409,21 +410,31 @@ def _load_file(path: Path, modname: str) -> None:
         ) from None
 
 
+_load_lock = threading.RLock()
+
+
 def ensure_builtin_rules() -> None:
+    """Load rules/ (and GRAPHMFU_RULES files) once; marked loaded only when all loaded."""
     if "builtin" in _loaded:
         return
-    _loaded.add("builtin")
-    from graphmfu._inductor import define_inductor_prims
+    with _load_lock:
+        if "builtin" in _loaded or "builtin-loading" in _loaded:
+            return
+        _loaded.add("builtin-loading")
+        try:
+            from graphmfu._inductor import define_inductor_prims
 
-    define_inductor_prims()
-    d = builtin_rules_dir()
-    for f in sorted(d.glob("*.py")):
-        if f.name.startswith("_"):
-            continue
-        _load_file(f, f"graphmfu.rules.{f.stem}")
-    for p in os.environ.get("GRAPHMFU_RULES", "").split(os.pathsep):
-        if p:
-            load_rules(p)
+            define_inductor_prims()
+            d = builtin_rules_dir()
+            for f in sorted(d.glob("*.py")):
+                if not f.name.startswith("_") and f"graphmfu.rules.{f.stem}" not in sys.modules:
+                    _load_file(f, f"graphmfu.rules.{f.stem}")
+            _loaded.add("builtin")
+        finally:
+            _loaded.discard("builtin-loading")
+        for p in os.environ.get("GRAPHMFU_RULES", "").split(os.pathsep):
+            if p:
+                load_rules(p)
 
 
 def load_rules(path: str | os.PathLike) -> None:

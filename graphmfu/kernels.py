@@ -21,7 +21,9 @@ import dataclasses
 import networkx as nx
 import torch
 
-from graphmfu.cost import ZERO, Cost, nbytes
+import operator
+
+from graphmfu.cost import ZERO, Cost, evaluate, nbytes
 from graphmfu.nodes import NodeRecord, spec_of
 
 
@@ -60,12 +62,17 @@ def _dataflow(gm: torch.fx.GraphModule) -> nx.DiGraph:
     return g
 
 
-def _tensor_bytes(node: torch.fx.Node) -> int:
+def _tensor_bytes(node: torch.fx.Node, hints=None) -> int:
     val = node.meta.get("val")
     if val is None:
         return 0
     b = nbytes(spec_of(val))
-    return int(b) if isinstance(b, int) else 0
+    if isinstance(b, int):
+        return b
+    try:  # symbolic size: the compile-time hint
+        return int(evaluate(b, hints or {}))
+    except Exception:
+        return 0
 
 
 # ops that read only the picked elements of their first argument (a table), not all of it
@@ -80,43 +87,58 @@ def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
 
 
 def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
-                   kernels_of: dict | None = None) -> tuple[int, int]:
+                   kernels_of: dict | None = None, hints=None, views: set | None = None) -> tuple[int, int]:
     """Bytes of the tensors crossing the boundary of the node set ``names``: each external input
     read once (a table read only through gathers costs the gathered elements), each result written
     once if something outside needs it materialised — not when every outside consumer's kernel
-    recomputes it (``kernels_of``: node name -> set of kernel indices that contain it)."""
+    recomputes it (``kernels_of``: node name -> set of kernel indices that contain it).  ``views``
+    (nodes that move no bytes) are never stores; ``getitem`` of a node inside belongs inside."""
     by_name = {n.name: n for n in gm.graph.nodes}
     kernels_of = kernels_of or {}
+    views = views or set()
+    names = set(names)
+    for n in list(names):  # split/chunk/unbind outputs are reached through getitem: not a read
+        node = by_name.get(n)
+        if node is not None:
+            names.update(u.name for u in node.users if u.target is operator.getitem)
     inputs = {p for n in names if n in flow for p in flow.predecessors(n) if p not in names}
     read = written = 0
     for name in inputs:
         node = by_name.get(name)
         if node is None:
             continue
-        nb = _tensor_bytes(node)
+        nb = _tensor_bytes(node, hints)
         users = [by_name[u] for u in flow.successors(name) if u in names]
         if users and all(_is_gather_of(u, name) for u in users):
-            nb = min(nb, sum(_tensor_bytes(u) for u in users))
+            nb = min(nb, sum(_tensor_bytes(u, hints) for u in users))
         read += nb
     for name in names:
-        if name in flow and _needs_store(name, names, flow, by_name, kernels_of):
-            written += _tensor_bytes(by_name[name])
+        node = by_name.get(name)
+        if node is None or name in views or node.target is operator.getitem:
+            continue
+        if name in flow and _needs_store(name, names, flow, by_name, kernels_of, views):
+            written += _tensor_bytes(node, hints)
     return read, written
 
 
-def _needs_store(name, names, flow, by_name, kernels_of, depth=0) -> bool:
-    """Does a consumer outside ``names`` read ``name`` from memory?  Views (in no kernel) are
-    looked through; a consumer kernel that also contains ``name`` recomputes it instead."""
+def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), depth=0) -> bool:
+    """Does a consumer outside ``names`` read ``name`` from memory?  Views and getitems are looked
+    through; a consumer kernel that also contains ``name`` recomputes it instead."""
     mine = kernels_of.get(name, set())
     for u in flow.successors(name):
+        node_u = by_name.get(u)
+        if node_u is not None and (u in views or node_u.target is operator.getitem) and node_u.op != "output":
+            if depth <= 8 and _needs_store(u, names, flow, by_name, kernels_of, views, depth + 1):
+                return True
+            continue
         if u in names:
             continue
         node = by_name.get(u)
         if node is None or node.op == "output":
             return True
         ks = kernels_of.get(u)
-        if not ks:  # a view or other node in no kernel: its consumers decide
-            if depth > 8 or _needs_store(u, names, flow, by_name, kernels_of, depth + 1):
+        if not ks:  # a node in no kernel: its consumers decide
+            if depth > 8 or _needs_store(u, names, flow, by_name, kernels_of, views, depth + 1):
                 return True
             continue
         if any(k not in mine for k in ks):  # a consumer kernel that does not recompute it reads it
@@ -125,25 +147,29 @@ def _needs_store(name, names, flow, by_name, kernels_of, depth=0) -> bool:
 
 
 def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
-               entries: list[dict]) -> list[KernelRecord]:
+               entries: list[dict], hints=None) -> list[KernelRecord]:
     """Kernel records for one graph from the hook's ``entries`` (launch order) and its node records."""
     rec_by_name = {r.name: r for r in nodes}
     flow = _dataflow(gm) if entries else None
-    kernels_of: dict = {}
-    for i, e in enumerate(entries):
-        for n in e["origins"]:
-            kernels_of.setdefault(n, set()).add(i)
+    entries = [_own_op_origins(e, rec_by_name) for e in entries]
     # an extern kernel (GEMM, SDPA, conv) owns the node it runs, even when a neighbouring fused
     # kernel lists that node among its origins (e.g. the layout copy feeding a cuDNN attention)
-    entries = [_own_op_origins(e, rec_by_name) for e in entries]
     owner: dict = {}
     for i, e in enumerate(entries):
         if e["extern"]:
             for n in e["origins"]:
                 owner.setdefault(n, i)
+    extern_owned = set(owner)
     for i, e in enumerate(entries):
         for n in e["origins"]:
             owner.setdefault(n, i)
+    kernels_of: dict = {}
+    for i, e in enumerate(entries):
+        for n in e["origins"]:
+            if not (n in extern_owned and not e["extern"]):
+                kernels_of.setdefault(n, set()).add(i)
+    views = {r.name for r in nodes if r.cost is not None and r.cost.bytes == 0 and not r.cost.flops
+             and not r.cost.vector_flops}
     out = []
     for i, e in enumerate(entries):
         origins = [n for n in e["origins"] if n in rec_by_name]
@@ -155,11 +181,14 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
                 continue
             node_bytes += r.cost.bytes
             if owner.get(n) == i:
-                cost = cost + r.cost
+                # recomputed forward nodes (activation checkpointing) are HFU work: bytes, no FLOPs
+                cost = cost + (Cost(bytes_read=r.cost.bytes_read, bytes_written=r.cost.bytes_written)
+                               if r.recompute else r.cost)
         if e["extern"]:
             moved_read, moved_written = cost.bytes_read, cost.bytes_written
         else:
-            moved_read, moved_written = boundary_bytes(gm, flow, set(e["origins"]), kernels_of)
+            mine = {n for n in e["origins"] if n not in extern_owned}
+            moved_read, moved_written = boundary_bytes(gm, flow, mine, kernels_of, hints, views)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,

@@ -11,6 +11,7 @@ import torch
 import torch.fx
 
 from graphmfu.cost import REGISTRY, Cost, TensorSpec, ensure_builtin_rules, op_name
+from graphmfu.errors import GraphMFUError
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ def module_path(raw: str) -> str:
         if s.startswith("G"):
             keep = m.group(1)
         s = s[m.end():]
-    s = s.replace("._modules", "").replace("_modules", "")
+    s = re.sub(r"(^|\.)_modules(?=\[)", r"\1", s)  # ._modules['x'], not an attribute like down_modules
     s = _ITEM.sub(lambda mm: "." + mm.group(1), s)
     parts = [p for p in s.split(".") if p]
     if keep:
@@ -182,9 +183,18 @@ def _record(node, graph_id, phase, index, opn, backward, hints) -> NodeRecord:
             raise TypeError(f"rule {rule.origin} returned {type(cost).__name__}, not a Cost")
         if cost.is_symbolic:
             cost_expr = cost.as_strings()
-            cost = cost.evaluate(hints)
+            try:
+                cost = cost.evaluate(hints)
+            except GraphMFUError:  # a data-dependent (unbacked) size: this node only is not counted
+                return NodeRecord(graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
+                                  module=node_module(node, backward), inputs=_shapes((args, kwargs)),
+                                  outputs=_shapes(out), cost=None, cost_expr=cost_expr,
+                                  note="cost depends on a data-dependent size; not counted")
     if not isinstance(out_bytes, int):
-        out_bytes = Cost(bytes_written=out_bytes).evaluate(hints).bytes_written
+        try:
+            out_bytes = Cost(bytes_written=out_bytes).evaluate(hints).bytes_written
+        except GraphMFUError:
+            out_bytes = 0
     tag = node.meta.get("partitioner_tag")
     return NodeRecord(
         graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
@@ -195,7 +205,8 @@ def _record(node, graph_id, phase, index, opn, backward, hints) -> NodeRecord:
     )
 
 
-_SOFTMAX = {"aten._softmax.default", "aten._safe_softmax.default", "aten.softmax.int"}
+# softmax as one node, or (after Inductor's decompositions, as in every captured graph) its exp
+_SOFTMAX = {"aten._softmax.default", "aten._safe_softmax.default", "aten.softmax.int", "aten.exp.default"}
 _MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
 _PASS = {"view", "_unsafe_view", "reshape", "expand", "clone", "permute", "transpose", "unsqueeze", "squeeze",
          "mul", "div", "add", "where", "masked_fill", "native_dropout", "_to_copy", "convert_element_type",
@@ -203,8 +214,8 @@ _PASS = {"view", "_unsafe_view", "reshape", "expand", "clone", "permute", "trans
 
 
 def _mark_decomposed_attention(gm, records) -> None:
-    """Flag softmax nodes sitting between two matmuls: attention in decomposed form,
-    counted dense (its mask, if any, is data the rules cannot see)."""
+    """Flag softmax (or its decomposed exp) nodes sitting between two matmuls: attention in
+    decomposed form, counted dense (its mask, if any, is data the rules cannot see)."""
     by_name = {r.name: r for r in records}
     for node in gm.graph.nodes:
         if node.op != "call_function" or op_name(node.target) not in _SOFTMAX:

@@ -53,11 +53,16 @@ def _node_row(rec, dev: DeviceSpec) -> dict:
 
 def _sum(rows: Iterable[dict]) -> dict:
     tot = {k: 0 for k in _SUMS}
+    tot["flops_recompute"] = 0
     n = mem = 0
     for r in rows:
         n += 1
         for k in _SUMS:
+            if r.get("recompute") and k in ("flops", "flops_dense", "vector_flops"):
+                continue  # recomputed forward work (checkpointing) is HFU, not model FLOPs
             tot[k] += r[k]
+        if r.get("recompute"):
+            tot["flops_recompute"] += r["flops"]
         if r["bound"] == "memory":
             mem += r["t_min_s"]
     tot["nodes"] = n

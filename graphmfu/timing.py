@@ -67,6 +67,9 @@ class stage(contextlib.ContextDecorator):
         self._rf.__enter__()
         return self
 
+    def _recreate_cm(self):  # each decorated call (recursion, threads) gets its own range
+        return stage(self.name)
+
     def __exit__(self, *exc):
         self._rf.__exit__(*exc)
         if torch.cuda.is_available():

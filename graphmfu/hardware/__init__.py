@@ -144,6 +144,10 @@ def _apply_overrides(spec: DeviceSpec | None, name: str, peak, bw) -> DeviceSpec
     bwv = parse_bandwidth_override(str(bw), "dram_gbps") if bw is not None else (
         parse_bandwidth_override(env_bw) if env_bw else None)
     if spec is None:
+        if peaks is not None and "fp32" not in peaks:
+            raise GraphMFUError(f"GRAPHMFU_PEAK_TFLOPS for unknown device {name!r} names no fp32 peak (vector "
+                                f"work and fp32 matmuls need it): give one number for all dtypes or add fp32=..., "
+                                f"e.g. bf16=989,fp32=67")
         if peaks is None or bwv is None:
             missing = " and ".join(x for x, v in (("GRAPHMFU_PEAK_TFLOPS", peaks), ("GRAPHMFU_DRAM_GBPS", bwv))
                                    if v is None)
