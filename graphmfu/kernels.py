@@ -126,19 +126,17 @@ def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), dept
     through; a consumer kernel that also contains ``name`` recomputes it instead."""
     mine = kernels_of.get(name, set())
     for u in flow.successors(name):
-        node_u = by_name.get(u)
-        if node_u is not None and (u in views or node_u.target is operator.getitem) and node_u.op != "output":
-            if depth <= 8 and _needs_store(u, names, flow, by_name, kernels_of, views, depth + 1):
-                return True
-            continue
-        if u in names:
-            continue
         node = by_name.get(u)
+        transparent = node is not None and (u in views or node.target is operator.getitem)
+        if u in names and not transparent:
+            continue
         if node is None or node.op == "output":
             return True
         ks = kernels_of.get(u)
-        if not ks:  # a node in no kernel: its consumers decide
-            if depth > 8 or _needs_store(u, names, flow, by_name, kernels_of, views, depth + 1):
+        if transparent or not ks:  # a view, a getitem or a node in no kernel: its consumers decide
+            # past 8 levels: a view chain is assumed not to need a store, any other node to need one
+            if (depth > 8 and not transparent) or (depth <= 8 and _needs_store(
+                    u, names, flow, by_name, kernels_of, views, depth + 1)):
                 return True
             continue
         if any(k not in mine for k in ks):  # a consumer kernel that does not recompute it reads it

@@ -72,16 +72,36 @@ def _sum(rows: Iterable[dict]) -> dict:
     return tot
 
 
-def _modules(nodes: list[dict]) -> list[dict]:
+def _module_tree(rows: list[dict], summarise) -> list[dict]:
+    """One row per module path prefix (inclusive: a row counts in each of its ancestors)."""
     groups: dict[str, list] = defaultdict(list)
-    for r in nodes:
+    for r in rows:
         parts = r["module"].split(".") if r["module"] else []
         for d in range(len(parts) + 1):
             groups[".".join(parts[:d])].append(r)
-    out = []
-    for path in sorted(groups, key=lambda p: (p.split(".") if p else [])):
-        out.append({"module": path, "depth": len(path.split(".")) if path else 0, **_sum(groups[path])})
-    return out
+    return [{"module": path, "depth": len(path.split(".")) if path else 0, **summarise(groups[path])}
+            for path in sorted(groups, key=lambda p: p.split(".") if p else [])]
+
+
+def _by_depth(rows: list[dict], depth: int | None) -> dict[str, list]:
+    """Rows grouped by module path cut to ``depth`` components (each row once)."""
+    groups: dict[str, list] = defaultdict(list)
+    for r in rows:
+        parts = r["module"].split(".") if r["module"] else []
+        groups[".".join(parts if depth is None else parts[:depth])].append(r)
+    return groups
+
+
+def _kernel_sum(rs: list[dict], dram_gbps: float) -> dict:
+    """Totals, MFU, MBU, SOL and memory-bound share over measured kernel rows."""
+    t = sum(r["time_s"] for r in rs)
+    by = sum(r["bytes"] for r in rs)
+    t_min = sum(r["t_min_s"] for r in rs)
+    return {"time_s": t, "flops": sum(r["flops"] for r in rs), "flops_dense": sum(r["flops_dense"] for r in rs),
+            "vector_flops": sum(r["vector_flops"] for r in rs), "bytes": by, "t_min_s": t_min, "kernels": len(rs),
+            "mfu": _rate(sum(r["t_matrix_s"] for r in rs), t), "mbu": _rate(by / (dram_gbps * 1e9), t),
+            "sol": _rate(t_min, t),
+            "memory_bound_share": _rate(sum(r["time_s"] for r in rs if r["bound"] == "memory"), t) or 0.0}
 
 
 def _kernel_static(k, dev: DeviceSpec) -> dict:
@@ -143,25 +163,7 @@ def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
         kernels.append(row)
     kernels.sort(key=lambda r: -r["time_s"])
 
-    def agg(rs, spans=None):
-        t = sum(r["time_s"] for r in rs)
-        mem = sum(r["time_s"] for r in rs if r["bound"] == "memory")
-        fl, fd, by = (sum(r[k] for r in rs) for k in ("flops", "flops_dense", "bytes"))
-        tm = sum(r["t_matrix_s"] for r in rs)
-        out = {"time_s": t, "flops": fl, "flops_dense": fd, "vector_flops": sum(r["vector_flops"] for r in rs),
-               "bytes": by, "t_min_s": sum(r["t_min_s"] for r in rs), "kernels": len(rs),
-               "mfu": _rate(tm, t), "mbu": _rate(by / (dev.dram_gbps * 1e9), t), "sol": _rate(
-                   sum(r["t_min_s"] for r in rs), t), "memory_bound_share": _rate(mem, t) or 0.0}
-        return out
-
-    module_times = []
-    groups: dict = defaultdict(list)
-    for r in kernels:
-        parts = r["module"].split(".") if r["module"] else []
-        for d in range(len(parts) + 1):
-            groups[".".join(parts[:d])].append(r)
-    for path in sorted(groups, key=lambda p: p.split(".") if p else []):
-        module_times.append({"module": path, "depth": len(path.split(".")) if path else 0, **agg(groups[path])})
+    module_times = _module_tree(kernels, lambda rs: _kernel_sum(rs, dev.dram_gbps))
 
     stage_rows = []
     names = sorted({s["name"] for s in stages})
@@ -176,7 +178,7 @@ def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
             if spans:
                 span += (max(e for _, e in spans) - min(b for b, _ in spans)) * 1e-6
                 busy += busy_us(spans) * 1e-6
-        a = agg(inside)
+        a = _kernel_sum(inside, dev.dram_gbps)
         tm = sum(r["t_matrix_s"] for r in inside)
         stage_rows.append({"name": name, "parent": name.rsplit("/", 1)[0] if "/" in name else None,
                            "calls": sum(1 for s in stages if s["name"] == name), "span_s": span, "busy_s": busy,
@@ -221,7 +223,7 @@ def build(graphs, dev: DeviceSpec, failures: Iterable[str] = (), notes: Iterable
         "graphs": [{"id": g.id, "phase": g.phase, "aot_id": g.aot_id, "device": g.device, "source": g.source,
                     "nodes": len(g.nodes), "dynamic": g.dynamic, "hints": g.hints} for g in graphs],
         "nodes": nodes,
-        "modules": _modules(nodes),
+        "modules": _module_tree(nodes, _sum),
         "coverage": {"nodes_total": len(nodes), "nodes_unknown": sum(u["count"] for u in unknown.values()),
                      "unknown_ops": sorted(unknown.values(), key=lambda u: -u["count"]),
                      "graphs_failed": list(failures), "decomposed_attention": decomposed},
@@ -291,12 +293,7 @@ class Report:
     def by_module(self, depth: int | None = None) -> list[dict]:
         """Nodes grouped by module path cut to ``depth`` components (None: full path).  Each node
         counts once, so the rows sum to the totals; "" is the model root."""
-        groups: dict[str, list] = defaultdict(list)
-        for r in self.nodes:
-            parts = r["module"].split(".") if r["module"] else []
-            key = ".".join(parts if depth is None else parts[:depth])
-            groups[key].append(r)
-        rows = [{"module": k, **_sum(v)} for k, v in groups.items()]
+        rows = [{"module": k, **_sum(v)} for k, v in _by_depth(self.nodes, depth).items()]
         return sorted(rows, key=lambda r: -r["t_min_s"])
 
     def by_op(self) -> list[dict]:
@@ -317,19 +314,8 @@ class Report:
 
     def by_module_time(self, depth: int | None = None) -> list[dict]:
         """Measured kernel time per module cut to ``depth`` (each kernel once: rows sum to the total)."""
-        groups: dict[str, list] = defaultdict(list)
-        for r in self.kernels:
-            parts = r["module"].split(".") if r["module"] else []
-            groups[".".join(parts if depth is None else parts[:depth])].append(r)
-        dev = self.device
-        rows = []
-        for k, v in groups.items():
-            t = sum(r["time_s"] for r in v)
-            by = sum(r["bytes"] for r in v)
-            rows.append({"module": k, "time_s": t, "flops": sum(r["flops"] for r in v), "bytes": by,
-                         "kernels": len(v), "mfu": _rate(sum(r["t_matrix_s"] for r in v), t),
-                         "mbu": _rate(by / (dev.dram_gbps * 1e9), t),
-                         "memory_bound_share": _rate(sum(r["time_s"] for r in v if r["bound"] == "memory"), t) or 0.0})
+        dram_gbps = self.data["device"]["dram_gbps"]
+        rows = [{"module": k, **_kernel_sum(v, dram_gbps)} for k, v in _by_depth(self.kernels, depth).items()]
         return sorted(rows, key=lambda r: -r["time_s"])
 
     def stage_table(self) -> str:

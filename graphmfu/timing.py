@@ -38,6 +38,7 @@ from graphmfu.errors import GraphMFUError
 from graphmfu.kernels import extern_op_name
 
 STAGE_RANGE = "graphmfu::stage "
+INDUCTOR_CALL = "## Call CompiledFxGraph"  # Inductor's profiler range around each compiled-graph call
 _local = threading.local()
 _IGNORED_OPS = re.compile(r"^(aten::(empty|empty_strided|as_strided|view|reshape|resize_|set_|detach|alias|"
                           r"_reshape_alias|lift_fresh|unsqueeze|squeeze|t|permute|transpose|expand|slice|select)"
@@ -135,7 +136,7 @@ def _cpp_kernel(name: str):
 
 def _launch_sites(call, kids):
     """Direct children of Inductor's call range inside a graphmfu call range (or of the range itself)."""
-    inner = [c for c in kids.get(id(call), []) if c.name.startswith("## Call CompiledFxGraph")]
+    inner = [c for c in kids.get(id(call), []) if c.name.startswith(INDUCTOR_CALL)]
     parent = inner[0] if inner else call
     return parent, kids.get(id(parent), [])
 
@@ -184,13 +185,13 @@ def collect(prof, cuda: bool, cpu_graphs: set | None = None):
 
 def _top_level_op(e) -> bool:
     """An eager ATen op outside compiled graphs, not nested in another ATen op (CPU: its own time)."""
-    return not any(a.name.startswith(("aten::", "## Call CompiledFxGraph", "graph_")) for a in _ancestors(e))
+    return not any(a.name.startswith(("aten::", INDUCTOR_CALL, "graph_")) for a in _ancestors(e))
 
 
 def _in_call(e) -> bool:
     """A CPU op that is a launch site: a direct child of Inductor's call range."""
     p = e.cpu_parent
-    return p is not None and p.name.startswith("## Call CompiledFxGraph")
+    return p is not None and p.name.startswith(INDUCTOR_CALL)
 
 
 def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], list[str]]:
@@ -205,10 +206,10 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
         # map each measured kernel to its launch site: the op directly under Inductor's call range
         site = op
         for a in [op, *_ancestors(op)]:
-            if a.cpu_parent is not None and a.cpu_parent.name.startswith("## Call CompiledFxGraph"):
+            if a.cpu_parent is not None and a.cpu_parent.name.startswith(INDUCTOR_CALL):
                 site = a
                 break
-            if a.name.startswith("## Call CompiledFxGraph"):
+            if a.name.startswith(INDUCTOR_CALL):
                 site = a  # CUDA graph replay: the launch is the call itself
                 break
         m.site = site
@@ -228,7 +229,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
         _join_sites(sites, by_op, g, k)
     for m in measured:
         if m.graph is None:
-            inside = m.op is not None and any(a.name.startswith("## Call CompiledFxGraph")
+            inside = m.op is not None and any(a.name.startswith(INDUCTOR_CALL)
                                               for a in [m.op, *_ancestors(m.op)])
             m.where = "inside graph" if inside else "outside graphs"
         else:
@@ -383,7 +384,7 @@ class ProfileSession:
         measured, stages, notes = join(self.prof, graphs, self.cuda)
         ran = {m.graph for m in measured if m.graph is not None}
         if not ran:
-            compiled_calls = any(e.name.startswith("## Call CompiledFxGraph") for e in self.prof.events())
+            compiled_calls = any(e.name.startswith(INDUCTOR_CALL) for e in self.prof.events())
             if compiled_calls:
                 raise GraphMFUError("the profiled model was compiled without graphmfu's backend: use "
                                     "torch.compile(model, backend=graphmfu.backend)")
