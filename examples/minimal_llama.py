@@ -5,6 +5,8 @@ MBU, memory-bound share), the top kernels on their roofline and the per-module t
     python examples/minimal_llama.py                       # prefill + decode, CPU (or CUDA when present)
     python examples/minimal_llama.py --decode --compiled   # as in the Nsight seed; BENCHMARK NVTX range
     python examples/minimal_llama.py --device cuda --dim 4096 --ffn 11008 --heads 32 --kv-heads 32 --seq 512
+    python examples/minimal_llama.py --compare             # eager against compiled, per stage and module
+    graphmfu compare examples/minimal_llama.py -- --decode # the same through the CLI (graphmfu_compare below)
 """
 from __future__ import annotations
 
@@ -166,6 +168,7 @@ def parse_args(argv=None):
     p.add_argument("--static", action="store_true", help="also print the static per-module / per-op tables")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--check", action="store_true", help="also compile with plain Inductor and compare outputs")
+    p.add_argument("--compare", action="store_true", help="run graphmfu.compare: eager against compiled")
     return p.parse_args(argv)
 
 
@@ -183,10 +186,37 @@ def build(a):
     return model, tokens, caches, next_tok, dtype
 
 
+def _stage_fns(a, tokens, caches, next_tok) -> dict:
+    def train(m):
+        m(tokens).float().pow(2).mean().backward()
+
+    if a.train:
+        return {"train": train}
+    fns = {"prefill": (tokens,), "decode": (next_tok, caches)}
+    wanted = [s for s in ("prefill", "decode") if getattr(a, s)] or ["prefill", "decode"]
+    return {s: fns[s] for s in wanted}
+
+
+def graphmfu_compare(argv):
+    """The ``graphmfu compare`` protocol: the model and its stages for these command-line args."""
+    a = parse_args(argv)
+    model, tokens, caches, next_tok, _ = build(a)
+    return {"model": model, "stages": _stage_fns(a, tokens, caches, next_tok), "warmup": a.warmup,
+            "iters": a.iters, "mode": a.mode}
+
+
 def main(argv=None) -> int:
     import graphmfu
 
     a = parse_args(argv)
+    if a.compare:
+        setup = graphmfu_compare(argv)
+        cmp = graphmfu.compare(setup["model"], stages=setup["stages"], warmup=a.warmup, iters=a.iters, mode=a.mode)
+        print(cmp.table(depth=a.depth, top=a.top))
+        if a.json:
+            cmp.save(a.json)
+            print(f"comparison written to {a.json}")
+        return 0
     model, tokens, caches, next_tok, dtype = build(a)
     stages = ["train"] if a.train else [s for s in ("prefill", "decode") if getattr(a, s)] or ["prefill", "decode"]
     graphmfu.reset()
@@ -236,7 +266,8 @@ def main(argv=None) -> int:
         print(f"{s}: {sum(ms) / len(ms):.3f} ms per iteration ({'CUDA events' if a.device.startswith('cuda') else 'wall clock'}, "
               f"{len(ms)} iterations{', under the profiler' if prof else ''})")
     if prof is None:
-        print("eager run: no graphs to analyse (graphmfu compare, the eager-vs-compiled view, is the next step)")
+        print("eager run: per-op attribution of eager kernels is in the eager-vs-compiled view: "
+              "python examples/minimal_llama.py --compare (or graphmfu compare examples/minimal_llama.py -- ARGS)")
         return 0
     rep = prof.report()
     print(rep.summary())

@@ -8,6 +8,7 @@ Pipeline: capture (``capture.py``) -> rules (``cost.py`` + ``rules/``) -> roofli
     print(graphmfu.report().table())
 
     graphmfu.analyze(model, x, training=True)   # fake tensors: no GPU, no weights
+    print(graphmfu.compare(model, x))           # eager against compiled, per stage and module
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, get_device, known_devices
 from graphmfu.report import Report, build as _build
 from graphmfu.timing import ProfileSession, profile, stage
+from graphmfu.compare import compare
+from graphmfu.comparison import Comparison
 
 __version__ = "0.1.0"
-__all__ = ["backend", "Backend", "analyze", "report", "reset", "stage", "profile", "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec",
+__all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec",
            "DeviceSpec", "Report", "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
 

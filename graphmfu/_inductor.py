@@ -351,3 +351,90 @@ def matmul_allows_tf32() -> bool:
         return torch.get_float32_matmul_precision() != "highest" or bool(torch.backends.cuda.matmul.allow_tf32)
     except Exception:  # pragma: no cover
         return False
+
+
+# --------------------------------------------------------------------------- eager module tracking
+
+
+@contextlib.contextmanager
+def module_tracker(model):
+    """``torch.utils.module_tracker.ModuleTracker`` (public, forward and backward) with its private
+    name table seeded from ``model.named_modules()``, so paths match the compiled graphs'
+    (``layers.0.attn.q``, root = "") whichever module runs first.  Fallback when the private table
+    is gone: the tracker's own names with their first component (the root's class name) dropped."""
+    from torch.utils.module_tracker import ModuleTracker
+
+    tracker = ModuleTracker()
+    tracker._graphmfu_seeded = False
+    if isinstance(model, torch.nn.Module) and hasattr(tracker, "_known_modules") and hasattr(tracker, "_seen_modules"):
+        for name, mod in model.named_modules(remove_duplicate=False):
+            tracker._known_modules[mod] = name
+            tracker._seen_modules.add(mod)
+        tracker._graphmfu_seeded = True
+    with tracker:
+        yield tracker
+
+
+def tracked_module(tracker) -> str:
+    """The innermost module the tracker is in ("" = root or none)."""
+    names = [p for p in tracker.parents if p != "Global"]
+    if not names:
+        return ""
+    if not getattr(tracker, "_graphmfu_seeded", False):
+        names = [n.split(".", 1)[1] if "." in n else "" for n in names]
+    return max(names, key=lambda n: (len(n.split(".")) if n else 0, n))
+
+
+_NODE_KEY = "graphmfu_module"
+
+
+class ModuleTagger(torch.overrides.TorchFunctionMode):
+    """While recording eagerly: tags each new autograd node (``grad_fn.metadata``, public) with the
+    module that created it, so the backward ops it runs are attributed to that module (what
+    ``fwd_nn_module_stack`` gives the compiled backward)."""
+
+    def __init__(self, tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.is_grad_enabled():
+            mod = tracked_module(self.tracker)
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                    _tag(t.grad_fn, mod)
+        return out
+
+
+def _tag(node, mod: str) -> None:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        try:
+            if _NODE_KEY in n.metadata:
+                continue
+            n.metadata[_NODE_KEY] = mod
+        except (AttributeError, RuntimeError):
+            continue
+        stack.extend(nf for nf, _ in n.next_functions)
+
+
+def backward_module(tracker):
+    """(in backward?, module of the autograd node running now or None).  Uses the private
+    ``torch._C._current_autograd_node``; without it, the tracker's own (approximate) backward view."""
+    get = getattr(torch._C, "_current_autograd_node", None)
+    if get is None:
+        try:
+            return bool(tracker.is_bw), None
+        except Exception:  # noqa: BLE001
+            return False, None
+    node = get()
+    if node is None:
+        return False, None
+    try:
+        return True, node.metadata.get(_NODE_KEY)
+    except (AttributeError, RuntimeError):
+        return True, None

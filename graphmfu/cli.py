@@ -1,7 +1,13 @@
 """``graphmfu`` on the command line: view a saved report, list known devices.
 
-    graphmfu show report.json [--by module|op|node] [--depth N] [--top N]
+    graphmfu show report.json [--by module|op|node] [--depth N] [--top N]   (a report or a comparison)
+    graphmfu compare script.py [--iters N] [--warmup N] [--mode M] [--json F] [--markdown F] -- [script args]
     graphmfu devices
+
+``graphmfu compare`` imports ``script.py`` (its ``if __name__ == "__main__"`` block does not run)
+and calls its ``graphmfu_compare(argv)``, which returns a dict: ``model`` (an nn.Module) and
+``stages`` ({name: args tuple or callable(model)}), optionally ``warmup``, ``iters``, ``mode``,
+``training``.  ``examples/minimal_llama.py`` implements it.
 """
 from __future__ import annotations
 
@@ -12,12 +18,73 @@ from graphmfu.errors import GraphMFUError
 
 
 def _show(a) -> None:
+    import json
+
+    from graphmfu.comparison import SCHEMA as COMPARE, Comparison
     from graphmfu.report import Report
 
+    try:
+        schema = json.loads(open(a.report).read()).get("schema")
+    except (OSError, ValueError, AttributeError):
+        schema = None
+    if schema == COMPARE:
+        print(Comparison.load(a.report).table(depth=a.depth, top=a.top))
+        return
     rep = Report.load(a.report)
     print(rep.summary())
     print()
     print(rep.table(by=a.by, depth=a.depth, top=a.top))
+
+
+def load_script(path: str):
+    """Import a compare script by path (not as __main__); return its graphmfu_compare function."""
+    import importlib.util
+    import os
+
+    if not os.path.isfile(path):
+        raise GraphMFUError(f"compare: no such script {path!r}; give the path of a Python file that defines "
+                            f"graphmfu_compare(argv)")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec = importlib.util.spec_from_file_location("graphmfu_compare_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses and pickling look the module up there
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - the user's script: one line, not a traceback
+        raise GraphMFUError(f"compare: importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(mod, "graphmfu_compare", None)
+    if not callable(fn):
+        raise GraphMFUError(f"compare: {path} has no graphmfu_compare(argv) function; define one returning "
+                            f"{{'model': ..., 'stages': {{name: args}}}} (see examples/minimal_llama.py)")
+    return fn
+
+
+def _compare(a) -> None:
+    import torch
+
+    from graphmfu.compare import compare
+
+    setup = load_script(a.script)(list(a.script_args))
+    if not isinstance(setup, dict) or "model" not in setup:
+        raise GraphMFUError(f"compare: {a.script}'s graphmfu_compare(argv) must return a dict with 'model' and "
+                            f"'stages', got {type(setup).__name__}")
+    extra = set(setup) - {"model", "stages", "warmup", "iters", "mode", "training", "args"}
+    if extra:
+        raise GraphMFUError(f"compare: graphmfu_compare returned unknown key(s) {sorted(extra)}; allowed: model, "
+                            f"stages, args, warmup, iters, mode, training")
+    opts = {k: setup[k] for k in ("warmup", "iters", "mode", "training") if k in setup}
+    for k in ("warmup", "iters", "mode"):
+        if getattr(a, k) is not None:
+            opts[k] = getattr(a, k)
+    torch.manual_seed(0)
+    cmp = compare(setup["model"], *setup.get("args", ()), stages=setup.get("stages"), clean=not a.no_clean, **opts)
+    print(cmp.table(depth=a.depth, top=a.top))
+    if a.json:
+        cmp.save(a.json)
+        print(f"comparison written to {a.json}")
+    if a.markdown:
+        cmp.save(a.markdown if a.markdown.endswith(".md") else a.markdown + ".md")
+        print(f"markdown written to {a.markdown}")
 
 
 def _devices(a) -> None:
@@ -41,9 +108,26 @@ def main(argv=None) -> int:
     s.add_argument("--depth", type=int, default=2)
     s.add_argument("--top", type=int, default=25)
     s.set_defaults(fn=_show)
+    c = sub.add_parser("compare", help="eager against compiled: graphmfu compare script.py -- [script args]")
+    c.add_argument("script")
+    c.add_argument("--warmup", type=int, default=None)
+    c.add_argument("--iters", type=int, default=None)
+    c.add_argument("--mode", default=None, help="torch.compile mode for the compiled side")
+    c.add_argument("--depth", type=int, default=2)
+    c.add_argument("--top", type=int, default=10)
+    c.add_argument("--json", help="write the comparison document (JSON) here")
+    c.add_argument("--markdown", help="write the comparison as Markdown here")
+    c.add_argument("--no-clean", action="store_true", help="skip the unprofiled timing iterations")
+    c.set_defaults(fn=_compare)
     d = sub.add_parser("devices", help="list the device table (dense peaks, DRAM bandwidth, sources)")
     d.set_defaults(fn=_devices)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = []
+    if "--" in argv:  # everything after -- belongs to the compared script
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
     a = p.parse_args(argv)
+    a.script_args = rest
     try:
         a.fn(a)
     except GraphMFUError as e:

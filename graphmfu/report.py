@@ -116,54 +116,10 @@ def _rate(num, den):
     return num / den if den else None
 
 
-def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
-    """Kernels, module times, stages and time coverage from a joined profile."""
-    from graphmfu.timing import busy_us, stage_of
-
-    gmap = {g.id: g for g in graphs}
-    measured, stages = timing["measured"], timing["stages"]
-    rows: dict = {}
-    other: dict = {}
-    total_us = attributed_us = 0.0
-    for m in measured:
-        m.stage = stage_of(m, stages)
-        dur = m.end_us - m.start_us
-        total_us += dur
-        if m.graph is None:
-            o = other.setdefault((m.name, m.where, m.launch_op), {"name": m.name, "where": m.where,
-                                                                "launch_op": m.launch_op, "count": 0, "time_s": 0.0})
-            o["count"] += 1
-            o["time_s"] += dur * 1e-6
-            continue
-        attributed_us += dur
-        r = rows.setdefault((m.graph, m.kernel, m.stage), {"time_us": 0.0, "calls": set(), "gpu": [], "how": set(),
-                                                          "spans": []})
-        r["time_us"] += dur
-        r["calls"].add(m.call)
-        r["how"].add(m.how)
-        r["spans"].append((m.start_us, m.end_us))
-        if m.name not in r["gpu"]:
-            r["gpu"].append(m.name)
-    kernels = []
-    for (gid, idx, st), r in rows.items():
-        g = gmap[gid]
-        k = g.kernels[idx]
-        s = _kernel_static(k, dev)
-        n = len(r["calls"])
-        t = r["time_us"] * 1e-6
-        row = {"name": k.name, "graph": gid, "phase": g.phase, "index": idx, "nodes": k.nodes, "module": k.module,
-               "stage": st, "calls": n, "extern": k.extern, "gpu_kernels": r["gpu"], "joined_by": sorted(r["how"]),
-               "flops": s["flops"] * n, "flops_dense": s["flops_dense"] * n, "vector_flops": s["vector_flops"] * n,
-               "bytes": s["bytes"] * n, "bytes_inductor": None if k.bytes_inductor is None else k.bytes_inductor * n,
-               "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": s["t_min_s"] * n,
-               "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"], "intensity": s["intensity"],
-               "achieved_tflops": _rate(s["flops"] * n, t * 1e12), "achieved_gbps": _rate(s["bytes"] * n, t * 1e9),
-               "mfu": _rate(s["t_matrix_s"] * n, t), "mbu": _rate(s["bytes"] * n / (dev.dram_gbps * 1e9), t),
-               "sol": _rate(s["t_min_s"] * n, t), "_spans": r["spans"]}
-        kernels.append(row)
-    kernels.sort(key=lambda r: -r["time_s"])
-
-    module_times = _module_tree(kernels, lambda rs: _kernel_sum(rs, dev.dram_gbps))
+def stage_sections(kernels: list[dict], measured, stages: list[dict], dev: DeviceSpec) -> list[dict]:
+    """One row per stage name (inclusive of nested stages) from joined kernel rows (with ``stage``)
+    and the measured kernels (with ``stage``, ``launch_start_us``, device times)."""
+    from graphmfu.timing import busy_us
 
     stage_rows = []
     names = sorted({s["name"] for s in stages})
@@ -184,10 +140,65 @@ def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
                            "calls": sum(1 for s in stages if s["name"] == name), "span_s": span, "busy_s": busy,
                            "idle_share": (1 - busy / span) if span else 0.0, "flops": a["flops"],
                            "flops_dense": a["flops_dense"], "vector_flops": a["vector_flops"], "bytes": a["bytes"],
-                           "kernel_time_s": a["time_s"], "mfu": _rate(tm, span), "mfu_busy": _rate(tm, busy),
+                           "kernel_time_s": a["time_s"], "kernel_launches": len(ms),
+                           "mfu": _rate(tm, span), "mfu_busy": _rate(tm, busy),
                            "mbu": _rate(a["bytes"] / (dev.dram_gbps * 1e9), span),
                            "memory_bound_share": a["memory_bound_share"],
                            "unattributed_s": sum(m.time_s for m in ms if m.graph is None)})
+    return stage_rows
+
+
+def _timing_sections(graphs, dev: DeviceSpec, timing: dict) -> dict:
+    """Kernels, module times, stages and time coverage from a joined profile."""
+    from graphmfu.timing import stage_of
+
+    gmap = {g.id: g for g in graphs}
+    measured, stages = timing["measured"], timing["stages"]
+    rows: dict = {}
+    other: dict = {}
+    total_us = attributed_us = 0.0
+    for m in measured:
+        m.stage = stage_of(m, stages)
+        dur = m.end_us - m.start_us
+        total_us += dur
+        if m.graph is None:
+            o = other.setdefault((m.name, m.where, m.launch_op), {"name": m.name, "where": m.where,
+                                                                "launch_op": m.launch_op, "count": 0, "time_s": 0.0})
+            o["count"] += 1
+            o["time_s"] += dur * 1e-6
+            continue
+        attributed_us += dur
+        r = rows.setdefault((m.graph, m.kernel, m.stage), {"time_us": 0.0, "calls": set(), "gpu": [], "how": set(),
+                                                          "spans": [], "launches": 0})
+        r["time_us"] += dur
+        r["launches"] += 1
+        r["calls"].add(m.call)
+        r["how"].add(m.how)
+        r["spans"].append((m.start_us, m.end_us))
+        if m.name not in r["gpu"]:
+            r["gpu"].append(m.name)
+    kernels = []
+    for (gid, idx, st), r in rows.items():
+        g = gmap[gid]
+        k = g.kernels[idx]
+        s = _kernel_static(k, dev)
+        n = len(r["calls"])
+        t = r["time_us"] * 1e-6
+        row = {"name": k.name, "graph": gid, "phase": g.phase, "index": idx, "nodes": k.nodes, "module": k.module,
+               "stage": st, "calls": n, "launches": r["launches"], "extern": k.extern, "gpu_kernels": r["gpu"], "joined_by": sorted(r["how"]),
+               "flops": s["flops"] * n, "flops_dense": s["flops_dense"] * n, "vector_flops": s["vector_flops"] * n,
+               "bytes": s["bytes"] * n, "bytes_inductor": None if k.bytes_inductor is None else k.bytes_inductor * n,
+               "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": s["t_min_s"] * n,
+               "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"], "intensity": s["intensity"],
+               "achieved_tflops": _rate(s["flops"] * n, t * 1e12), "achieved_gbps": _rate(s["bytes"] * n, t * 1e9),
+               "mfu": _rate(s["t_matrix_s"] * n, t), "mbu": _rate(s["bytes"] * n / (dev.dram_gbps * 1e9), t),
+               "sol": _rate(s["t_min_s"] * n, t), "_spans": r["spans"]}
+        kernels.append(row)
+    kernels.sort(key=lambda r: -r["time_s"])
+
+    module_times = _module_tree(kernels, lambda rs: _kernel_sum(rs, dev.dram_gbps))
+
+    stage_rows = stage_sections(kernels, measured, stages, dev)
     for r in kernels:
         r.pop("_spans", None)
     return {"kernels": kernels, "module_times": module_times, "stages": stage_rows,

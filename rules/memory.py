@@ -61,6 +61,8 @@ COPIES = [
     "_reshape_copy", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "im2col", "col2im",
     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact2d",
     "reflection_pad2d_backward", "replication_pad2d_backward", "masked_select", "nonzero", "clone_",
+    # eager autograd's view backwards: a zero-filled output of the base's size with the grad copied in
+    "slice_backward", "select_backward", "diagonal_backward",
 ]
 PRIM_COPIES = ["convert_element_type", "copy_to", "device_put", "clone", "cat", "copy_strided", "iota_like"]
 table_rule({getattr(aten, n): None for n in COPIES if hasattr(aten, n)}, copy)

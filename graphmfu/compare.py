@@ -1,0 +1,201 @@
+"""``graphmfu.compare``: the same model, eager and compiled, under identical conditions.
+
+Per side, in this order: ``warmup`` untimed iterations of every stage (the compiled side compiles
+here); then ``iters`` iterations under ``torch.profiler`` with the same activities, each stage call
+inside ``graphmfu.stage(name)`` and between two ``torch.cuda.Event``\\ s (wall clock on CPU), which
+the report checks its own span against; then ``iters`` iterations with no profiler (``clean`` times:
+the speedup a user sees without any tool attached).  The eager side also records one call of each
+stage with the dispatch recorder (``eager.py``), before its profile, so its overhead never lands in
+the timed iterations.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+
+from graphmfu.errors import GraphMFUError
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+def _grad_context(training: bool):
+    return torch.enable_grad() if training else torch.no_grad()
+
+
+def normalise_stages(args: tuple, kwargs: dict, stages, training: bool) -> dict[str, Callable]:
+    """``stages``: None (one stage "forward" on ``args``), or {name: args tuple | callable(model)}."""
+    def call_with(a, kw):
+        def fn(m):
+            with _grad_context(training):
+                out = m(*a, **kw)
+                if training:
+                    _backward(out)
+            return out
+        return fn
+
+    if stages is None:
+        return {"train" if training else "forward": call_with(args, kwargs)}
+    if not isinstance(stages, Mapping) or not stages:
+        raise GraphMFUError(f"compare(stages=...) takes a non-empty dict {{name: args tuple or callable(model)}}, "
+                            f"got {type(stages).__name__}")
+    if args or kwargs:
+        raise GraphMFUError("compare(model, *args, stages=...): give the inputs once, either as args (one stage) "
+                            "or inside stages")
+    out = {}
+    for name, v in stages.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise GraphMFUError(f"compare: stage names are non-empty strings without '/', got {name!r}")
+        if callable(v):
+            out[name] = v
+        elif isinstance(v, (tuple, list)):
+            out[name] = call_with(tuple(v), {})
+        else:
+            raise GraphMFUError(f"compare: stage {name!r} must be an args tuple or a callable(model), "
+                                f"got {type(v).__name__}")
+    return out
+
+
+def _backward(out) -> None:
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out)
+              if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()]
+    if not leaves:
+        raise GraphMFUError("compare(training=True): the model's output does not require grad")
+    torch.autograd.backward([t.float().sum() for t in leaves])
+
+
+def _is_cuda(model, args, kwargs) -> bool:
+    for t in [*model.parameters(), *model.buffers(), *torch.utils._pytree.tree_leaves((args, kwargs))]:
+        if isinstance(t, torch.Tensor):
+            return t.is_cuda
+    return False
+
+
+class _Timer:
+    """CUDA events around each stage call (wall clock on CPU); mean seconds per call."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.marks = cuda, {}
+
+    def run(self, name: str, fn: Callable[[], Any]):
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            self.marks.setdefault(name, []).append((a, b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            self.marks.setdefault(name, []).append(time.perf_counter() - t0)
+
+    def mean_s(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out = {}
+        for k, v in self.marks.items():
+            secs = [m[0].elapsed_time(m[1]) * 1e-3 if isinstance(m, tuple) else m for m in v]
+            out[k] = sum(secs) / len(secs)
+        return out
+
+
+def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str) -> None:
+    from graphmfu.timing import stage
+
+    for _ in range(iters):
+        for name, fn in stage_fns.items():
+            def call(fn=fn):
+                try:
+                    fn(model)
+                except GraphMFUError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the user's model failed: say which side and stage
+                    hint = ("; fix the model or the stage inputs, or compare a model that compiles" if side == "compiled"
+                            else "; check the stage inputs")
+                    raise GraphMFUError(f"model fails {'under torch.compile' if side == 'compiled' else 'eagerly'} "
+                                        f"in stage {name!r}: {_first_line(e)}{hint}") from None
+            if staged:
+                with stage(name):
+                    timer.run(name, call) if timer else call()
+            else:
+                timer.run(name, call) if timer else call()
+
+
+def _profiler(cuda: bool):
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+
+
+def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: str | None = None,
+            training: bool = False, device=None, clean: bool = True, **kwargs):
+    """Run ``model`` eagerly and compiled (graphmfu backend, ``mode``) under identical conditions and
+    return a :class:`~graphmfu.comparison.Comparison` (``.table()``, ``.markdown()``, ``.save()``).
+
+    ``stages``: {name: args tuple or callable(model)}; default one stage on ``args``/``kwargs``
+    (under ``no_grad``, or forward + backward with ``training=True``).  ``device``: the ceilings
+    (default: where the model lives)."""
+    from graphmfu import _device_for, eager
+    from graphmfu.capture import Backend, GraphRegistry
+    from graphmfu.comparison import build
+    from graphmfu.timing import ProfileSession, open_stages
+
+    if not isinstance(model, torch.nn.Module):
+        raise GraphMFUError(f"compare(model, ...) takes a torch.nn.Module, got {type(model).__name__}")
+    for name, v in (("warmup", warmup), ("iters", iters)):
+        if not isinstance(v, int) or v < (0 if name == "warmup" else 1):
+            raise GraphMFUError(f"compare({name}=...) takes an int >= {0 if name == 'warmup' else 1}, got {v!r}")
+    if open_stages():
+        raise GraphMFUError(f"compare() called inside graphmfu.stage({open_stages()[-1]!r}); call it outside stages")
+    fns = normalise_stages(args, kwargs, stages, training)
+    cuda = _is_cuda(model, args, kwargs)
+
+    # ---- eager
+    _loop(fns, model, warmup, None, False, "eager")
+    ops: list = []
+    for name, fn in fns.items():
+        ops += eager.record(model, lambda fn=fn: fn(model), name, start=len(ops))
+    prof, timer = _profiler(cuda), _Timer(cuda)
+    if cuda:
+        torch.cuda.synchronize()
+    with prof:
+        _loop(fns, model, iters, timer, True, "eager")
+        if cuda:
+            torch.cuda.synchronize()
+    e_events = timer.mean_s()
+    e_measured, e_stages, e_notes = eager.join(prof, ops, cuda)
+    e_clean = _Timer(cuda)
+    if clean:
+        _loop(fns, model, iters, e_clean, False, "eager")
+
+    # ---- compiled
+    registry = GraphRegistry()
+    compiled = torch.compile(model, backend=Backend(mode=mode, registry=registry))
+    _loop(fns, compiled, max(warmup, 1), None, False, "compiled")
+    if not registry.graphs:
+        raise GraphMFUError("compare: the compiled side produced no graph"
+                            + (f" ({registry.failures[0]})" if registry.failures else "")
+                            + "; the model must be compilable by torch.compile")
+    timer = _Timer(cuda)
+    with ProfileSession(registry=registry, cuda=cuda) as session:
+        _loop(fns, compiled, iters, timer, True, "compiled")
+    c_events = timer.mean_s()
+    c_report = session.report(device)
+    c_clean = _Timer(cuda)
+    if clean:
+        _loop(fns, compiled, iters, c_clean, False, "compiled")
+
+    dev = _device_for(registry.graphs, device)
+    eager_side = {"ops": ops, **eager.sections(ops, e_measured, e_stages, dev), "notes": e_notes,
+                  "events_s": e_events, "clean_s": e_clean.mean_s() if clean else {}}
+    compiled_side = {"report": c_report, "events_s": c_events, "clean_s": c_clean.mean_s() if clean else {}}
+    return build(list(fns), eager_side, compiled_side, dev,
+                 conditions={"warmup": warmup, "iters": iters, "mode": mode, "training": training, "cuda": cuda,
+                             "profiler": "CPU+CUDA" if cuda else "CPU"})
+
+
+__all__ = ["compare", "normalise_stages"]
