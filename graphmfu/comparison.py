@@ -352,7 +352,7 @@ class Comparison:
         return "\n".join(parts)
 
     def markdown(self, depth: int | None = 2, top: int = 10) -> str:
-        parts = [f"# graphmfu compare", "", self._header(), "", "## Stages", "", self.stage_table("github"), "",
+        parts = ["# graphmfu compare", "", self._header(), "", "## Stages", "", self.stage_table("github"), "",
                  f"## Modules (depth {depth})", "", self.module_table(depth, fmt="github"), ""]
         for side in ("eager", "compiled"):
             parts += [f"## Top {top} {side} kernels", "", self.kernel_table(side, top, "github"), ""]
