@@ -103,7 +103,7 @@ class _Timer:
         return out
 
 
-def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str) -> None:
+def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str, step=None) -> None:
     from graphmfu.timing import stage
 
     for _ in range(iters):
@@ -123,12 +123,22 @@ def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool
                     timer.run(name, call) if timer else call()
             else:
                 timer.run(name, call) if timer else call()
+        if step is not None:
+            step()
 
 
-def _profiler(cuda: bool):
+def _schedule(iters: int) -> dict:
+    """One profiler warm-up iteration (traced, then discarded: the profiler's own start-up cost lands
+    there), then ``iters`` recorded ones; the same on both sides."""
+    from torch.profiler import schedule
+
+    return {"schedule": schedule(wait=0, warmup=1, active=iters, repeat=1)}
+
+
+def _profiler(cuda: bool, iters: int):
     from torch.profiler import ProfilerActivity, profile
 
-    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), **_schedule(iters))
 
 
 def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: str | None = None,
@@ -159,11 +169,12 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
     ops: list = []
     for name, fn in fns.items():
         ops += eager.record(model, lambda fn=fn: fn(model), name, start=len(ops))
-    prof, timer = _profiler(cuda), _Timer(cuda)
+    prof, timer = _profiler(cuda, iters), _Timer(cuda)
     if cuda:
         torch.cuda.synchronize()
     with prof:
-        _loop(fns, model, iters, timer, True, "eager")
+        _loop(fns, model, 1, None, True, "eager", step=prof.step)
+        _loop(fns, model, iters, timer, True, "eager", step=prof.step)
         if cuda:
             torch.cuda.synchronize()
     e_events = timer.mean_s()
@@ -178,11 +189,14 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
     _loop(fns, compiled, max(warmup, 1), None, False, "compiled")
     if not registry.graphs:
         raise GraphMFUError("compare: the compiled side produced no graph"
-                            + (f" ({registry.failures[0]})" if registry.failures else "")
-                            + "; the model must be compilable by torch.compile")
+                            + (f" ({registry.failures[0]})" if registry.failures else
+                               " (torch.compile fell back to running the model eagerly)")
+                            + "; the model fails under torch.compile: run it with "
+                              "torch.compile(model, fullgraph=True) to see why")
     timer = _Timer(cuda)
-    with ProfileSession(registry=registry, cuda=cuda) as session:
-        _loop(fns, compiled, iters, timer, True, "compiled")
+    with ProfileSession(registry=registry, cuda=cuda, **_schedule(iters)) as session:
+        _loop(fns, compiled, 1, None, True, "compiled", step=session.prof.step)
+        _loop(fns, compiled, iters, timer, True, "compiled", step=session.prof.step)
     c_events = timer.mean_s()
     c_report = session.report(device)
     c_clean = _Timer(cuda)

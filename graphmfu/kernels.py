@@ -87,7 +87,8 @@ def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
 
 
 def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
-                   kernels_of: dict | None = None, hints=None, views: set | None = None) -> tuple[int, int]:
+                   kernels_of: dict | None = None, hints=None, views: set | None = None,
+                   me: int | None = None) -> tuple[int, int]:
     """Bytes of the tensors crossing the boundary of the node set ``names``: each external input
     read once (a table read only through gathers costs the gathered elements), each result written
     once if something outside needs it materialised — not when every outside consumer's kernel
@@ -116,9 +117,41 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
         node = by_name.get(name)
         if node is None or name in views or node.target is operator.getitem:
             continue
+        shared = me is not None and _shared_cat(node, kernels_of)
+        if shared:
+            mine, not_read = _cat_share(node, kernels_of, me, hints, inputs)
+            read -= not_read
         if name in flow and _needs_store(name, names, flow, by_name, kernels_of, views):
-            written += _tensor_bytes(node, hints)
-    return read, written
+            written += mine if shared else _tensor_bytes(node, hints)
+    return max(read, 0), written
+
+
+def _cat_inputs(node) -> list:
+    tensors = node.args[0] if node.args and isinstance(node.args[0], (list, tuple)) else []
+    return [t for t in tensors if isinstance(t, torch.fx.Node)]
+
+
+def _shared_cat(node, kernels_of) -> bool:
+    return node.target is torch.ops.aten.cat.default and len(kernels_of.get(node.name, ())) > 1
+
+
+def _cat_share(node, kernels_of, me, hints, inputs) -> tuple[int, int]:
+    """A cat that Inductor lowers to several kernels, each writing its inputs' slice of one buffer
+    (e.g. a KV cache plus the new token): (bytes kernel ``me`` writes, bytes of cat inputs it does
+    not read although they cross its boundary).  A kernel writes the slices of the inputs it
+    computes; inputs computed in none of the cat's kernels are copied by those that compute none."""
+    ks = kernels_of.get(node.name, set())
+    ins = _cat_inputs(node)
+    owners = {x.name: kernels_of.get(x.name, set()) & ks for x in ins}
+    copiers = {k for k in ks if not any(k in o for o in owners.values())} or set(ks)
+    mine = not_read = 0
+    for x in ins:
+        handled = owners[x.name] or copiers
+        if me in handled:
+            mine += _tensor_bytes(x, hints) // len(handled)
+        elif x.name in inputs:  # crosses the boundary, but another kernel copies it
+            not_read += _tensor_bytes(x, hints)
+    return mine, not_read
 
 
 def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), depth=0) -> bool:
@@ -186,7 +219,7 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
             moved_read, moved_written = cost.bytes_read, cost.bytes_written
         else:
             mine = {n for n in e["origins"] if n not in extern_owned}
-            moved_read, moved_written = boundary_bytes(gm, flow, mine, kernels_of, hints, views)
+            moved_read, moved_written = boundary_bytes(gm, flow, mine, kernels_of, hints, views, me=i)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,

@@ -121,6 +121,14 @@ def stage_sections(kernels: list[dict], measured, stages: list[dict], dev: Devic
     and the measured kernels (with ``stage``, ``launch_start_us``, device times)."""
     from graphmfu.timing import busy_us
 
+    import bisect
+
+    by_launch = sorted(measured, key=lambda m: m.launch_start_us)
+    launches = [m.launch_start_us for m in by_launch]
+    prefix_end, cur = [], float("-inf")
+    for m in by_launch:
+        cur = max(cur, m.end_us)
+        prefix_end.append(cur)
     stage_rows = []
     names = sorted({s["name"] for s in stages})
     for name in names:
@@ -128,11 +136,18 @@ def stage_sections(kernels: list[dict], measured, stages: list[dict], dev: Devic
         ms = [m for m in measured if m.stage and (m.stage == name or m.stage.startswith(name + "/"))]
         # span and busy per occurrence of the stage (a repeated stage interleaved with another must
         # not span the other's time), summed over occurrences
+        # A call's span starts when the device could start it: at the stage's CPU start, or when the
+        # work launched before it finished, whichever is later (what a CUDA event recorded at the
+        # stage start measures); a leading launch gap is idle time of the stage, not outside it.
         span = busy = 0.0
         for occ in (s for s in stages if s["name"] == name):
             spans = [(m.start_us, m.end_us) for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
             if spans:
-                span += (max(e for _, e in spans) - min(b for b, _ in spans)) * 1e-6
+                first = min(b for b, _ in spans)
+                i = bisect.bisect_left(launches, occ["start_us"])  # kernels launched before the stage began
+                free = prefix_end[i - 1] if i else first
+                start = min(first, max(occ["start_us"], free))
+                span += (max(e for _, e in spans) - start) * 1e-6
                 busy += busy_us(spans) * 1e-6
         a = _kernel_sum(inside, dev.dram_gbps)
         tm = sum(r["t_matrix_s"] for r in inside)

@@ -114,3 +114,29 @@ def test_recursive_stage_ranges_nest(fresh):
     assert set(st) == {"rec", "rec/rec", "rec/rec/rec"}
     # each level includes the levels below it: 3, 2 and 1 GEMMs of 2*4*16*16 = 2048
     assert [st[n]["flops"] for n in ("rec", "rec/rec", "rec/rec/rec")] == [3 * 2048, 2 * 2048, 2048]
+
+
+def test_cat_split_across_kernels_is_charged_per_slice():
+    """Inductor lowers cat(cache, new) to one kernel per input, each writing its slice of one
+    buffer; each kernel is charged its slice, not the whole buffer (decode KV caches)."""
+    import torch.fx
+
+    from graphmfu.kernels import _dataflow, boundary_bytes
+
+    g = torch.fx.Graph()
+    cache, new = g.placeholder("cache"), g.placeholder("new")
+    new2 = g.call_function(torch.ops.aten.mul.Tensor, (new, 2.0))
+    cat = g.call_function(torch.ops.aten.cat.default, ([cache, new2], 2))
+    g.output(cat)
+    for n, shape in ((cache, (1, 8, 512, 128)), (new, (1, 8, 1, 128)), (new2, (1, 8, 1, 128)),
+                     (cat, (1, 8, 513, 128))):
+        n.meta["val"] = torch.empty(shape, dtype=torch.bfloat16, device="meta")
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    flow = _dataflow(gm)
+    kernels_of = {"cat": {0, 1}, "mul": {1}}
+    # kernel 0 copies the cache: reads 1*8*512*128*2 = 1048576 B, writes the same slice
+    assert boundary_bytes(gm, flow, {"cat"}, kernels_of, me=0) == (1048576, 1048576)
+    # kernel 1 computes the new token and writes its slot: reads new 2048 B, writes 2048 B
+    assert boundary_bytes(gm, flow, {"mul", "cat"}, kernels_of, me=1) == (2048, 2048)
+    # without the kernel index (one kernel does the whole cat): the whole buffer, 1050624 B
+    assert boundary_bytes(gm, flow, {"mul", "cat"}, {"cat": {1}, "mul": {1}}) == (1048576 + 2048, 1050624)

@@ -748,6 +748,11 @@ def test_copies_and_casts():
           read=80, written=40)  # 20 * 4, 20 * 2
     check(R(aten.copy_.default)(T(4, 5, dtype=BF16), T(4, 5), out=T(4, 5, dtype=BF16)),
           read=80, written=40)  # source 20*4 only (the destination's old contents are not read); 20*2
+    # eager autograd's view backwards: grad read, zero-filled base-sized output written
+    check(R(aten.slice_backward.default)(T(2, 6), [4, 6], 0, 0, 2, 1, out=T(4, 6)),
+          read=48, written=96)  # grad 12 * 4; out 24 * 4
+    check(R(aten.select_backward.default)(T(6), [4, 6], 0, 1, out=T(4, 6)),
+          read=24, written=96)  # grad 6 * 4; out 24 * 4
 
 
 @pytest.mark.parametrize("op, args, out", [
