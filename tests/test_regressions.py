@@ -133,10 +133,11 @@ def test_cat_split_across_kernels_is_charged_per_slice():
         n.meta["val"] = torch.empty(shape, dtype=torch.bfloat16, device="meta")
     gm = torch.fx.GraphModule(torch.nn.Module(), g)
     flow = _dataflow(gm)
-    kernels_of = {"cat": {0, 1}, "mul": {1}}
+    c, m = cat.name, new2.name
+    kernels_of = {c: {0, 1}, m: {1}}
     # kernel 0 copies the cache: reads 1*8*512*128*2 = 1048576 B, writes the same slice
-    assert boundary_bytes(gm, flow, {"cat"}, kernels_of, me=0) == (1048576, 1048576)
+    assert boundary_bytes(gm, flow, {c}, kernels_of, me=0) == (1048576, 1048576)
     # kernel 1 computes the new token and writes its slot: reads new 2048 B, writes 2048 B
-    assert boundary_bytes(gm, flow, {"mul", "cat"}, kernels_of, me=1) == (2048, 2048)
+    assert boundary_bytes(gm, flow, {m, c}, kernels_of, me=1) == (2048, 2048)
     # without the kernel index (one kernel does the whole cat): the whole buffer, 1050624 B
-    assert boundary_bytes(gm, flow, {"mul", "cat"}, {"cat": {1}, "mul": {1}}) == (1048576 + 2048, 1050624)
+    assert boundary_bytes(gm, flow, {m, c}, {c: {1}, m: {1}}) == (1048576 + 2048, 1050624)
