@@ -135,6 +135,15 @@ def _schedule(iters: int) -> dict:
     return {"schedule": schedule(wait=0, warmup=1, active=iters, repeat=1)}
 
 
+def _settle(step, cuda: bool):
+    """End of the profiler's warm-up iteration: its GPU work finishes before the recorded window opens."""
+    def fn():
+        if cuda:
+            torch.cuda.synchronize()
+        step()
+    return fn
+
+
 def _profiler(cuda: bool, iters: int):
     from torch.profiler import ProfilerActivity, profile
 
@@ -173,7 +182,7 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
     if cuda:
         torch.cuda.synchronize()
     with prof:
-        _loop(fns, model, 1, None, True, "eager", step=prof.step)
+        _loop(fns, model, 1, None, True, "eager", step=_settle(prof.step, cuda))
         _loop(fns, model, iters, timer, True, "eager", step=prof.step)
         if cuda:
             torch.cuda.synchronize()
@@ -195,7 +204,7 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
                               "torch.compile(model, fullgraph=True) to see why")
     timer = _Timer(cuda)
     with ProfileSession(registry=registry, cuda=cuda, **_schedule(iters)) as session:
-        _loop(fns, compiled, 1, None, True, "compiled", step=session.prof.step)
+        _loop(fns, compiled, 1, None, True, "compiled", step=_settle(session.prof.step, cuda))
         _loop(fns, compiled, iters, timer, True, "compiled", step=session.prof.step)
     c_events = timer.mean_s()
     c_report = session.report(device)

@@ -220,6 +220,15 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
         else:
             mine = {n for n in e["origins"] if n not in extern_owned}
             moved_read, moved_written = boundary_bytes(gm, flow, mine, kernels_of, hints, views, me=i)
+            ib = e.get("inductor_bytes")
+            real = [n for n in mine if n not in views]
+            if ib is not None and real and all(len(kernels_of.get(n, ())) > 1 for n in real) and \
+                    moved_read + moved_written:
+                # every node of this kernel is also in another kernel (Inductor split one FX node,
+                # e.g. a cat into a cache copy and a new-token write): FX origins cannot tell the
+                # kernels apart, Inductor's own buffer count can; keep our read/write proportion
+                f = ib / (moved_read + moved_written)
+                moved_read, moved_written = int(moved_read * f), ib - int(moved_read * f)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,
