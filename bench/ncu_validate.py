@@ -202,10 +202,15 @@ def main():
     bytes_ok = [r for r in big if abs(float(r[7]) - 1) <= 0.15]
     reads_ok = [r for r in big if r[10] != "-" and abs(float(r[10]) - 1) <= 0.15]
     both_ok = [r for r in reads_ok if r[14] == "-" or abs(float(r[14]) - 1) <= 0.15]
+    # total bytes against what the kernel moved: DRAM reads (caches flushed before each kernel) plus the
+    # stores that reached L2 (write-back: an output that fits in L2 is not in DRAM when the kernel ends)
+    total_ok = [r for r in big if abs((float(r[9]) + float(r[13])) / float(r[5]) - 1) <= 0.15]
     print(f"summary: {len(within)}/{len(gemm)} GEMM kernels with ncu tensor ops within 0.1% of graphmfu FLOPs "
           f"(the others are tile-padded: ratios above); of {len(big)} kernels moving >10 MB, {len(bytes_ok)} within 15% "
           f"of ncu DRAM bytes (read + write) and {len(reads_ok)} within 15% of ncu DRAM reads; {len(both_ok)} with reads "
-          f"within 15% of DRAM reads and writes within 15% of ncu's L2 write traffic")
+          f"within 15% of DRAM reads and writes within 15% of ncu's L2 write traffic; {len(total_ok)}/{len(big)} with "
+          f"total bytes within 15% of ncu DRAM reads + L2 writes; misses: "
+          f"{[(r[0], r[5], round(float(r[9]) + float(r[13]), 2)) for r in big if r not in total_ok]}")
     tot_gm = sum(float(r[2]) for r in rows)
     tot_ncu = sum(float(r[3]) for r in rows)
     print(f"total matrix FLOPs: graphmfu {tot_gm:.4g}, ncu tensor-pipe {tot_ncu:.4g} (ratio {tot_ncu / tot_gm:.4f})")

@@ -102,6 +102,13 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
         node = by_name.get(n)
         if node is not None:
             names.update(u.name for u in node.users if u.target is operator.getitem)
+    # a view listed among the kernel's origins whose users all sit outside it (e.g. the view feeding an
+    # extern attention) is not executed here: its input is not a read of this kernel
+    while True:
+        dangling = {n for n in names & views if n in flow and not any(u in names for u in flow.successors(n))}
+        if not dangling:
+            break
+        names -= dangling
     inputs = {p for n in names if n in flow for p in flow.predecessors(n) if p not in names}
     read = written = 0
     for name in inputs:

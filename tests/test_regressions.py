@@ -141,3 +141,24 @@ def test_cat_split_across_kernels_is_charged_per_slice():
     assert boundary_bytes(gm, flow, {m, c}, kernels_of, me=1) == (2048, 2048)
     # without the kernel index (one kernel does the whole cat): the whole buffer, 1050624 B
     assert boundary_bytes(gm, flow, {m, c}, {c: {1}, m: {1}}) == (1048576 + 2048, 1050624)
+
+
+def test_view_feeding_only_outside_is_not_a_read():
+    """A view among a fused kernel's origins that only feeds an extern kernel (the layout view of V
+    before attention) is not executed by the fused kernel: V is not its read."""
+    import torch.fx
+
+    from graphmfu.kernels import _dataflow, boundary_bytes
+
+    g = torch.fx.Graph()
+    q, v = g.placeholder("q"), g.placeholder("v")
+    q2 = g.call_function(torch.ops.aten.mul.Tensor, (q, 2.0))
+    vv = g.call_function(torch.ops.aten.view.default, (v, [4, 64]))
+    out = g.call_function(torch.ops.aten.add.Tensor, (q2, vv))  # stands in for the extern consumer
+    g.output(out)
+    for n in (q, v, q2, vv, out):
+        n.meta["val"] = torch.empty((4, 64), dtype=torch.float32, device="meta")
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    flow = _dataflow(gm)
+    # kernel {q2, vv}: reads q (4*64*4 = 1024 B) and writes q2 (1024 B); v is not read
+    assert boundary_bytes(gm, flow, {q2.name, vv.name}, {}, views={vv.name}) == (1024, 1024)
