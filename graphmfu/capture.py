@@ -231,7 +231,8 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
 
     be = _inductor.analysis_backend(on_graph)
     with _inductor.fresh_dynamo():
-        compiled = torch.compile(target, backend=be)
+        # static shapes: the cost of exactly these shapes, even after the same code compiled with others
+        compiled = torch.compile(target, backend=be, dynamic=False)
         try:
             # inside the fake mode: tensors the model creates (arange, ones, masks) are fake too
             with torch.set_grad_enabled(training), mode:
