@@ -85,16 +85,14 @@ def _modules(static_items, kernel_rows, stage_calls: dict, dram_gbps: float) -> 
     return out
 
 
-def _stage_side(row: dict | None, static: dict, events_s, clean_s) -> dict:
-    n = (row or {}).get("calls") or 1
-    span = (row or {}).get("span_s", 0.0) / n
-    return {"calls": (row or {}).get("calls", 0), "span_s": span, "busy_s": (row or {}).get("busy_s", 0.0) / n,
-            "idle_share": (row or {}).get("idle_share", 0.0),
-            "kernels": (row or {}).get("kernel_launches", 0) / n, "kernel_time_s": (row or {}).get("kernel_time_s", 0.0) / n,
+def _stage_side(row: dict, static: dict, events_s, clean_s) -> dict:
+    n = row["calls"] or 1
+    span = row["span_s"] / n
+    return {"calls": row["calls"], "span_s": span, "busy_s": row["busy_s"] / n, "idle_share": row["idle_share"],
+            "kernels": row["kernel_launches"] / n, "kernel_time_s": row["kernel_time_s"] / n,
             **{f: static.get(f, 0) for f in _FIELDS},
-            "mfu": (row or {}).get("mfu"), "mfu_busy": (row or {}).get("mfu_busy"), "mbu": (row or {}).get("mbu"),
-            "memory_bound_share": (row or {}).get("memory_bound_share", 0.0),
-            "unattributed_s": (row or {}).get("unattributed_s", 0.0) / n,
+            "mfu": row["mfu"], "mfu_busy": row["mfu_busy"], "mbu": row["mbu"],
+            "memory_bound_share": row["memory_bound_share"], "unattributed_s": row["unattributed_s"] / n,
             "event_s": events_s, "clean_s": clean_s,
             "span_vs_event": _rate(span, events_s) if events_s else None}
 

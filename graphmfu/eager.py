@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from graphmfu import _inductor
 from graphmfu.cost import REGISTRY, Cost, tensors
 from graphmfu.nodes import spec_of
-from graphmfu.timing import STAGE_RANGE, Measured, _ancestors
+from graphmfu.timing import Measured, _ancestors, cpu_events, gpu_kernels, stage_ranges
 
 EAGER = -1  # Measured.graph of a kernel joined to a recorded eager op
 # ops that launch nothing on their own (metadata, views, allocation, composite wrappers that return
@@ -136,12 +136,11 @@ def _match(events, ops, occurrence: int) -> dict:
 def join(prof, ops: list[EagerOp], cuda: bool) -> tuple[list[Measured], list[dict], list[str]]:
     """Join the measured kernels of an eager profile to the recorded ``ops``.
     Returns (measured, stage ranges, notes) like ``timing.join``."""
-    events = [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
+    events = cpu_events(prof)
     by_stage: dict[str, list[EagerOp]] = {}
     for op in ops:
         by_stage.setdefault(op.stage, []).append(op)
-    stages = [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
-              for e in events if e.name.startswith(STAGE_RANGE)]
+    stages = stage_ranges(events)
     aten = sorted((e for e in events if e.name.startswith("aten::")), key=lambda e: e.time_range.start)
     matched: dict[int, tuple] = {}
     notes: list[str] = []
@@ -155,21 +154,14 @@ def join(prof, ops: list[EagerOp], cuda: bool) -> tuple[list[Measured], list[dic
             if note not in notes:
                 notes.append(note)
         matched.update(m)
-    measured: list[Measured] = []
-    if cuda:
-        op_by_corr = {e.id: e for e in events if not re.match(r"^(cuda|cu[A-Z])", e.name)}
-        for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
-            if name.startswith("graphmfu::"):
-                continue
-            ev = op_by_corr.get(linked)
-            mm = Measured(name, start, end, ev.name if ev else "", ev.time_range.start if ev else start, op=ev)
-            for a in ([ev, *_ancestors(ev)] if ev is not None else []):
-                hit = matched.get(id(a))
-                if hit is not None:
-                    mm.graph, mm.kernel, mm.call, mm.how = EAGER, hit[1].index, hit[2], "op"
-                    break
-            mm.where = "eager"
-            measured.append(mm)
+    measured: list[Measured] = gpu_kernels(prof, events) if cuda else []
+    for mm in measured:  # a GPU kernel belongs to the recorded op enclosing its launch
+        mm.where = "eager"
+        for a in ([mm.op, *_ancestors(mm.op)] if mm.op is not None else []):
+            hit = matched.get(id(a))
+            if hit is not None:
+                mm.graph, mm.kernel, mm.call, mm.how = EAGER, hit[1].index, hit[2], "op"
+                break
         if not measured:
             notes.append("no GPU kernels were measured in the eager profile")
     if not cuda or not measured:  # CPU: the matched op events are the kernels, timed on the CPU
@@ -200,7 +192,7 @@ def sections(ops: list[EagerOp], measured: list[Measured], stages: list[dict], d
     """Kernel rows (one per recorded op and stage, the eager analogue of a compiled kernel), module
     times, stage rows and time coverage of an eager profile; fields as in the compiled report."""
     from graphmfu.report import _kernel_sum, _module_tree, _rate, stage_sections
-    from graphmfu.roofline import place
+    from graphmfu.roofline import matrix_time_s, place
     from graphmfu.timing import stage_of
 
     rows: dict = {}
@@ -228,7 +220,7 @@ def sections(ops: list[EagerOp], measured: list[Measured], stages: list[dict], d
         c = op.cost or Cost()
         p = place(c, dev)
         n, t = len(r["calls"]), r["time_s"]
-        t_matrix = sum(f / (dev.matrix_tflops(dt) * 1e12) for dt, f in c.matrix) * n
+        t_matrix = matrix_time_s(c, dev) * n
         kernels.append({"name": op.op, "op": op.op, "index": idx, "position": op.position, "module": op.module,
                         "phase": op.phase, "stage": st, "calls": n, "launches": r["launches"], "gpu_kernels": r["gpu"], "known": op.known,
                         "flops": c.flops * n, "flops_dense": c.flops_dense * n, "vector_flops": c.vector_flops * n,

@@ -19,7 +19,7 @@ import torch
 
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec
-from graphmfu.roofline import place
+from graphmfu.roofline import matrix_time_s, place
 
 SCHEMA = "graphmfu.report/1"
 _SUMS = ("flops", "flops_dense", "vector_flops", "bytes_read", "bytes_written", "t_min_s",
@@ -106,7 +106,7 @@ def _kernel_sum(rs: list[dict], dram_gbps: float) -> dict:
 
 def _kernel_static(k, dev: DeviceSpec) -> dict:
     p = place(k.cost, dev)
-    t_matrix = sum(f / (dev.matrix_tflops(dt) * 1e12) for dt, f in k.cost.matrix)
+    t_matrix = matrix_time_s(k.cost, dev)
     return {"flops": k.cost.flops, "flops_dense": k.cost.flops_dense, "vector_flops": k.cost.vector_flops,
             "bytes": k.cost.bytes, "t_min_s": p.t_min_s, "t_matrix_s": t_matrix, "bound": p.bound,
             "intensity": None if math.isinf(p.intensity) else p.intensity}

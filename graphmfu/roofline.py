@@ -29,10 +29,13 @@ class Placement:
         return max(self.t_compute_s, self.t_memory_s)
 
 
+def matrix_time_s(cost: Cost, dev: DeviceSpec) -> float:
+    """Time of the matrix FLOPs at the peak of their dtype (the MFU numerator, in seconds)."""
+    return sum(f / (dev.matrix_tflops(dt) * 1e12) for dt, f in cost.matrix)
+
+
 def compute_time_s(cost: Cost, dev: DeviceSpec) -> float:
-    t = 0.0
-    for dt, f in cost.matrix:
-        t += f / (dev.matrix_tflops(dt) * 1e12)
+    t = matrix_time_s(cost, dev)
     for dt, f in cost.vector:
         t += f / (dev.vector_tflops(dt) * 1e12)
     return t

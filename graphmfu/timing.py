@@ -149,24 +149,39 @@ def _graph_of(e):
     return None
 
 
+def cpu_events(prof) -> list:
+    """The CPU-side events (ops, ranges) of a finished torch.profiler session."""
+    return [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
+
+
+def stage_ranges(events) -> list[dict]:
+    """Every ``graphmfu.stage`` occurrence: name (``a/b`` when nested) and CPU start/end."""
+    return [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
+            for e in events if e.name.startswith(STAGE_RANGE)]
+
+
+def gpu_kernels(prof, events) -> list[Measured]:
+    """The GPU kernels of the session, each with the CPU op that launched it (CUPTI correlation)."""
+    op_by_corr = {e.id: e for e in events if not re.match(r"^(cuda|cu[A-Z])", e.name)}
+    out = []
+    for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
+        if name.startswith("graphmfu::"):
+            continue  # GPU-side copies of our own ranges
+        op = op_by_corr.get(linked)
+        out.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start, op=op))
+    return out
+
+
 def collect(prof, cuda: bool, cpu_graphs: set | None = None):
     """(cpu events, measured kernels, graph calls) from a finished torch.profiler session.
 
     GPU kernels come from CUPTI; kernels of CPU graphs (``cpu_graphs``: ids of graphs whose tensors
     live on the CPU) are their C++ kernel / extern op events, timed on the CPU — also when CUDA is
     being profiled, so a CPU model profiled on a GPU machine is still joined."""
-    events = [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
+    events = cpu_events(prof)
     kids = _children(events)
     calls = [e for e in events if e.name.startswith(_inductor.CALL_RANGE)]
-    measured: list[Measured] = []
-    if cuda:
-        op_by_corr = {e.id: e for e in events if not re.match(r"^(cuda|cu[A-Z])", e.name)}
-        for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
-            if name.startswith("graphmfu::"):
-                continue  # GPU-side copies of our own ranges
-            op = op_by_corr.get(linked)
-            measured.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start,
-                                     op=op))
+    measured: list[Measured] = gpu_kernels(prof, events) if cuda else []
     cpu_graphs = cpu_graphs or set()
     eager_cpu = not cuda or not measured  # no GPU work at all: eager CPU ops are the kernels
     for e in events:
@@ -234,8 +249,7 @@ def join(prof, graphs: dict, cuda: bool) -> tuple[list[Measured], list[dict], li
             m.where = "inside graph" if inside else "outside graphs"
         else:
             m.where = "inside graph"
-    stages = [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
-              for e in events if e.name.startswith(STAGE_RANGE)]
+    stages = stage_ranges(events)
     if calls and not any(m.graph is not None for m in measured):
         notes.append("graph calls were profiled but no kernel could be joined")
     return measured, stages, notes
