@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import graphmfu  # noqa: E402
 from examples.minimal_llama import build, parse_args  # noqa: E402
-from graphmfu.timing import join  # noqa: E402
+from graphmfu.join import join  # noqa: E402
 
 
 def model_args(a):
@@ -122,8 +122,8 @@ def main():
         run_benchmark(steps, iters=1)
     rep = p.report()
     rep.save(Path(a.out) / "ncu_validate_graphmfu.json")
-    graphs = {g.id: g for g in graphmfu.capture.GRAPHS.graphs}
-    measured, _, _ = join(p.prof, graphs, cuda=True)
+    graphs = {g.id: g for g in graphmfu.registry.DEFAULT.graphs}
+    measured, _, _ = join(p.prof, list(graphs.values()), cuda=True)
     # ncu profiles kernels, not memsets/memcpys
     measured = sorted((m for m in measured if not m.name.startswith(("Memset", "Memcpy"))), key=lambda m: m.start_us)
     print(f"graphmfu on {torch.cuda.get_device_name()}, torch {torch.__version__}: d 4096, ffn 11008, 32 q / "

@@ -1,7 +1,8 @@
 """graphmfu: where GPU time goes, per op, module and stage, on a roofline.
 
-Pipeline: capture (``capture.py``) -> rules (``cost.py`` + ``rules/``) -> roofline
-(``hardware/``, ``roofline.py``) -> report (``report.py``).
+Pipeline (docs/architecture.md): producers (the compiled capture ``capture.py``, the eager recorder
+``eager.py``) fill one record (``record.py``); the profiler join (``join.py``) adds measured time; views
+are derived from (record, device) (``derive.py``, ``roofline.py``) and rendered (``render/``).
 
     model = torch.compile(model, backend=graphmfu.backend)
     model(x).sum().backward()
@@ -12,42 +13,40 @@ Pipeline: capture (``capture.py``) -> rules (``cost.py`` + ``rules/``) -> roofli
 """
 from __future__ import annotations
 
-from graphmfu.capture import GRAPHS as _GRAPHS, Backend, backend, trace as _trace
-from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
-from graphmfu.errors import GraphMFUError
-from graphmfu.hardware import DeviceSpec, get_device, known_devices
-from graphmfu.report import Report, build as _build
-from graphmfu.timing import ProfileSession, profile, stage
+from graphmfu.capture import Backend, backend, trace as _trace
 from graphmfu.compare import compare
 from graphmfu.comparison import Comparison
+from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
+from graphmfu.errors import GraphMFUError
+from graphmfu.hardware import DeviceSpec, device_for as _device_for, get_device, known_devices
+from graphmfu.profile import ProfileSession, profile
+from graphmfu.record import Record
+from graphmfu.registry import DEFAULT as _DEFAULT, Registry
+from graphmfu.report import Report
+from graphmfu.stage import stage
 
 __version__ = "0.1.0"
-__all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec",
-           "DeviceSpec", "Report", "GraphMFUError", "get_device", "known_devices", "dtype_name"]
+__all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile",
+           "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
+           "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
 
-def _device_for(graphs, device):
-    if device is not None:
-        return get_device(device)
-    kinds = {g.device for g in graphs}
-    return get_device("cuda" if "cuda" in kinds else "cpu")
-
-
-def report(device=None) -> Report:
-    """The Report over every graph compiled with ``graphmfu.backend`` so far.
+def report(device=None, registry: Registry | None = None) -> Report:
+    """The Report over every graph compiled with ``graphmfu.backend`` so far (or into ``registry``).
 
     ``device``: the ceilings to place nodes against (a DeviceSpec, a device name or alias,
     'cuda', 'cpu'); default: the device the graphs ran on."""
-    graphs = list(_GRAPHS.graphs)
-    if not graphs and not _GRAPHS.failures:
+    reg = registry or _DEFAULT
+    if not reg.graphs and not reg.failures:
         raise GraphMFUError("no graphs compiled with graphmfu.backend yet: compile with "
                             "torch.compile(model, backend=graphmfu.backend) and run the model first")
-    return _build(graphs, _device_for(graphs, device), _GRAPHS.failures)
+    rec = reg.record()
+    return Report(rec, _device_for((g.device for g in rec.graphs), device))
 
 
 def reset() -> None:
-    """Forget the graphs compiled so far (their compiled code stays valid)."""
-    _GRAPHS.clear()
+    """Forget the graphs compiled so far (their compiled code stays valid, but is no longer profiled)."""
+    _DEFAULT.clear()
 
 
 def analyze(model_or_fn, *args, training: bool = False, device=None, **kwargs) -> Report:
@@ -57,5 +56,4 @@ def analyze(model_or_fn, *args, training: bool = False, device=None, **kwargs) -
     the current GPU, else measured CPU)."""
     _ensure_rules()
     dev = get_device(device)
-    registry = _trace(model_or_fn, args, kwargs, training=training, device=device)
-    return _build(registry.graphs, dev, registry.failures)
+    return Report(_trace(model_or_fn, args, kwargs, training=training, device=device).record(), dev)

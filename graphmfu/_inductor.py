@@ -8,6 +8,7 @@ breaking the user's model.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Mapping
 
 import torch
@@ -17,11 +18,11 @@ import torch
 
 
 def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patches: dict | None = None):
-    """Compile ``gm`` with Inductor; call ``on_graph(post_grad_gm, example_inputs, kw, kernels)`` once
-    per forward / backward / inference graph, after Inductor's post-grad passes ran on it in place.
-    ``kernels`` lists the kernels Inductor generated or called, in codegen (= launch) order, as
-    ``{"name", "extern", "origins": [fx node names], "inductor_bytes"}``.  ``on_graph`` returns a
-    graph id (or None); every later call of the compiled graph is tagged with it (see ``tag_calls``).
+    """Compile ``gm`` with Inductor; call ``on_graph(post_grad_gm, example_inputs, kw, kernels, compiled)``
+    once per forward / backward / inference graph, after Inductor's post-grad passes ran on it in
+    place.  ``kernels`` lists the kernels Inductor generated or called, in codegen (= launch) order, as
+    ``{"name", "extern", "origins": [fx node names], "inductor_bytes"}``; ``compiled`` is Inductor's
+    compiled graph (see ``CallTagger``).
 
     ``on_graph`` must not raise (the caller guards it).  Raises ``HookUnavailable`` when this torch
     has no ``inner_compile`` hook, so the caller can fall back to plain Inductor."""
@@ -33,9 +34,7 @@ def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patch
     def inner(gm_, example_inputs_, **kw):
         with caches_off(), kernel_hook() as kernels:
             compiled = compile_fx_inner(gm_, example_inputs_, **kw)
-        gid = on_graph(gm_, example_inputs_, kw, kernels)
-        if gid is not None:
-            tag_calls(compiled, gid)
+        on_graph(gm_, example_inputs_, kw, kernels, compiled)
         return compiled
 
     try:
@@ -64,36 +63,56 @@ _HOOK_MODULES = ("torch._inductor.debug", "torch._inductor.codegen.cpp", "torch.
 _HOOK_NAME = "set_kernel_post_grad_provenance_tracing"
 
 
+_hook_local = threading.local()  # .sink: the kernel list of the compile running in this thread
+_hook_lock = threading.Lock()
+_hook_installed: list = []
+
+
+def _install_kernel_hook() -> bool:
+    """Wrap Inductor's provenance call once, in every module that binds it by name.  The wrapper
+    appends to the sink of the compile running in the *calling thread* (none: it only forwards), so
+    concurrent compiles in other threads never record each other's kernels."""
+    with _hook_lock:
+        if _hook_installed:
+            return _hook_installed[0]
+        original = getattr(_module("torch._inductor.debug"), _HOOK_NAME, None)
+        if original is None:
+            _hook_installed.append(False)
+            return False
+
+        def hook(node_schedule, kernel_name, is_extern=False, *a, **k):
+            sink = getattr(_hook_local, "sink", None)
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    sink.append(_kernel_entry(node_schedule, kernel_name, is_extern))
+            return original(node_schedule, kernel_name, is_extern, *a, **k)
+
+        for name in _HOOK_MODULES:
+            mod = _module(name)
+            if mod is not None and getattr(mod, _HOOK_NAME, None) is original:
+                setattr(mod, _HOOK_NAME, hook)
+        _hook_installed.append(True)
+        return True
+
+
 @contextlib.contextmanager
 def kernel_hook():
-    """Record every kernel Inductor emits while compiling (Triton, C++, templates, extern kernels).
+    """Record every kernel Inductor emits while this thread compiles (Triton, C++, templates, extern
+    kernels).
 
     Inductor calls ``set_kernel_post_grad_provenance_tracing(node_schedule, kernel_name, is_extern)``
-    for each kernel it emits, whatever the provenance level (2.11 and 2.13); it is bound by name in
-    several modules, so each binding is wrapped for the duration of the compile.  Without it the
-    list stays empty (no kernel map; the node-level report is unaffected)."""
+    for each kernel it emits, whatever the provenance level (2.11 and 2.13).  Without it the list
+    stays empty (no kernel map; the node-level report is unaffected)."""
     kernels: list[dict] = []
-    original = getattr(_module("torch._inductor.debug"), _HOOK_NAME, None)
-    if original is None:
+    if not _install_kernel_hook():
         yield kernels
         return
-
-    def hook(node_schedule, kernel_name, is_extern=False, *a, **k):
-        with contextlib.suppress(Exception):
-            kernels.append(_kernel_entry(node_schedule, kernel_name, is_extern))
-        return original(node_schedule, kernel_name, is_extern, *a, **k)
-
-    patched = []
-    for name in _HOOK_MODULES:
-        mod = _module(name)
-        if mod is not None and getattr(mod, _HOOK_NAME, None) is original:
-            setattr(mod, _HOOK_NAME, hook)
-            patched.append(mod)
+    prev = getattr(_hook_local, "sink", None)
+    _hook_local.sink = kernels
     try:
         yield kernels
     finally:
-        for mod in patched:
-            setattr(mod, _HOOK_NAME, original)
+        _hook_local.sink = prev
 
 
 def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
@@ -120,26 +139,76 @@ def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
 
 # --------------------------------------------------------------------------- graph calls
 
-CALL_RANGE = "graphmfu::graph "  # + graph id: a profiler range around each call of a compiled graph
-_TAGGED: dict = {}  # Inductor's class -> its tagging subclass
-_COMPILED: list = []  # weak references to every compiled graph graphmfu may tag
-_TAGGING = [False]  # a graphmfu.profile() session is running
+CALL_RANGE = "graphmfu::graph "  # + graph key: a profiler range around each call of a compiled graph
+_TAGGED: dict = {}  # Inductor's class -> its tagging subclass (a memo; holds no session state)
 
 
-def tag_calls(compiled, gid: int) -> None:
-    """Remember Inductor's compiled graph (a CompiledFxGraph / OutputCode) so that, while graphmfu
-    profiles, each of its calls opens a profiler range ``graphmfu::graph <gid>`` (kernel names repeat
-    across graphs; the range tells them apart).  Outside profiling the object is untouched: zero
-    overhead.  If it cannot be tagged, its calls are untagged and not joined (the report says so)."""
-    import weakref
+class CallTagger:
+    """The compiled graphs of one capture registry.  While at least one profile session of that
+    registry runs (``enable``/``disable`` nest), each call of such a graph opens a profiler range
+    ``graphmfu::graph <key>`` (kernel names repeat across graphs; the range tells them apart).
+    Otherwise the objects are Inductor's own: zero overhead.  A graph that cannot be tagged runs
+    untagged and is not joined (the report says so)."""
 
-    try:
-        compiled._graphmfu_gid = gid
-        _COMPILED.append(weakref.ref(compiled))
-        if _TAGGING[0]:  # compiled inside a profiled block: tag it now
-            compiled.__class__ = _tagging_class(type(compiled))
-    except (TypeError, AttributeError):
-        pass
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._compiled: list = []  # weak references
+        self._active = 0
+
+    @property
+    def active(self) -> bool:
+        return self._active > 0
+
+    def add(self, compiled, key: str) -> None:
+        import weakref
+
+        try:
+            compiled._graphmfu_key = key
+            with self._lock:
+                self._compiled.append(weakref.ref(compiled))
+                if self._active:  # compiled inside a profiled block: tag it now
+                    compiled.__class__ = _tagging_class(_base_class(type(compiled)))
+        except (TypeError, AttributeError):
+            pass
+
+    def enable(self) -> None:
+        with self._lock:
+            self._active += 1
+            if self._active == 1:
+                self._swap(True)
+
+    def disable(self) -> None:
+        with self._lock:
+            self._active = max(self._active - 1, 0)
+            if self._active == 0:
+                self._swap(False)
+
+    def forget(self) -> None:
+        """Untag and drop every graph (``reset``): their later calls are never joined to new graphs."""
+        with self._lock:
+            self._swap(False)
+            for ref in self._compiled:
+                obj = ref()
+                if obj is not None:
+                    with contextlib.suppress(AttributeError):
+                        del obj._graphmfu_key
+            self._compiled.clear()
+
+    def _swap(self, on: bool) -> None:
+        alive = []
+        for ref in self._compiled:
+            obj = ref()
+            if obj is None:
+                continue
+            alive.append(ref)
+            with contextlib.suppress(TypeError, AttributeError):
+                base = _base_class(type(obj))
+                obj.__class__ = _tagging_class(base) if on else base
+        self._compiled[:] = alive
+
+
+def _base_class(cls):
+    return cls.__dict__.get("_graphmfu_base", cls)
 
 
 def _tagging_class(cls):
@@ -148,31 +217,16 @@ def _tagging_class(cls):
         base_call = cls.__call__
 
         def __call__(self, *args, **kwargs):
-            with torch.profiler.record_function(CALL_RANGE + str(self._graphmfu_gid)):
+            key = getattr(self, "_graphmfu_key", None)
+            if key is None:
+                return base_call(self, *args, **kwargs)
+            with torch.profiler.record_function(CALL_RANGE + key):
                 return base_call(self, *args, **kwargs)
 
         sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
                                           "_graphmfu_base": cls})
         _TAGGED[cls] = sub
     return sub
-
-
-def set_call_tags(on: bool) -> None:
-    """Swap every live compiled graph to its tagging subclass (on) or back to Inductor's class (off)."""
-    _TAGGING[0] = on
-    alive = []
-    for ref in _COMPILED:
-        obj = ref()
-        if obj is None:
-            continue
-        alive.append(ref)
-        with contextlib.suppress(TypeError, AttributeError):
-            cls = type(obj)
-            if on and "_graphmfu_base" not in cls.__dict__:
-                obj.__class__ = _tagging_class(cls)
-            elif not on and "_graphmfu_base" in cls.__dict__:
-                obj.__class__ = cls._graphmfu_base
-    _COMPILED[:] = alive
 
 
 def device_kernels(prof, op_by_corr: Mapping) -> list[tuple]:
@@ -385,56 +439,114 @@ def tracked_module(tracker) -> str:
     return max(names, key=lambda n: (len(n.split(".")) if n else 0, n))
 
 
-_NODE_KEY = "graphmfu_module"
-
-
 class ModuleTagger(torch.overrides.TorchFunctionMode):
-    """While recording eagerly: tags each new autograd node (``grad_fn.metadata``, public) with the
-    module that created it, so the backward ops it runs are attributed to that module (what
-    ``fwd_nn_module_stack`` gives the compiled backward)."""
+    """While recording eagerly: remembers, for each new autograd node, the module that created it, so
+    the backward ops that node runs are attributed to that module (what ``fwd_nn_module_stack`` gives
+    the compiled backward).  The map lives in this object (strong references for the recording's
+    lifetime; autograd nodes take no weak references); nothing is written into the user's tensors
+    or graph."""
 
     def __init__(self, tracker):
         super().__init__()
         self.tracker = tracker
+        self.modules: dict = {}  # autograd node -> module path
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if torch.is_grad_enabled():
             mod = tracked_module(self.tracker)
-            for t in torch.utils._pytree.tree_leaves(out):
+            for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                    _tag(t.grad_fn, mod)
+                    self._tag(t.grad_fn, mod)
         return out
 
-
-def _tag(node, mod: str) -> None:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n is None:
-            continue
-        try:
-            if _NODE_KEY in n.metadata:
+    def _tag(self, node, mod: str) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n is None or n in self.modules:
                 continue
-            n.metadata[_NODE_KEY] = mod
-        except (AttributeError, RuntimeError):
-            continue
-        stack.extend(nf for nf, _ in n.next_functions)
+            try:
+                self.modules[n] = mod
+                stack.extend(nf for nf, _ in n.next_functions)
+            except (AttributeError, RuntimeError, TypeError):
+                continue
 
-
-def backward_module(tracker):
-    """(in backward?, module of the autograd node running now or None).  Uses the private
-    ``torch._C._current_autograd_node``; without it, the tracker's own (approximate) backward view."""
-    get = getattr(torch._C, "_current_autograd_node", None)
-    if get is None:
-        try:
-            return bool(tracker.is_bw), None
-        except Exception:  # noqa: BLE001
+    def backward_module(self):
+        """(in backward?, module of the autograd node running now or None).  Uses the private
+        ``torch._C._current_autograd_node``; without it, the tracker's own (approximate) view."""
+        get = getattr(torch._C, "_current_autograd_node", None)
+        if get is None:
+            try:
+                return bool(self.tracker.is_bw), None
+            except Exception:  # noqa: BLE001
+                return False, None
+        node = get()
+        if node is None:
             return False, None
-    node = get()
-    if node is None:
-        return False, None
+        try:
+            return True, self.modules.get(node)
+        except TypeError:
+            return True, None
+
+
+# --------------------------------------------------------------------------- ops and values
+
+
+def is_op(op) -> bool:
+    """An ATen/custom op overload, packet, or higher-order operator (what rules register on)."""
+    return op_kind(op) is not None
+
+
+def op_kind(op) -> str | None:
+    """"overload" | "packet" | "higher_order" | None."""
+    from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
+
+    if isinstance(op, OpOverload):
+        return "overload"
+    if isinstance(op, OpOverloadPacket):
+        return "packet"
+    if isinstance(op, HigherOrderOperator):
+        return "higher_order"
+    return None
+
+
+def sym_value(x):
+    """An int for a SymInt with a fixed value, else the sympy expression behind it (SymFloat/SymBool
+    too); other values unchanged."""
+    if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        node = x.node
+        if isinstance(x, torch.SymInt) and hasattr(node, "maybe_as_int") and node.maybe_as_int() is not None:
+            return node.maybe_as_int()
+        return node.expr
+    return x
+
+
+def tree_leaves(obj) -> list:
+    """Leaves of nested containers (lists, tuples, dicts, dataclasses and registered pytree nodes)."""
+    from torch.utils import _pytree
+
+    return _pytree.tree_leaves(obj)
+
+
+def dispatch_mode_base():
+    """The base class of a Python dispatch mode (sees every ATen op below autograd)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode
+
+
+def flex_attention_ops() -> tuple:
+    """(flex_attention, flex_attention_backward) higher-order ops, or () when this torch has none."""
     try:
-        return True, node.metadata.get(_NODE_KEY)
-    except (AttributeError, RuntimeError):
-        return True, None
+        from torch._higher_order_ops.flex_attention import flex_attention, flex_attention_backward
+    except ImportError:  # pragma: no cover
+        return ()
+    return flex_attention, flex_attention_backward
+
+
+def own_tensors(module: torch.nn.Module) -> list:
+    """(parameters, buffers) registered directly on ``module`` (not its children), None slots
+    skipped."""
+    return ([p for _, p in module.named_parameters(recurse=False, remove_duplicate=False)],
+            [b for _, b in module.named_buffers(recurse=False, remove_duplicate=False)])

@@ -9,11 +9,7 @@ plain Inductor: graphmfu never breaks the user's model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
-import itertools
-import threading
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -21,61 +17,9 @@ import torch
 from graphmfu import _inductor
 from graphmfu.errors import GraphMFUError
 from graphmfu.kernels import kernel_map
-from graphmfu.nodes import AnalysisError, NodeRecord, records_from_graph
-
-
-@dataclasses.dataclass
-class GraphRecord:
-    id: int
-    phase: str  # forward | backward | inference
-    aot_id: Any  # AOTAutograd's id: a forward and its backward share it
-    device: str  # cpu | cuda | meta ...
-    nodes: list[NodeRecord]
-    hints: dict  # symbol -> compile-time value, when shapes are dynamic
-    source: str  # backend | analyze
-    kernels: list = dataclasses.field(default_factory=list)  # KernelRecord, launch order (backend only)
-
-    @property
-    def dynamic(self) -> bool:
-        return bool(self.hints)
-
-
-class GraphRegistry:
-    """The graphs compiled so far (thread-safe); ``graphmfu.report()`` reads it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self.graphs: list[GraphRecord] = []
-        self.failures: list[str] = []
-
-    def next_id(self) -> int:
-        with self._lock:
-            return next(self._ids)
-
-    def add(self, g: GraphRecord) -> None:
-        with self._lock:
-            self.graphs.append(g)
-
-    def fail(self, msg: str) -> None:
-        with self._lock:
-            self.failures.append(msg)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.graphs.clear()
-            self.failures.clear()
-            self._ids = itertools.count()
-
-
-GRAPHS = GraphRegistry()
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, msg: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+from graphmfu.nodes import AnalysisError, records_from_graph
+from graphmfu.record import GraphRecord
+from graphmfu.registry import DEFAULT, Registry
 
 
 def _graph_device(example_inputs) -> str:
@@ -85,14 +29,15 @@ def _graph_device(example_inputs) -> str:
     return "cpu"
 
 
-def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id, source: str,
-                 kernel_entries: list | None = None) -> int | None:
+def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, source: str,
+                 kernel_entries: list | None = None) -> GraphRecord | None:
     """Analyse one graph into ``registry``; on failure warn once, record the failure, return None."""
     gid = registry.next_id()
+    tf32 = _inductor.matmul_allows_tf32()  # as it is while this graph compiles, not at report time
     try:
         hints = _inductor.shape_hints(example_inputs)
-        nodes = records_from_graph(gm, gid, phase, hints)
-        kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints)
+        nodes = records_from_graph(gm, gid, phase, hints, tf32)
+        kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints, phase)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
         cause = e.cause if isinstance(e, AnalysisError) else e
@@ -100,11 +45,12 @@ def record_graph(registry: GraphRegistry, gm, example_inputs, phase: str, aot_id
                f"{type(cause).__name__}: {cause}. The graph runs as compiled by plain Inductor; it is "
                f"missing from the report.")
         registry.fail(msg)
-        _warn_once("analysis", msg)
+        registry.warn_once("analysis", msg)
         return None
-    registry.add(GraphRecord(gid, phase, aot_id, _graph_device(example_inputs), nodes,
-                             {str(k): int(v) for k, v in hints.items()}, source, kernels))
-    return gid
+    g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
+                    {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32)
+    registry.add(g)
+    return g
 
 
 # --------------------------------------------------------------------------- backend
@@ -116,11 +62,11 @@ class Backend:
     Options: ``mode`` (as torch.compile's: default, reduce-overhead, max-autotune...),
     ``options`` (Inductor config patches, as torch.compile's ``options``)."""
 
-    def __init__(self, mode: str | None = None, options: dict | None = None, registry: GraphRegistry | None = None):
+    def __init__(self, mode: str | None = None, options: dict | None = None, registry: Registry | None = None):
         if options is not None and not isinstance(options, dict):
             raise GraphMFUError(f"graphmfu.backend(options=...) takes a dict of Inductor config, got {options!r}")
         self.config = {**_inductor.mode_config(mode), **(options or {})}
-        self.registry = registry or GRAPHS
+        self.registry = registry or DEFAULT
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **options):
         config = {**self.config, **_inductor.mode_config(options.pop("mode", None)), **options.pop("options", {}),
@@ -128,15 +74,17 @@ class Backend:
         if _graph_device(example_inputs) == "cpu":  # C++ kernels become visible to the profiler
             config = {**_inductor.kernel_profile_config(), **config}
 
-        def on_graph(post_gm, ex, kw, kernels):
+        def on_graph(post_gm, ex, kw, kernels, compiled):
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")
-            return record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
+            g = record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
+            if g is not None:
+                self.registry.tagger.add(compiled, g.key)
 
         try:
             return _inductor.compile_with_inner_hook(gm, example_inputs, on_graph, config)
         except _inductor.HookUnavailable as e:
-            _warn_once("hook", f"graphmfu: this torch has no Inductor inner_compile hook ({e}); compiling with "
-                               f"plain Inductor, no report")
+            self.registry.warn_once("hook", f"graphmfu: this torch has no Inductor inner_compile hook ({e}); "
+                                            f"compiling with plain Inductor, no report")
             return _inductor.compile_plain(gm, example_inputs, config)
 
 
@@ -175,10 +123,11 @@ def _fake_module(model: torch.nn.Module, mode, device) -> torch.nn.Module:
     """A structural copy of ``model`` whose parameters and buffers are fake: nothing copied."""
     memo: dict[int, Any] = {}
     for mod in model.modules():
-        for p in mod._parameters.values():
+        params, buffers = _inductor.own_tensors(mod)
+        for p in params:
             if p is not None and id(p) not in memo:
                 memo[id(p)] = torch.nn.Parameter(_inductor.to_fake(mode, p, device), requires_grad=p.requires_grad)
-        for b in mod._buffers.values():
+        for b in buffers:
             if b is not None and id(b) not in memo:
                 memo[id(b)] = _inductor.to_fake(mode, b, device)
     return copy.deepcopy(model, memo)
@@ -217,14 +166,14 @@ def _float_outputs(out) -> list[torch.Tensor]:
     return []
 
 
-def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, device=None) -> GraphRegistry:
-    """Trace ``model_or_fn(*args, **kwargs)`` on fake tensors into a fresh GraphRegistry."""
+def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, device=None) -> Registry:
+    """Trace ``model_or_fn(*args, **kwargs)`` on fake tensors into a fresh Registry."""
     name = _check_callable(model_or_fn, args, kwargs)
     mode = _inductor.fake_mode()
     tdev = _trace_device(device)
     target = _fake_module(model_or_fn, mode, tdev) if isinstance(model_or_fn, torch.nn.Module) else model_or_fn
     fargs, fkwargs = _fake_tree(args, mode, tdev), _fake_tree(kwargs, mode, tdev)
-    registry = GraphRegistry()
+    registry = Registry()
 
     def on_graph(gm, example_inputs, phase):
         record_graph(registry, gm, example_inputs, phase, None, "analyze")

@@ -15,7 +15,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from graphmfu import _inductor, eager
+from graphmfu.capture import Backend
+from graphmfu.comparison import Comparison
 from graphmfu.errors import GraphMFUError
+from graphmfu.hardware import device_for
+from graphmfu.profile import ProfileSession
+from graphmfu.registry import Registry
+from graphmfu.stage import open_stages, stage
 
 
 def _first_line(e: BaseException) -> str:
@@ -61,7 +68,7 @@ def normalise_stages(args: tuple, kwargs: dict, stages, training: bool) -> dict[
 
 
 def _backward(out) -> None:
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out)
+    leaves = [t for t in _inductor.tree_leaves(out)
               if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()]
     if not leaves:
         raise GraphMFUError("compare(training=True): the model's output does not require grad")
@@ -69,7 +76,7 @@ def _backward(out) -> None:
 
 
 def _is_cuda(model, args, kwargs) -> bool:
-    for t in [*model.parameters(), *model.buffers(), *torch.utils._pytree.tree_leaves((args, kwargs))]:
+    for t in [*model.parameters(), *model.buffers(), *_inductor.tree_leaves((args, kwargs))]:
         if isinstance(t, torch.Tensor):
             return t.is_cuda
     return False
@@ -104,8 +111,6 @@ class _Timer:
 
 
 def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str, step=None) -> None:
-    from graphmfu.timing import stage
-
     for _ in range(iters):
         for name, fn in stage_fns.items():
             def call(fn=fn):
@@ -144,12 +149,6 @@ def _settle(step, cuda: bool):
     return fn
 
 
-def _profiler(cuda: bool, iters: int):
-    from torch.profiler import ProfilerActivity, profile
-
-    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), **_schedule(iters))
-
-
 def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: str | None = None,
             training: bool = False, device=None, clean: bool = True, **kwargs):
     """Run ``model`` eagerly and compiled (graphmfu backend, ``mode``) under identical conditions and
@@ -158,11 +157,6 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
     ``stages``: {name: args tuple or callable(model)}; default one stage on ``args``/``kwargs``
     (under ``no_grad``, or forward + backward with ``training=True``).  ``device``: the ceilings
     (default: where the model lives)."""
-    from graphmfu import _device_for, eager
-    from graphmfu.capture import Backend, GraphRegistry
-    from graphmfu.comparison import build
-    from graphmfu.timing import ProfileSession, open_stages
-
     if not isinstance(model, torch.nn.Module):
         raise GraphMFUError(f"compare(model, ...) takes a torch.nn.Module, got {type(model).__name__}")
     for name, v in (("warmup", warmup), ("iters", iters)):
@@ -172,53 +166,47 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
         raise GraphMFUError(f"compare() called inside graphmfu.stage({open_stages()[-1]!r}); call it outside stages")
     fns = normalise_stages(args, kwargs, stages, training)
     cuda = _is_cuda(model, args, kwargs)
+    events, clean_s = {}, {}
 
-    # ---- eager
+    # ---- eager: one recorded call per stage (outside the profile), then the same profile as compiled
     _loop(fns, model, warmup, None, False, "eager")
-    ops: list = []
+    e_registry = Registry()
     for name, fn in fns.items():
-        ops += eager.record(model, lambda fn=fn: fn(model), name, start=len(ops))
-    prof, timer = _profiler(cuda, iters), _Timer(cuda)
-    if cuda:
-        torch.cuda.synchronize()
-    with prof:
-        _loop(fns, model, 1, None, True, "eager", step=_settle(prof.step, cuda))
-        _loop(fns, model, iters, timer, True, "eager", step=prof.step)
-        if cuda:
-            torch.cuda.synchronize()
-    e_events = timer.mean_s()
-    e_measured, e_stages, e_notes = eager.join(prof, ops, cuda)
-    e_clean = _Timer(cuda)
-    if clean:
-        _loop(fns, model, iters, e_clean, False, "eager")
+        eager.record(model, lambda fn=fn: fn(model), name, e_registry, "cuda" if cuda else "cpu")
+    e_report, events["eager"], clean_s["eager"] = _profiled(fns, model, e_registry, cuda, iters, clean, "eager",
+                                                            device)
 
     # ---- compiled
-    registry = GraphRegistry()
-    compiled = torch.compile(model, backend=Backend(mode=mode, registry=registry))
+    c_registry = Registry()
+    compiled = torch.compile(model, backend=Backend(mode=mode, registry=c_registry))
     _loop(fns, compiled, max(warmup, 1), None, False, "compiled")
-    if not registry.graphs:
+    if not c_registry.graphs:
         raise GraphMFUError("compare: the compiled side produced no graph"
-                            + (f" ({registry.failures[0]})" if registry.failures else
+                            + (f" ({c_registry.failures[0]})" if c_registry.failures else
                                " (torch.compile fell back to running the model eagerly)")
                             + "; the model fails under torch.compile: run it with "
                               "torch.compile(model, fullgraph=True) to see why")
+    c_report, events["compiled"], clean_s["compiled"] = _profiled(fns, compiled, c_registry, cuda, iters, clean,
+                                                                  "compiled", device)
+    dev = device_for((g.device for g in c_registry.graphs), device)
+    return Comparison.of(e_report, c_report, dev,
+                         {"warmup": warmup, "iters": iters, "mode": mode, "training": training, "cuda": cuda,
+                          "profiler": "CPU+CUDA" if cuda else "CPU", "stages": list(fns)}, events, clean_s)
+
+
+def _profiled(fns, model, registry, cuda: bool, iters: int, clean: bool, side: str, device):
+    """One side's profile (warm-up iteration, then ``iters`` recorded ones with CUDA events), its report,
+    the event times, and the times of ``iters`` unprofiled iterations."""
     timer = _Timer(cuda)
     with ProfileSession(registry=registry, cuda=cuda, **_schedule(iters)) as session:
-        _loop(fns, compiled, 1, None, True, "compiled", step=_settle(session.prof.step, cuda))
-        _loop(fns, compiled, iters, timer, True, "compiled", step=session.prof.step)
-    c_events = timer.mean_s()
-    c_report = session.report(device)
-    c_clean = _Timer(cuda)
+        _loop(fns, model, 1, None, True, side, step=_settle(session.prof.step, cuda))
+        _loop(fns, model, iters, timer, True, side, step=session.prof.step)
+    events = timer.mean_s()
+    report = session.report(device)
+    unprofiled = _Timer(cuda)
     if clean:
-        _loop(fns, compiled, iters, c_clean, False, "compiled")
-
-    dev = _device_for(registry.graphs, device)
-    eager_side = {"ops": ops, **eager.sections(ops, e_measured, e_stages, dev), "notes": e_notes,
-                  "events_s": e_events, "clean_s": e_clean.mean_s() if clean else {}}
-    compiled_side = {"report": c_report, "events_s": c_events, "clean_s": c_clean.mean_s() if clean else {}}
-    return build(list(fns), eager_side, compiled_side, dev,
-                 conditions={"warmup": warmup, "iters": iters, "mode": mode, "training": training, "cuda": cuda,
-                             "profiler": "CPU+CUDA" if cuda else "CPU"})
+        _loop(fns, model, iters, unprofiled, False, side)
+    return report, events, unprofiled.mean_s() if clean else {}
 
 
 __all__ = ["compare", "normalise_stages"]

@@ -1,87 +1,103 @@
-"""The Comparison: eager against compiled, one JSON document (schema ``graphmfu.compare/1``,
-``docs/report-schema.md``) and the views derived from it (tables, Markdown).
+"""The Comparison: eager against compiled — two records of the same stages, viewed side by side.
+
+The document (schema ``graphmfu.compare/1``, ``docs/report-schema.md``) stores what was collected:
+both sides' records (the eager recording and the compiled graphs, each with its profile's timing),
+the run conditions, and per stage the ``torch.cuda.Event`` time of the profiled calls and the time of
+calls with no profiler.  Everything else is derived from the two ``Report``\\ s on one device.
 
 Everything is **per iteration** of a stage (totals over the timed iterations / stage calls).
 Per side and per stage (top-level stage names; nested stages roll up into them):
 
-* ``span_s``: device span (first kernel start to last kernel end) per call, from the profile;
-  ``event_s``: ``torch.cuda.Event`` time of the same calls (wall clock on CPU) — the cross-check;
-  ``clean_s``: event time of further calls with no profiler attached;
+* ``span_s``: device span per call, from the profile; ``event_s``: ``torch.cuda.Event`` time of the
+  same calls (wall clock on CPU) — the cross-check; ``clean_s``: event time with no profiler;
 * ``busy_s``, ``idle_share`` (launch gaps), ``kernels`` (launches per call), MFU/MBU over the span,
   ``memory_bound_share``;
-* ``flops``/``flops_dense``/``vector_flops``: static, eager = the recorded ops of one call,
-  compiled = the graph nodes times their calls; ``bytes``: eager = sum over ops, compiled = fused
-  kernels' boundary bytes (``bytes_saved`` = the fusion saving).
+* ``flops``/``flops_dense``/``vector_flops``: each graph's ops times its calls in the stage (eager: the
+  recorded ops of one call); ``bytes``: each graph's kernels (eager: one per op; compiled: fused
+  kernels' boundary bytes), so ``bytes_saved`` is the fusion saving.
 
-Per module (a tree: each row includes its descendants; rows at one depth never double count):
-the same quantities from each side's kernel rows (a fused kernel spanning modules sits at their
-common ancestor, so deep rows of the compiled side can be lighter than the eager side's).
-``flops_match`` is False when matrix FLOPs differ by more than 1e-6 (relative): a difference is
-flagged, never hidden.  ``slower`` lists every module where compiled takes longer, with the
-compiled kernels responsible and the eager ops (same module subtree, same ATen op) they replaced.
+Per module (a tree: each row includes its descendants; rows at one depth never double count): the
+same quantities (a fused kernel spanning modules sits at their common ancestor, so deep rows of the
+compiled side can be lighter than the eager side's).  ``flops_match`` is False when matrix FLOPs
+differ by more than 1e-6 (relative): a difference is flagged, never hidden.  ``slower`` lists every
+module where compiled takes longer, with the compiled kernels responsible and the eager ops (same
+module subtree, same ATen op) they replaced.
 """
 from __future__ import annotations
 
 import json
-import time
-from collections import defaultdict
+from functools import cached_property
 from pathlib import Path
 
-import torch
-
+from graphmfu import render
+from graphmfu.derive import graph_calls, module_tree, top_stage
 from graphmfu.errors import GraphMFUError
-from graphmfu.report import _fmt, _pct, _rate
+from graphmfu.hardware import DeviceSpec
+from graphmfu.record import Record
+from graphmfu.render import Section, ms, num, pct
+from graphmfu.report import Report
+from graphmfu.roofline import rate, utilisation
 
 SCHEMA = "graphmfu.compare/1"
+SIDES = ("eager", "compiled")
 _FIELDS = ("flops", "flops_dense", "vector_flops", "bytes")
 
 
-def _top(stage: str | None) -> str | None:
-    return stage.split("/", 1)[0] if stage else None
+def _match(e: float, c: float) -> bool:
+    return abs(e - c) <= 1e-6 * max(abs(e), abs(c), 1)
 
 
-def _prefixes(module: str):
-    parts = module.split(".") if module else []
-    for d in range(len(parts) + 1):
-        yield ".".join(parts[:d])
+def _in(module: str, prefix: str) -> bool:
+    return not prefix or module == prefix or module.startswith(prefix + ".")
 
 
 def _base_op(op: str) -> str:
     return op.rsplit(".", 1)[0] if op.count(".") >= 2 else op
 
 
-def _zero() -> dict:
-    return {"time_s": 0.0, "kernels": 0, "t_matrix_s": 0.0, "mem_time_s": 0.0, "flops": 0, "flops_dense": 0,
-            "vector_flops": 0, "bytes": 0, "k_bytes": 0}
+def _x(r):
+    return "-" if r is None else f"{r:.2f}x"
 
 
-def _modules(static_items, kernel_rows, stage_calls: dict, dram_gbps: float) -> dict:
-    """(stage, module prefix) -> per-iteration sums; static items give FLOPs/bytes, kernel rows time."""
-    acc: dict = defaultdict(_zero)
-    for it in static_items:  # (stage, module, {field: value}) already per iteration
-        st, mod, vals = it
-        for p in _prefixes(mod):
-            a = acc[(st, p)]
-            for f in _FIELDS:
-                a[f] += vals[f]
-    for r in kernel_rows:
-        st = _top(r["stage"])
-        n = stage_calls.get(st) or 1
-        for p in _prefixes(r["module"]):
-            a = acc[(st, p)]
-            a["time_s"] += r["time_s"] / n
-            a["kernels"] += r["launches"] / n
-            a["t_matrix_s"] += r["t_matrix_s"] / n
-            a["k_bytes"] += r["bytes"] / n
-            if r["bound"] == "memory":
-                a["mem_time_s"] += r["time_s"] / n
+def _pair(a, b, fmt=pct):
+    return f"{fmt(a)} / {fmt(b)}"
+
+
+def _stage_calls(rep: Report) -> dict:
+    return {s["name"]: s["calls"] for s in rep.stages if "/" not in s["name"]}
+
+
+def _module_rows(rep: Report, stage_names: list[str]) -> dict:
+    """(stage, module prefix) -> per-iteration sums of one side: FLOPs from each graph's ops times its
+    calls, bytes from its kernels, time from the measured kernels."""
+    calls = _stage_calls(rep)
+    rows = []
+    km = rep.data["kernel_map"]
+    for (gid, st), n in graph_calls(rep.kernels).items():
+        if st not in calls:
+            continue
+        per = n / (calls[st] or 1)
+        rows += [{"stage": st, "module": r["module"], **{f: r[f] * per for f in _FIELDS[:3]}} for r in rep.nodes
+                 if r["graph"] == gid and not r.get("recompute")]
+        rows += [{"stage": st, "module": k["module"], "bytes": k["bytes"] * per} for k in km if k["graph"] == gid]
+    for k in rep.kernels:
+        st = top_stage(k["stage"])
+        n = calls.get(st) or 1
+        rows.append({"stage": st, "module": k["module"], "time_s": k["time_s"] / n, "kernels": k["launches"] / n,
+                     "t_matrix_s": k["t_matrix_s"] / n, "t_min_s": k["t_min_s"] / n, "k_bytes": k["bytes"] / n,
+                     "mem_time_s": k["time_s"] / n if k["bound"] == "memory" else 0.0})
+
+    def summarise(rs):
+        a = {f: sum(r.get(f, 0) for r in rs) for f in (*_FIELDS, "time_s", "kernels", "t_matrix_s", "t_min_s",
+                                                      "k_bytes", "mem_time_s")}
+        u = utilisation(a["t_matrix_s"], a["k_bytes"], a["t_min_s"], a["time_s"], rep.device)
+        return {"time_s": a["time_s"], "kernels": a["kernels"], **{f: a[f] for f in _FIELDS}, "mfu": u["mfu"],
+                "mbu": u["mbu"], "memory_bound_share": rate(a["mem_time_s"], a["time_s"]) or 0.0}
+
     out = {}
-    for key, a in acc.items():
-        t = a["time_s"]
-        out[key] = {"time_s": t, "kernels": a["kernels"], "flops": a["flops"], "flops_dense": a["flops_dense"],
-                    "vector_flops": a["vector_flops"], "bytes": a["bytes"], "mfu": _rate(a["t_matrix_s"], t),
-                    "mbu": _rate(a["k_bytes"] / (dram_gbps * 1e9), t),
-                    "memory_bound_share": _rate(a["mem_time_s"], t) or 0.0}
+    for st in stage_names:
+        for r in module_tree([r for r in rows if r["stage"] == st], summarise):
+            out[(st, r["module"])] = {k: v for k, v in r.items() if k not in ("module", "depth")}
     return out
 
 
@@ -94,92 +110,7 @@ def _stage_side(row: dict, static: dict, events_s, clean_s) -> dict:
             "mfu": row["mfu"], "mfu_busy": row["mfu_busy"], "mbu": row["mbu"],
             "memory_bound_share": row["memory_bound_share"], "unattributed_s": row["unattributed_s"] / n,
             "event_s": events_s, "clean_s": clean_s,
-            "span_vs_event": _rate(span, events_s) if events_s else None}
-
-
-def _match(e: float, c: float) -> bool:
-    return abs(e - c) <= 1e-6 * max(abs(e), abs(c), 1)
-
-
-def build(stage_names: list[str], eager: dict, compiled: dict, dev, conditions: dict) -> "Comparison":
-    crep = compiled["report"].data
-    e_calls = {s["name"]: s["calls"] for s in eager["stages"] if "/" not in s["name"]}
-    c_calls = {s["name"]: s["calls"] for s in crep.get("stages", []) if "/" not in s["name"]}
-    for name in stage_names:
-        if name not in e_calls or name not in c_calls:
-            raise GraphMFUError(f"compare: stage {name!r} ran on {'no side' if name not in e_calls and name not in c_calls else ('the compiled side only' if name not in e_calls else 'the eager side only')}; "
-                                f"both sides must run the same stages")
-
-    # static FLOPs/bytes per iteration: eager = recorded ops (one call each); compiled = nodes x calls
-    e_static = [(op.stage, op.module, {"flops": op.cost.flops, "flops_dense": op.cost.flops_dense,
-                                       "vector_flops": op.cost.vector_flops, "bytes": op.cost.bytes})
-                for op in eager["ops"] if op.cost is not None]
-    calls_gs: dict = defaultdict(int)
-    for k in crep.get("kernels", []):
-        key = (k["graph"], _top(k["stage"]))
-        calls_gs[key] = max(calls_gs[key], k["calls"])
-    c_static = []
-    for (gid, st), n in calls_gs.items():
-        if st is None:
-            continue
-        per = n / (c_calls.get(st) or 1)
-        for r in crep["nodes"]:
-            if r["graph"] == gid and not r.get("recompute"):
-                c_static.append((st, r["module"], {"flops": r["flops"] * per, "flops_dense": r["flops_dense"] * per,
-                                                   "vector_flops": r["vector_flops"] * per, "bytes": 0}))
-        for k in crep["kernel_map"]:
-            if k["graph"] == gid:
-                c_static.append((st, k["module"], {"flops": 0, "flops_dense": 0, "vector_flops": 0,
-                                                   "bytes": k["bytes"] * per}))
-    e_mod = _modules(e_static, eager["kernels"], e_calls, dev.dram_gbps)
-    c_mod = _modules(c_static, crep.get("kernels", []), c_calls, dev.dram_gbps)
-
-    stages = []
-    for name in stage_names:
-        er = next(s for s in eager["stages"] if s["name"] == name)
-        cr = next(s for s in crep["stages"] if s["name"] == name)
-        es = _stage_side(er, e_mod.get((name, ""), {}), eager["events_s"].get(name), eager["clean_s"].get(name))
-        cs = _stage_side(cr, c_mod.get((name, ""), {}), compiled["events_s"].get(name), compiled["clean_s"].get(name))
-        stages.append({"name": name, "eager": es, "compiled": cs,
-                       "speedup": _rate(es["span_s"], cs["span_s"]),
-                       "speedup_events": _rate(es["event_s"], cs["event_s"]) if cs["event_s"] else None,
-                       "speedup_clean": _rate(es["clean_s"], cs["clean_s"]) if cs["clean_s"] else None,
-                       "flops_match": _match(es["flops"], cs["flops"]),
-                       "bytes_saved": es["bytes"] - cs["bytes"]})
-
-    modules = []
-    for key in sorted(set(e_mod) | set(c_mod), key=lambda k: (stage_names.index(k[0]) if k[0] in stage_names
-                                                               else len(stage_names), k[1].split(".") if k[1] else [])):
-        st, mod = key
-        if st not in stage_names:
-            continue
-        e, c = e_mod.get(key, _empty_side()), c_mod.get(key, _empty_side())
-        modules.append({"stage": st, "module": mod, "depth": len(mod.split(".")) if mod else 0, "eager": e,
-                        "compiled": c, "speedup": _rate(e["time_s"], c["time_s"]),
-                        "flops_match": _match(e["flops"], c["flops"]), "bytes_saved": e["bytes"] - c["bytes"]})
-
-    slower = _slower(modules, eager["kernels"], crep, e_calls, c_calls)
-    ekern = [{k: v for k, v in r.items() if k != "index"} for r in eager["kernels"]]
-    unknown: dict = {}
-    for op in eager["ops"]:
-        if op.cost is None:
-            u = unknown.setdefault(op.op, {"op": op.op, "count": 0})
-            u["count"] += 1
-    data = {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
-        "device": dev.to_dict(), "conditions": {**conditions, "stages": stage_names},
-        "stages": stages, "modules": modules, "slower": slower,
-        "kernels": {"eager": ekern, "compiled": crep.get("kernels", [])},
-        "coverage": {
-            "eager": {"time_attributed": eager["time_attributed"], "unattributed_kernels": eager["unattributed_kernels"],
-                      "ops_recorded": len(eager["ops"]), "unknown_ops": sorted(unknown.values(), key=lambda u: -u["count"])},
-            "compiled": {"time_attributed": crep["coverage"].get("time_attributed", 0.0),
-                         "unattributed_kernels": crep["coverage"].get("unattributed_kernels", []),
-                         "unknown_ops": crep["coverage"]["unknown_ops"],
-                         "graphs_failed": crep["coverage"]["graphs_failed"]}},
-        "notes": [*eager["notes"], *crep.get("notes", [])],
-    }
-    return Comparison(data)
+            "span_vs_event": rate(span, events_s) if events_s else None}
 
 
 def _empty_side() -> dict:
@@ -187,63 +118,111 @@ def _empty_side() -> dict:
             "mbu": None, "memory_bound_share": 0.0}
 
 
-def _in(module: str, prefix: str) -> bool:
-    return not prefix or module == prefix or module.startswith(prefix + ".")
-
-
-def _slower(modules, ekernels, crep, e_calls, c_calls, top: int = 5) -> list[dict]:
-    """Every (stage, module) where compiled takes longer per iteration, with the compiled kernels in
-    it and the eager ops they replaced (same module subtree, same ATen op as one of their nodes)."""
-    node_op = {(r["graph"], r["name"]): (r["op"], r["module"]) for r in crep["nodes"]}
-    out = []
-    for m in modules:
-        e, c = m["eager"], m["compiled"]
-        if not (c["time_s"] > e["time_s"] > 0):
-            continue
-        st, mod = m["stage"], m["module"]
-        ck = sorted((k for k in crep.get("kernels", []) if _top(k["stage"]) == st and _in(k["module"], mod)),
-                    key=lambda k: -k["time_s"])[:top]
-        ek_all = [k for k in ekernels if _top(k["stage"]) == st and _in(k["module"], mod)]
-        rows = []
-        for k in ck:
-            ops = {(_base_op(node_op[(k["graph"], n)][0]), node_op[(k["graph"], n)][1])
-                   for n in k["nodes"] if (k["graph"], n) in node_op}
-            replaced = [x for x in ek_all if (_base_op(x["op"]), x["module"]) in ops]
-            n_c, n_e = c_calls.get(st) or 1, e_calls.get(st) or 1
-            rows.append({"kernel": k["name"], "module": k["module"], "bound": k["bound"],
-                         "time_s": k["time_s"] / n_c, "mfu": k["mfu"], "mbu": k["mbu"], "sol": k["sol"],
-                         "replaces": [{"op": x["op"], "module": x["module"], "gpu_kernels": x["gpu_kernels"],
-                                       "time_s": x["time_s"] / n_e, "mfu": x["mfu"], "mbu": x["mbu"], "sol": x["sol"]}
-                                      for x in replaced],
-                         "replaced_time_s": sum(x["time_s"] for x in replaced) / n_e})
-        out.append({"stage": st, "module": mod, "depth": m["depth"], "eager_time_s": e["time_s"],
-                    "compiled_time_s": c["time_s"], "slowdown": c["time_s"] / e["time_s"], "kernels": rows})
-    return sorted(out, key=lambda r: -(r["compiled_time_s"] - r["eager_time_s"]))
-
-
-# --------------------------------------------------------------------------- the document
-
-
-def _ms(s):
-    return "-" if s is None else f"{s * 1e3:.4g}"
-
-
-def _x(r):
-    return "-" if r is None else f"{r:.2f}x"
-
-
-def _pair(a, b, fmt=_pct):
-    return f"{fmt(a)} / {fmt(b)}"
-
-
 class Comparison:
     """Eager vs compiled: ``stage_table()``, ``module_table(depth)``, ``kernel_table(side)``,
     ``slower_table()``, ``table()`` (all of them), ``markdown()``, ``save()``/``load()``."""
 
-    def __init__(self, data: dict):
-        if data.get("schema") != SCHEMA:
-            raise GraphMFUError(f"not a graphmfu comparison (schema {data.get('schema')!r}, expected {SCHEMA!r})")
-        self.data = data
+    title = "graphmfu compare"
+
+    def __init__(self, doc: dict):
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+            raise GraphMFUError(f"not a graphmfu comparison (schema {got!r}, expected {SCHEMA!r})")
+        if not isinstance(doc.get("records"), dict):
+            raise GraphMFUError("this comparison has no records (written by an older graphmfu): run compare again")
+        self.doc = {k: doc[k] for k in ("schema", "created", "torch", "device", "conditions", "events_s", "clean_s",
+                                        "records")}
+        self.device = DeviceSpec.from_dict(doc["device"])
+        self.reports = {side: Report(Record.from_dict(doc["records"][side]), self.device) for side in SIDES}
+
+    @classmethod
+    def of(cls, eager: Report, compiled: Report, device: DeviceSpec, conditions: dict, events_s: dict,
+           clean_s: dict) -> "Comparison":
+        """The comparison of two timed reports of the same stages."""
+        return cls({"schema": SCHEMA, "created": compiled.record.created, "torch": compiled.record.torch,
+                    "device": device.to_dict(), "conditions": conditions, "events_s": events_s, "clean_s": clean_s,
+                    "records": {"eager": eager.record.to_dict(), "compiled": compiled.record.to_dict()}})
+
+    # ---------------------------------------------------------------- derived
+    @cached_property
+    def data(self) -> dict:
+        names = self.doc["conditions"]["stages"]
+        reps = self.reports
+        calls = {side: _stage_calls(reps[side]) for side in SIDES}
+        for name in names:
+            missing = [side for side in SIDES if name not in calls[side]]
+            if missing:
+                raise GraphMFUError(f"compare: stage {name!r} ran on "
+                                    f"{'no side' if len(missing) == 2 else 'the ' + SIDES[1 - SIDES.index(missing[0])] + ' side only'}; "
+                                    f"both sides must run the same stages")
+        mods = {side: _module_rows(reps[side], names) for side in SIDES}
+        stages = []
+        for name in names:
+            sides = {}
+            for side in SIDES:
+                row = next(s for s in reps[side].stages if s["name"] == name)
+                sides[side] = _stage_side(row, mods[side].get((name, ""), {}), self.doc["events_s"][side].get(name),
+                                          self.doc["clean_s"][side].get(name))
+            e, c = sides["eager"], sides["compiled"]
+            stages.append({"name": name, "eager": e, "compiled": c, "speedup": rate(e["span_s"], c["span_s"]),
+                           "speedup_events": rate(e["event_s"], c["event_s"]) if c["event_s"] else None,
+                           "speedup_clean": rate(e["clean_s"], c["clean_s"]) if c["clean_s"] else None,
+                           "flops_match": _match(e["flops"], c["flops"]), "bytes_saved": e["bytes"] - c["bytes"]})
+        modules = []
+        keys = set(mods["eager"]) | set(mods["compiled"])
+        for st, mod in sorted(keys, key=lambda k: (names.index(k[0]), k[1].split(".") if k[1] else [])):
+            e, c = mods["eager"].get((st, mod), _empty_side()), mods["compiled"].get((st, mod), _empty_side())
+            modules.append({"stage": st, "module": mod, "depth": len(mod.split(".")) if mod else 0, "eager": e,
+                            "compiled": c, "speedup": rate(e["time_s"], c["time_s"]),
+                            "flops_match": _match(e["flops"], c["flops"]), "bytes_saved": e["bytes"] - c["bytes"]})
+        cov = {}
+        for side in SIDES:
+            rc = reps[side].coverage()
+            cov[side] = {"time_attributed": rc.get("time_attributed", 0.0),
+                         "unattributed_kernels": rc.get("unattributed_kernels", []), "unknown_ops": rc["unknown_ops"],
+                         "graphs_failed": rc["graphs_failed"]}
+        cov["eager"]["ops_recorded"] = sum(len(g.nodes) for g in reps["eager"].record.graphs)
+        return {"schema": SCHEMA, "created": self.doc["created"], "torch": self.doc["torch"],
+                "device": self.doc["device"], "conditions": self.doc["conditions"], "stages": stages,
+                "modules": modules, "slower": self._slower(modules, calls),
+                "kernels": {side: reps[side].kernels for side in SIDES}, "coverage": cov,
+                "notes": [*reps["eager"].data["notes"], *reps["compiled"].data["notes"]]}
+
+    def _slower(self, modules, calls, top: int = 5) -> list[dict]:
+        """Every (stage, module) where compiled takes longer per iteration, with the compiled kernels in
+        it and the eager ops they replaced (same module subtree, same ATen op as one of their nodes)."""
+        crep, erep = self.reports["compiled"], self.reports["eager"]
+        node_op = {(r["graph"], r["name"]): (r["op"], r["module"]) for r in crep.nodes}
+        out = []
+        for m in modules:
+            e, c = m["eager"], m["compiled"]
+            if not (c["time_s"] > e["time_s"] > 0):
+                continue
+            st, mod = m["stage"], m["module"]
+            ck = sorted((k for k in crep.kernels if top_stage(k["stage"]) == st and _in(k["module"], mod)),
+                        key=lambda k: -k["time_s"])[:top]
+            ek_all = [k for k in erep.kernels if top_stage(k["stage"]) == st and _in(k["module"], mod)]
+            n_c, n_e = calls["compiled"].get(st) or 1, calls["eager"].get(st) or 1
+            rows = []
+            for k in ck:
+                ops = {(_base_op(node_op[(k["graph"], n)][0]), node_op[(k["graph"], n)][1])
+                       for n in k["nodes"] if (k["graph"], n) in node_op}
+                replaced = [x for x in ek_all if (_base_op(x["op"]), x["module"]) in ops]
+                rows.append({"kernel": k["name"], "module": k["module"], "bound": k["bound"],
+                             "time_s": k["time_s"] / n_c, "mfu": k["mfu"], "mbu": k["mbu"], "sol": k["sol"],
+                             "replaces": [{"op": x["op"], "module": x["module"], "gpu_kernels": x["gpu_kernels"],
+                                           "time_s": x["time_s"] / n_e, "mfu": x["mfu"], "mbu": x["mbu"],
+                                           "sol": x["sol"]} for x in replaced],
+                             "replaced_time_s": sum(x["time_s"] for x in replaced) / n_e})
+            out.append({"stage": st, "module": mod, "depth": m["depth"], "eager_time_s": e["time_s"],
+                        "compiled_time_s": c["time_s"], "slowdown": c["time_s"] / e["time_s"], "kernels": rows})
+        return sorted(out, key=lambda r: -(r["compiled_time_s"] - r["eager_time_s"]))
+
+    def on(self, device) -> "Comparison":
+        """The same two records placed on another device's roofline."""
+        from graphmfu.hardware import get_device
+
+        return Comparison({**self.doc, "device": get_device(device).to_dict()})
 
     @property
     def stages(self) -> list[dict]:
@@ -261,39 +240,35 @@ class Comparison:
         return self.data["coverage"]
 
     # ---------------------------------------------------------------- tables
-    def _tab(self, rows, headers, fmt):
-        from tabulate import tabulate
-
-        return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
-
-    def stage_table(self, fmt: str = "simple") -> str:
+    def _stage_section(self) -> Section:
         rows = []
         for s in self.stages:
             e, c = s["eager"], s["compiled"]
-            rows.append([s["name"], _ms(e["span_s"]), _ms(c["span_s"]), _x(s["speedup"]), _x(s["speedup_clean"]),
+            rows.append([s["name"], ms(e["span_s"]), ms(c["span_s"]), _x(s["speedup"]), _x(s["speedup_clean"]),
                          f"{e['kernels']:.0f} / {c['kernels']:.0f}",
-                         _fmt(c["flops"]) + ("" if s["flops_match"] else f" (eager {_fmt(e['flops'])}!)"),
-                         f"{_fmt(e['bytes'], 'B')} / {_fmt(c['bytes'], 'B')}", _pair(e["mfu"], c["mfu"]),
+                         num(c["flops"]) + ("" if s["flops_match"] else f" (eager {num(e['flops'])}!)"),
+                         f"{num(e['bytes'], 'B')} / {num(c['bytes'], 'B')}", _pair(e["mfu"], c["mfu"]),
                          _pair(e["mbu"], c["mbu"]), _pair(e["idle_share"], c["idle_share"]),
-                         f"{_ms(e['event_s'])} / {_ms(c['event_s'])}"])
-        return self._tab(rows, ["stage", "eager ms", "compiled ms", "speedup", "speedup (no profiler)",
-                                "kernels e/c", "matrix FLOPs", "bytes e/c", "MFU % e/c", "MBU % e/c", "idle % e/c",
-                                "events ms e/c"], fmt)
+                         f"{ms(e['event_s'])} / {ms(c['event_s'])}"])
+        return Section("Stages — per stage (eager / compiled)",
+                       ["stage", "eager ms", "compiled ms", "speedup", "speedup (no profiler)", "kernels e/c",
+                        "matrix FLOPs", "bytes e/c", "MFU % e/c", "MBU % e/c", "idle % e/c", "events ms e/c"], rows)
 
-    def module_table(self, depth: int | None = 2, stage: str | None = None, fmt: str = "simple") -> str:
+    def _module_section(self, depth: int | None = 2, stage: str | None = None) -> Section:
         rows = []
         for m in self.modules(depth, stage):
             e, c = m["eager"], m["compiled"]
-            rows.append([m["stage"], "  " * m["depth"] + (m["module"] or "(root)"), _ms(e["time_s"]),
-                         _ms(c["time_s"]), _x(m["speedup"]), f"{e['kernels']:.0f} / {c['kernels']:.0f}",
-                         _fmt(c["flops"]) + ("" if m["flops_match"] else f" (eager {_fmt(e['flops'])}!)"),
-                         f"{_fmt(e['bytes'], 'B')} / {_fmt(c['bytes'], 'B')}", _pair(e["mfu"], c["mfu"]),
+            rows.append([m["stage"], "  " * m["depth"] + (m["module"] or "(root)"), ms(e["time_s"]),
+                         ms(c["time_s"]), _x(m["speedup"]), f"{e['kernels']:.0f} / {c['kernels']:.0f}",
+                         num(c["flops"]) + ("" if m["flops_match"] else f" (eager {num(e['flops'])}!)"),
+                         f"{num(e['bytes'], 'B')} / {num(c['bytes'], 'B')}", _pair(e["mfu"], c["mfu"]),
                          _pair(e["mbu"], c["mbu"])])
-        return self._tab(rows, ["stage", "module", "eager ms", "compiled ms", "speedup", "kernels e/c",
-                                "matrix FLOPs", "bytes e/c", "MFU % e/c", "MBU % e/c"], fmt)
+        return Section(f"per module (depth {depth})",
+                       ["stage", "module", "eager ms", "compiled ms", "speedup", "kernels e/c", "matrix FLOPs",
+                        "bytes e/c", "MFU % e/c", "MBU % e/c"], rows)
 
-    def kernel_table(self, side: str, top: int | None = 10, fmt: str = "simple") -> str:
-        if side not in ("eager", "compiled"):
+    def _kernel_section(self, side: str, top: int | None = 10) -> Section:
+        if side not in SIDES:
             raise GraphMFUError(f"kernel_table(side={side!r}): use 'eager' or 'compiled'")
         calls = {s["name"]: s[side]["calls"] or 1 for s in self.stages}
         ks = sorted(self.data["kernels"][side], key=lambda k: -k["time_s"])
@@ -301,30 +276,44 @@ class Comparison:
         for k in ks[:top] if top else ks:
             name = k["name"] if side == "compiled" else f"{k['op']} ({', '.join(k['gpu_kernels'])})"
             rows.append([name[:60], k["stage"] or "-", k["module"] or "(root)",
-                         _ms(k["time_s"] / calls.get(_top(k["stage"]), 1)), _fmt(k["flops"]), _fmt(k["bytes"], "B"),
-                         _pct(k["mfu"]), _pct(k["mbu"]), _pct(k["sol"]), k["bound"]])
-        return self._tab(rows, ["kernel" if side == "compiled" else "op (kernels)", "stage", "module", "ms/iter",
-                                "flops (all iters)", "bytes (all iters)", "MFU %", "MBU %", "SOL %", "bound"], fmt)
+                         ms(k["time_s"] / calls.get(top_stage(k["stage"]), 1)), num(k["flops"]), num(k["bytes"], "B"),
+                         pct(k["mfu"]), pct(k["mbu"]), pct(k["sol"]), k["bound"]])
+        return Section(f"top {top} {side} kernels",
+                       ["kernel" if side == "compiled" else "op (kernels)", "stage", "module", "ms/iter",
+                        "flops (all iters)", "bytes (all iters)", "MFU %", "MBU %", "SOL %", "bound"], rows)
 
-    def slower_table(self, depth: int | None = None, fmt: str = "simple") -> str:
+    def _slower_section(self, depth: int | None = None) -> Section:
         rows = []
         for s in self.slower:
             if depth is not None and s["depth"] > depth:
                 continue
-            rows.append([s["stage"], s["module"] or "(root)", _ms(s["eager_time_s"]), _ms(s["compiled_time_s"]),
+            rows.append([s["stage"], s["module"] or "(root)", ms(s["eager_time_s"]), ms(s["compiled_time_s"]),
                          f"{s['slowdown']:.2f}x", "", "", ""])
             for k in s["kernels"]:
-                rep = ", ".join(f"{x['op']} {_ms(x['time_s'])} ms MBU {_pct(x['mbu'])} MFU {_pct(x['mfu'])}"
+                rep = ", ".join(f"{x['op']} {ms(x['time_s'])} ms MBU {pct(x['mbu'])} MFU {pct(x['mfu'])}"
                                 for x in k["replaces"][:3]) or "-"
-                rows.append(["", "  " + k["kernel"][:50], "", _ms(k["time_s"]), k["bound"],
-                             f"{_pct(k['mfu'])} / {_pct(k['mbu'])}", _ms(k["replaced_time_s"]), rep[:90]])
-        return self._tab(rows, ["stage", "module / compiled kernel", "eager ms", "compiled ms", "slower / bound",
-                                "MFU/MBU % (compiled)", "replaced eager ms", "eager ops replaced (MBU, MFU %)"], fmt)
+                rows.append(["", "  " + k["kernel"][:50], "", ms(k["time_s"]), k["bound"],
+                             f"{pct(k['mfu'])} / {pct(k['mbu'])}", ms(k["replaced_time_s"]), rep[:90]])
+        return Section("modules where compiled is slower",
+                       ["stage", "module / compiled kernel", "eager ms", "compiled ms", "slower / bound",
+                        "MFU/MBU % (compiled)", "replaced eager ms", "eager ops replaced (MBU, MFU %)"], rows)
+
+    def stage_table(self, fmt: str = "simple") -> str:
+        return render.tabulate(self._stage_section(), fmt)
+
+    def module_table(self, depth: int | None = 2, stage: str | None = None, fmt: str = "simple") -> str:
+        return render.tabulate(self._module_section(depth, stage), fmt)
+
+    def kernel_table(self, side: str, top: int | None = 10, fmt: str = "simple") -> str:
+        return render.tabulate(self._kernel_section(side, top), fmt)
+
+    def slower_table(self, depth: int | None = None, fmt: str = "simple") -> str:
+        return render.tabulate(self._slower_section(depth), fmt)
 
     def coverage_line(self) -> str:
         c = self.coverage()
         out = []
-        for side in ("eager", "compiled"):
+        for side in SIDES:
             u = c[side]["unattributed_kernels"]
             out.append(f"{side}: {c[side]['time_attributed'] * 100:.2f}% of kernel time attributed"
                        + (f" ({len(u)} unattributed kernel name(s))" if u else "")
@@ -338,39 +327,46 @@ class Comparison:
                 f"after {cond['warmup']} warm-up, same profiler ({cond['profiler']}) on both sides; compiled mode "
                 f"{cond['mode'] or 'default'}; times per iteration")
 
+    def sections(self, depth: int | None = 2, top: int = 10) -> list[Section]:
+        """Everything the text and Markdown renderers show, in order."""
+        out = [Section(lines=[self._header()]), self._stage_section(), self._module_section(depth)]
+        out += [self._kernel_section(side, top) for side in SIDES]
+        out.append(self._slower_section(depth) if self.slower else Section(lines=["no module is slower compiled"]))
+        return out + [Section(lines=[self.coverage_line()] + [f"note: {n}" for n in self.data["notes"]])]
+
     def table(self, depth: int | None = 2, top: int = 10) -> str:
-        parts = [self._header(), "", "per stage (eager / compiled):", self.stage_table(), "",
-                 f"per module (depth {depth}):", self.module_table(depth), ""]
-        for side in ("eager", "compiled"):
-            parts += [f"top {top} {side} kernels:", self.kernel_table(side, top), ""]
-        parts.append("modules where compiled is slower:" if self.slower else "no module is slower compiled")
-        if self.slower:
-            parts.append(self.slower_table(depth))
-        parts += ["", self.coverage_line()] + [f"note: {n}" for n in self.data["notes"]]
-        return "\n".join(parts)
+        return render.renderers()[".txt"].render(self, depth=depth, top=top)
 
     def markdown(self, depth: int | None = 2, top: int = 10) -> str:
-        parts = ["# graphmfu compare", "", self._header(), "", "## Stages", "", self.stage_table("github"), "",
-                 f"## Modules (depth {depth})", "", self.module_table(depth, fmt="github"), ""]
-        for side in ("eager", "compiled"):
-            parts += [f"## Top {top} {side} kernels", "", self.kernel_table(side, top, "github"), ""]
-        parts += ["## Modules where compiled is slower", ""]
-        parts.append(self.slower_table(depth, "github") if self.slower else "None.")
-        parts += ["", self.coverage_line(), ""] + [f"- note: {n}" for n in self.data["notes"]]
-        return "\n".join(parts) + "\n"
+        return render.renderers()[".md"].render(self, depth=depth, top=top)
 
     def __str__(self) -> str:
         return self.table()
 
-    # ---------------------------------------------------------------- files
-    def to_json(self) -> str:
-        return json.dumps(self.data, indent=1, default=str)
+    def table_rows(self, name: str | None = None) -> list[dict]:
+        """A derived table by name: stages (default), modules, slower, kernels.eager, kernels.compiled."""
+        name = name or "stages"
+        if name.startswith("kernels.") and name.split(".", 1)[1] in SIDES:
+            return self.data["kernels"][name.split(".", 1)[1]]
+        if name not in ("stages", "modules", "slower"):
+            raise GraphMFUError(f"no table {name!r} in a comparison; use stages, modules, slower, kernels.eager or "
+                                f"kernels.compiled")
+        return self.data[name]
 
-    def save(self, path) -> Path:
-        """``.json`` (the document), ``.md`` (Markdown) or anything else (the text tables)."""
-        p = Path(path)
-        p.write_text(self.to_json() if p.suffix == ".json" else self.markdown() if p.suffix == ".md" else self.table())
-        return p
+    def csv_fields(self, name: str | None = None) -> tuple:
+        return ()
+
+    # ---------------------------------------------------------------- files
+    def to_dict(self) -> dict:
+        return {**self.data, "events_s": self.doc["events_s"], "clean_s": self.doc["clean_s"],
+                "records": self.doc["records"]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=str)
+
+    def save(self, path, **options) -> Path:
+        """``.json`` (the document), ``.md`` (Markdown), ``.txt`` (the text tables), ``.csv`` (one table)."""
+        return render.write(self, path, **options)
 
     @classmethod
     def load(cls, path) -> "Comparison":

@@ -48,31 +48,17 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from graphmfu import _inductor
 from graphmfu.errors import GraphMFUError
+from graphmfu.hardware.dtypes import torch_dtype_names
 
 # --------------------------------------------------------------------------- dtypes
 
-_DTYPE_NAMES = {
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-    torch.float32: "fp32",
-    torch.float64: "fp64",
-    torch.complex64: "fp32",
-    torch.complex128: "fp64",
-    torch.int8: "int8",
-    torch.uint8: "int8",
-    torch.bool: "bool",
-}
-for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"):
-    if hasattr(torch, _name):
-        _DTYPE_NAMES[getattr(torch, _name)] = "fp8"
-
-
 def dtype_name(dtype: torch.dtype | None) -> str:
-    """Short name of a dtype as used in costs and the hardware table."""
+    """Short name of a dtype as used in costs and the hardware table (``hardware/dtypes.csv``)."""
     if dtype is None:
         return "fp32"
-    name = _DTYPE_NAMES.get(dtype)
+    name = torch_dtype_names().get(dtype)
     if name is not None:
         return name
     return "int" if not dtype.is_floating_point else "fp32"
@@ -155,6 +141,13 @@ def _merge(a: tuple, b: tuple) -> tuple:
         return a
     d = dict(a)
     for k, v in b:
+        d[k] = d.get(k, 0) + v
+    return tuple(sorted(d.items()))
+
+
+def _sum_keys(part: tuple) -> tuple:
+    d: dict = {}
+    for k, v in part:
         d[k] = d.get(k, 0) + v
     return tuple(sorted(d.items()))
 
@@ -256,6 +249,22 @@ class Cost:
         """Replace symbols by ints (``hints``: sympy Symbol -> int)."""
         return self.map(lambda v: evaluate(v, hints))
 
+    def relabel(self, names: Mapping[str, str]) -> "Cost":
+        """Matrix FLOPs of dtype ``k`` counted as ``names[k]`` (fp32 products run as tf32)."""
+        def rl(part):
+            return _sum_keys(tuple((names.get(k, k), v) for k, v in part))
+        return Cost(rl(self.matrix), rl(self.matrix_dense), self.vector, self.bytes_read, self.bytes_written)
+
+    def to_dict(self) -> dict:
+        """The JSON form (ints; symbolic costs are stored evaluated, their formula beside them)."""
+        return {"matrix": dict(self.matrix), "dense": dict(self.matrix_dense), "vector": dict(self.vector),
+                "read": self.bytes_read, "written": self.bytes_written}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Cost":
+        return cls(tuple(sorted(d["matrix"].items())), tuple(sorted(d["dense"].items())),
+                   tuple(sorted(d["vector"].items())), d["read"], d["written"])
+
     def as_strings(self) -> dict:
         return {
             "flops": str(self.flops),
@@ -295,11 +304,63 @@ class Rule:
         return self.fn(*args, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A property of a node worth saying in the report (e.g. attention counted dense because its mask is
+    not visible).  ``note`` goes on each flagged node; ``summary`` (with ``{n}``) into the report's
+    notes; coverage counts flagged nodes under ``name``."""
+    name: str
+    note: str
+    summary: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """What graphmfu knows about an op besides its cost, declared beside its rule (``rules/``)."""
+    view: bool = False  # metadata only: moves no bytes, launches no kernel, never a store
+    no_kernel: bool = False  # launches no kernel of its own (allocation, composite wrappers)
+    gather: bool = False  # reads only the picked elements of its first argument (a table)
+    flag: str | None = None  # a Flag name every node of this op carries
+    split_bytes: Callable | None = None  # (node, kernels_of, me, hints, inputs) -> (written, not read):
+    # bytes of one kernel when Inductor lowers one node of this op into several kernels
+
+
 class RuleRegistry:
-    """ATen op (overload or packet) -> Rule.  Duplicate registration is an error."""
+    """ATen op (overload or packet) -> Rule, plus what is known of each op (``OpInfo``), the report
+    flags and the graph passes the rule files declare.  Duplicate registration is an error."""
 
     def __init__(self):
         self._rules: dict[Any, Rule] = {}
+        self._info: dict[Any, OpInfo] = {}
+        self._names: dict[str, OpInfo] = {}  # "namespace::name" (the profiler's op name) -> info
+        self.flags: dict[str, Flag] = {}
+        self.graph_passes: list[Callable] = []
+
+    def declare(self, op, **info) -> None:
+        """Declare what is known of ``op`` (OpInfo fields); merges with earlier declarations."""
+        _check_op(op)
+        key = getattr(op, "overloadpacket", op)
+        merged = OpInfo(**{**dataclasses.asdict(self._info.get(key, OpInfo())), **info})
+        self._info[key] = merged
+        self._names[event_name(op_name(key))] = merged
+
+    def info(self, target) -> OpInfo:
+        """What is known of an op (an overload, packet, or the profiler's ``aten::name``)."""
+        if isinstance(target, str):
+            return self._names.get(target, _NO_INFO)
+        return self._info.get(getattr(target, "overloadpacket", target), _NO_INFO)
+
+    def flag(self, name: str, note: str, summary: str) -> Flag:
+        if name in self.flags:
+            raise GraphMFUError(f"report flag {name!r} is declared twice")
+        self.flags[name] = f = Flag(name, note, summary)
+        return f
+
+    def graph_pass(self, fn: Callable) -> Callable:
+        """Register ``fn(gm, records)``: runs after the rules on every captured graph (e.g. to flag
+        attention that survives only in decomposed form)."""
+        self.graph_passes.append(fn)
+        return fn
 
     def register(self, op, fn: Callable[..., Cost], *, override: bool = False) -> None:
         _check_op(op)
@@ -327,23 +388,30 @@ class RuleRegistry:
         return list(self._rules)
 
 
+_NO_INFO = OpInfo()
+
+
 def _check_op(op) -> None:
-    ok = isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator))
-    if not ok:
+    if not _inductor.is_op(op):
         raise GraphMFUError(
             f"rule() takes ATen ops such as torch.ops.aten.mm or torch.ops.mylib.op, got {op!r}"
         )
 
 
 def op_name(op) -> str:
-    """The ATen overload name as torch prints it: ``aten.mm.default``."""
-    if isinstance(op, torch._ops.OpOverload):
+    """The ATen overload name as torch prints it: ``aten.mm.default`` (``higher_order.cond``)."""
+    kind = _inductor.op_kind(op)
+    if kind in ("overload", "packet"):
         return str(op)
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return str(op) if "." in str(op) else f"{op}"
-    if isinstance(op, torch._ops.HigherOrderOperator):
+    if kind == "higher_order":
         return f"higher_order.{op.name()}"
     return getattr(op, "__name__", str(op))
+
+
+def event_name(op: str) -> str:
+    """The profiler's name of an op: ``aten.mm.default`` -> ``aten::mm``."""
+    parts = op.split(".")
+    return f"{parts[0]}::{parts[1]}" if len(parts) >= 2 else op
 
 
 REGISTRY = RuleRegistry()
@@ -459,5 +527,5 @@ def ceil_div(a, b):
 
 __all__ = [
     "Cost", "TensorSpec", "ZERO", "REGISTRY", "rule", "table_rule", "load_rules", "dtype_name",
-    "tensors", "nbytes", "io_bytes", "prod", "op_name", "ceil_div", "math",
+    "tensors", "nbytes", "io_bytes", "prod", "op_name", "event_name", "ceil_div", "math", "OpInfo", "Flag",
 ]

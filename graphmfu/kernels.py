@@ -17,27 +17,14 @@ module, FLOPs and bytes.
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import networkx as nx
 import torch
 
-import operator
-
-from graphmfu.cost import ZERO, Cost, evaluate, nbytes
-from graphmfu.nodes import NodeRecord, spec_of
-
-
-@dataclasses.dataclass
-class KernelRecord:
-    graph: int
-    index: int  # launch order within the graph
-    name: str  # Inductor's kernel name (triton_poi_fused_..., cpp_fused_..., extern_kernels.mm)
-    extern: bool
-    nodes: list  # origin FX node names (op nodes with a record)
-    module: str
-    cost: Cost  # FLOPs of the origins; bytes = external traffic
-    bytes_inductor: int | None
-    bytes_nodes: int  # sum of the origins' per-node bytes (no fusion), for comparison
+from graphmfu.cost import REGISTRY, ZERO, Cost, evaluate, nbytes
+from graphmfu.nodes import spec_of
+from graphmfu.record import KernelRecord, OpRecord
 
 
 def common_module(paths) -> str:
@@ -75,15 +62,10 @@ def _tensor_bytes(node: torch.fx.Node, hints=None) -> int:
         return 0
 
 
-# ops that read only the picked elements of their first argument (a table), not all of it
-_GATHERS = {"embedding", "index", "_unsafe_index", "index_select", "gather", "take", "_unsafe_masked_index"}
-
-
 def _is_gather_of(consumer: torch.fx.Node, table: str) -> bool:
-    t = consumer.target
-    name = getattr(getattr(t, "overloadpacket", t), "__name__", "")
+    """Does ``consumer`` read only the picked elements of ``table`` (rules/ declares such ops)?"""
     first = consumer.args[0] if consumer.args else None
-    return name in _GATHERS and isinstance(first, torch.fx.Node) and first.name == table
+    return REGISTRY.info(consumer.target).gather and isinstance(first, torch.fx.Node) and first.name == table
 
 
 def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
@@ -124,41 +106,15 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
         node = by_name.get(name)
         if node is None or name in views or node.target is operator.getitem:
             continue
-        shared = me is not None and _shared_cat(node, kernels_of)
-        if shared:
-            mine, not_read = _cat_share(node, kernels_of, me, hints, inputs)
+        split = REGISTRY.info(node.target).split_bytes if me is not None else None
+        if split is not None and len(kernels_of.get(name, ())) > 1:  # one node lowered to several kernels
+            mine, not_read = split(node, kernels_of, me, lambda n: _tensor_bytes(n, hints), inputs)
             read -= not_read
+        else:
+            mine = None
         if name in flow and _needs_store(name, names, flow, by_name, kernels_of, views):
-            written += mine if shared else _tensor_bytes(node, hints)
+            written += _tensor_bytes(node, hints) if mine is None else mine
     return max(read, 0), written
-
-
-def _cat_inputs(node) -> list:
-    tensors = node.args[0] if node.args and isinstance(node.args[0], (list, tuple)) else []
-    return [t for t in tensors if isinstance(t, torch.fx.Node)]
-
-
-def _shared_cat(node, kernels_of) -> bool:
-    return node.target is torch.ops.aten.cat.default and len(kernels_of.get(node.name, ())) > 1
-
-
-def _cat_share(node, kernels_of, me, hints, inputs) -> tuple[int, int]:
-    """A cat that Inductor lowers to several kernels, each writing its inputs' slice of one buffer
-    (e.g. a KV cache plus the new token): (bytes kernel ``me`` writes, bytes of cat inputs it does
-    not read although they cross its boundary).  A kernel writes the slices of the inputs it
-    computes; inputs computed in none of the cat's kernels are copied by those that compute none."""
-    ks = kernels_of.get(node.name, set())
-    ins = _cat_inputs(node)
-    owners = {x.name: kernels_of.get(x.name, set()) & ks for x in ins}
-    copiers = {k for k in ks if not any(k in o for o in owners.values())} or set(ks)
-    mine = not_read = 0
-    for x in ins:
-        handled = owners[x.name] or copiers
-        if me in handled:
-            mine += _tensor_bytes(x, hints) // len(handled)
-        elif x.name in inputs:  # crosses the boundary, but another kernel copies it
-            not_read += _tensor_bytes(x, hints)
-    return mine, not_read
 
 
 def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), depth=0) -> bool:
@@ -184,8 +140,8 @@ def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), dept
     return False
 
 
-def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
-               entries: list[dict], hints=None) -> list[KernelRecord]:
+def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[OpRecord],
+               entries: list[dict], hints=None, phase: str = "") -> list[KernelRecord]:
     """Kernel records for one graph from the hook's ``entries`` (launch order) and its node records."""
     rec_by_name = {r.name: r for r in nodes}
     flow = _dataflow(gm) if entries else None
@@ -206,8 +162,7 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
         for n in e["origins"]:
             if not (n in extern_owned and not e["extern"]):
                 kernels_of.setdefault(n, set()).add(i)
-    views = {r.name for r in nodes if r.cost is not None and r.cost.bytes == 0 and not r.cost.flops
-             and not r.cost.vector_flops}
+    views = {n.name for n in gm.graph.nodes if n.op == "call_function" and REGISTRY.info(n.target).view}
     out = []
     for i, e in enumerate(entries):
         origins = [n for n in e["origins"] if n in rec_by_name]
@@ -238,8 +193,8 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[NodeRecord],
                 moved_read, moved_written = int(moved_read * f), ib - int(moved_read * f)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
         module = common_module(rec_by_name[n].module for n in origins)
-        out.append(KernelRecord(graph_id, i, e["name"], e["extern"], origins, module, cost,
-                                e.get("inductor_bytes"), int(node_bytes)))
+        out.append(KernelRecord(graph_id, i, e["name"], extern_op_name(e["name"]) if e["extern"] else e["name"],
+                                e["extern"], origins, module, phase, cost, e.get("inductor_bytes"), int(node_bytes)))
     return out
 
 

@@ -1,8 +1,7 @@
-"""Node records: one per ATen node of a captured graph, with its module, shapes
+"""Op records from an FX graph: one per ATen node of a captured graph, with its module, shapes
 and cost.  Pure functions of an FX graph; nothing here knows about Inductor."""
 from __future__ import annotations
 
-import dataclasses
 import operator
 import re
 from typing import Any, Mapping
@@ -10,29 +9,10 @@ from typing import Any, Mapping
 import torch
 import torch.fx
 
-from graphmfu.cost import REGISTRY, Cost, TensorSpec, ensure_builtin_rules, op_name
+from graphmfu import _inductor
+from graphmfu.cost import REGISTRY, Cost, TensorSpec, ensure_builtin_rules, nbytes, op_name, tensors
 from graphmfu.errors import GraphMFUError
-
-
-@dataclasses.dataclass
-class NodeRecord:
-    graph: int
-    phase: str  # forward | backward | inference
-    index: int  # position among the graph's call_function nodes
-    name: str  # FX node name
-    op: str  # aten.mm.default
-    module: str  # layers.0.attn.q ("" = the model root)
-    inputs: list  # [[shape, dtype], ...] of tensor inputs
-    outputs: list
-    cost: Cost | None  # evaluated with the compile-time hints; None = no rule
-    cost_expr: dict | None = None  # symbolic cost as strings, when shapes are dynamic
-    output_bytes: int = 0
-    recompute: bool = False  # a forward node recomputed inside a backward graph
-    note: str = ""
-
-    @property
-    def known(self) -> bool:
-        return self.cost is not None
+from graphmfu.record import OpRecord
 
 
 class AnalysisError(Exception):
@@ -87,10 +67,7 @@ def node_module(node: torch.fx.Node, backward: bool) -> str:
 def dim(x) -> Any:
     """An int, or the sympy expression behind a SymInt."""
     if isinstance(x, torch.SymInt):
-        node = x.node
-        if hasattr(node, "maybe_as_int") and node.maybe_as_int() is not None:
-            return node.maybe_as_int()
-        return node.expr
+        return _inductor.sym_value(x)
     return int(x) if not isinstance(x, (int,)) and hasattr(x, "__index__") else x
 
 
@@ -101,7 +78,7 @@ def spec_of(val) -> Any:
     if isinstance(val, (list, tuple)):
         return type(val)(spec_of(v) for v in val) if not isinstance(val, torch.Size) else tuple(dim(v) for v in val)
     if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-        return val.node.expr
+        return _inductor.sym_value(val)
     return val
 
 
@@ -115,13 +92,12 @@ def _arg(a):
     if isinstance(a, dict):
         return {k: _arg(v) for k, v in a.items()}
     if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-        return a.node.expr
+        return _inductor.sym_value(a)
     return a
 
 
-def _shapes(specs) -> list:
-    from graphmfu.cost import tensors
-
+def shapes(specs) -> list:
+    """[[shape, dtype], ...] of the tensors inside ``specs`` (JSON-ready)."""
     return [[list(map(_jsonable, t.shape)), str(t.dtype).replace("torch.", "")] for t in tensors(specs)]
 
 
@@ -136,7 +112,7 @@ def is_op_node(node: torch.fx.Node) -> bool:
     """call_function nodes that are tensor ops (not getitem, not SymInt arithmetic)."""
     if node.op != "call_function" or node.target is operator.getitem:
         return False
-    if not isinstance(node.target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+    if _inductor.op_kind(node.target) not in ("overload", "higher_order"):
         val = node.meta.get("val")
         return isinstance(val, torch.Tensor)  # a python-level call producing a tensor: unknown
     val = node.meta.get("val")
@@ -148,8 +124,9 @@ def is_op_node(node: torch.fx.Node) -> bool:
 
 
 def records_from_graph(gm: torch.fx.GraphModule, graph_id: int, phase: str,
-                       hints: Mapping | None = None) -> list[NodeRecord]:
-    """Apply the rules to every op node of ``gm``.  Raises AnalysisError naming the node."""
+                       hints: Mapping | None = None, tf32: bool = False) -> list[OpRecord]:
+    """Apply the rules to every op node of ``gm`` (then the rule files' graph passes).  Raises
+    AnalysisError naming the node.  ``tf32``: fp32 matrix FLOPs ran as TF32 (counted as ``tf32``)."""
     ensure_builtin_rules()
     backward = phase == "backward"
     records = []
@@ -159,87 +136,64 @@ def records_from_graph(gm: torch.fx.GraphModule, graph_id: int, phase: str,
             continue
         opn = op_name(node.target)
         try:
-            rec = _record(node, graph_id, phase, index, opn, backward, hints or {})
+            rec = _record(node, graph_id, phase, index, opn, backward, hints or {}, tf32)
         except Exception as e:  # noqa: BLE001 - re-raised with the node's name
             raise AnalysisError(node.name, opn, e) from e
         records.append(rec)
         index += 1
-    _mark_decomposed_attention(gm, records)
+    for graph_pass in REGISTRY.graph_passes:
+        graph_pass(gm, records)
     return records
 
 
-def _record(node, graph_id, phase, index, opn, backward, hints) -> NodeRecord:
+def apply_rule(target, args, kwargs, out, tf32: bool = False):
+    """The cost of one op from its rule (None: no rule).  Raises what the rule raises; a rule that
+    returns something else than a Cost is a TypeError."""
+    rule = REGISTRY.lookup(target)
+    if rule is None:
+        return None
+    cost = rule(*args, out=out, **kwargs)
+    if not isinstance(cost, Cost):
+        raise TypeError(f"rule {rule.origin} returned {type(cost).__name__}, not a Cost")
+    return cost.relabel({"fp32": "tf32"}) if tf32 else cost
+
+
+def op_flags(target) -> list:
+    """The report flags every node of this op carries (declared in rules/)."""
+    name = REGISTRY.info(target).flag
+    return [REGISTRY.flags[name]] if name else []
+
+
+def _record(node, graph_id, phase, index, opn, backward, hints, tf32) -> OpRecord:
     args = tuple(_arg(a) for a in node.args)
     kwargs = {k: _arg(v) for k, v in node.kwargs.items()}
     out = spec_of(node.meta.get("val"))
-    from graphmfu.cost import nbytes
-
     out_bytes = nbytes(out)
-    rule = REGISTRY.lookup(node.target)
-    cost = cost_expr = None
-    if rule is not None:
-        cost = rule(*args, out=out, **kwargs)
-        if not isinstance(cost, Cost):
-            raise TypeError(f"rule {rule.origin} returned {type(cost).__name__}, not a Cost")
+    cost = apply_rule(node.target, args, kwargs, out, tf32)
+    cost_expr = None
+    if cost is not None:
         if cost.is_symbolic:
             cost_expr = cost.as_strings()
             try:
                 cost = cost.evaluate(hints)
             except GraphMFUError:  # a data-dependent (unbacked) size: this node only is not counted
-                return NodeRecord(graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
-                                  module=node_module(node, backward), inputs=_shapes((args, kwargs)),
-                                  outputs=_shapes(out), cost=None, cost_expr=cost_expr,
-                                  note="cost depends on a data-dependent size; not counted")
+                return OpRecord(graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
+                                module=node_module(node, backward), inputs=shapes((args, kwargs)),
+                                outputs=shapes(out), cost=None, cost_expr=cost_expr,
+                                note="cost depends on a data-dependent size; not counted")
     if not isinstance(out_bytes, int):
         try:
             out_bytes = Cost(bytes_written=out_bytes).evaluate(hints).bytes_written
         except GraphMFUError:
             out_bytes = 0
     tag = node.meta.get("partitioner_tag")
-    return NodeRecord(
+    rec = OpRecord(
         graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
-        module=node_module(node, backward), inputs=_shapes((args, kwargs)), outputs=_shapes(out),
+        module=node_module(node, backward), inputs=shapes((args, kwargs)), outputs=shapes(out),
         cost=cost, cost_expr=cost_expr, output_bytes=int(out_bytes),
         recompute=bool(backward and (tag == "is_forward" or (tag is None and "nn_module_stack" in node.meta
                                                               and "fwd_nn_module_stack" not in node.meta))),
     )
-
-
-# softmax as one node, or (after Inductor's decompositions, as in every captured graph) its exp
-_SOFTMAX = {"aten._softmax.default", "aten._safe_softmax.default", "aten.softmax.int", "aten.exp.default"}
-_MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
-_PASS = {"view", "_unsafe_view", "reshape", "expand", "clone", "permute", "transpose", "unsqueeze", "squeeze",
-         "mul", "div", "add", "where", "masked_fill", "native_dropout", "_to_copy", "convert_element_type",
-         "getitem", "sub", "exp", "sum", "amax"}
-
-
-def _mark_decomposed_attention(gm, records) -> None:
-    """Flag softmax (or its decomposed exp) nodes sitting between two matmuls: attention in
-    decomposed form, counted dense (its mask, if any, is data the rules cannot see)."""
-    by_name = {r.name: r for r in records}
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or op_name(node.target) not in _SOFTMAX:
-            continue
-        if _reaches(node, up=True) and _reaches(node, up=False):
-            rec = by_name.get(node.name)
-            if rec is not None:
-                rec.note = "decomposed attention: softmax between matmuls; counted dense (mask not visible)"
-
-
-def _reaches(node, up: bool, depth: int = 8) -> bool:
-    frontier = [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            neigh = n.all_input_nodes if up else list(n.users)
-            for m in neigh:
-                if m.op != "call_function":
-                    continue
-                name = op_name(m.target)
-                if name in _MATMUL:
-                    return True
-                short = name.split(".")[1] if name.startswith(("aten.", "prims.")) else name
-                if short in _PASS:
-                    nxt.append(m)
-        frontier = nxt
-    return False
+    for flag in op_flags(node.target):
+        rec.flag(flag)
+    return rec

@@ -57,3 +57,16 @@ def place(cost: Cost, dev: DeviceSpec) -> Placement:
     intensity = flops / nbytes if nbytes else float("inf")
     bound = "none" if t_c == 0 and t_m == 0 else ("compute" if t_c >= t_m else "memory")
     return Placement(intensity, ridge, bound, t_c, t_m)
+
+
+def rate(num, den):
+    """num / den, or None when den is 0 (a utilisation over no time is undefined, not 0)."""
+    return num / den if den else None
+
+
+def utilisation(t_matrix_s: float, nbytes: float, t_min_s: float, time_s: float, dev: DeviceSpec) -> dict:
+    """MFU, MBU and SOL over ``time_s`` — the one definition of each:
+    MFU = time the matrix FLOPs need at their dtype's peak / time taken;
+    MBU = bytes / DRAM bandwidth / time taken;  SOL = roofline t_min / time taken."""
+    return {"mfu": rate(t_matrix_s, time_s), "mbu": rate(nbytes / (dev.dram_gbps * 1e9), time_s),
+            "sol": rate(t_min_s, time_s)}

@@ -21,7 +21,8 @@ flex_attention: the block mask is data, not shape, so ``flops`` = dense there
 (the report's notes say so)."""
 import torch
 
-from graphmfu.cost import Cost, dtype_name, io_bytes, rule
+from graphmfu import _inductor
+from graphmfu.cost import REGISTRY, Cost, dtype_name, io_bytes, op_name, rule
 
 aten = torch.ops.aten
 
@@ -247,11 +248,17 @@ def efficient_attention_backward(grad_out, q, k, v, bias, o, cu_seqlens_q, cu_se
 
 # ----------------------------------------------------------------- flex_attention (higher-order op)
 
+FLEX = REGISTRY.flag("flex_attention", "flex_attention: block mask is data; counted dense",
+                     "flex_attention: block masks are data; its effective FLOPs are reported dense")
+
+
 def _register_flex():
-    try:
-        from torch._higher_order_ops.flex_attention import flex_attention as fa, flex_attention_backward as fab
-    except ImportError:  # pragma: no cover - torch without flex attention
+    ops = _inductor.flex_attention_ops()
+    if not ops:  # pragma: no cover - torch without flex attention
         return
+    fa, fab = ops
+    REGISTRY.declare(fa, flag=FLEX.name)
+    REGISTRY.declare(fab, flag=FLEX.name)
 
     @rule(fa)
     def flex_attention(q, k, v, score_mod=None, block_mask=None, *rest, out, **kw):
@@ -265,3 +272,49 @@ def _register_flex():
 
 
 _register_flex()
+
+
+# ----------------------------------------------------------------- attention in decomposed form
+
+DECOMPOSED = REGISTRY.flag(
+    "decomposed_attention", "decomposed attention: softmax between matmuls; counted dense (mask not visible)",
+    "{n} attention(s) survive only in decomposed form (bmm + softmax): counted dense, causal/window masks not "
+    "visible")
+# softmax as one node, or (after Inductor's decompositions, as in every captured graph) its exp
+_SOFTMAX = {"aten._softmax.default", "aten._safe_softmax.default", "aten.softmax.int", "aten.exp.default"}
+_MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
+# ops that may sit between a score matmul and its softmax (scaling, masking, casts, layout)
+_PASS = {"view", "_unsafe_view", "reshape", "expand", "clone", "permute", "transpose", "unsqueeze", "squeeze",
+         "mul", "div", "add", "where", "masked_fill", "native_dropout", "_to_copy", "convert_element_type",
+         "getitem", "sub", "exp", "sum", "amax"}
+
+
+@REGISTRY.graph_pass
+def decomposed_attention(gm, records) -> None:
+    """Flag softmax (or its decomposed exp) nodes sitting between two matmuls: attention in
+    decomposed form, counted dense (its mask, if any, is data the rules cannot see)."""
+    by_name = {r.name: r for r in records}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or op_name(node.target) not in _SOFTMAX:
+            continue
+        rec = by_name.get(node.name)
+        if rec is not None and _reaches(node, up=True) and _reaches(node, up=False):
+            rec.flag(DECOMPOSED)
+
+
+def _reaches(node, up: bool, depth: int = 8) -> bool:
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for m in (n.all_input_nodes if up else list(n.users)):
+                if m.op != "call_function":
+                    continue
+                name = op_name(m.target)
+                if name in _MATMUL:
+                    return True
+                short = name.split(".")[1] if name.startswith(("aten.", "prims.")) else name
+                if short in _PASS:
+                    nxt.append(m)
+        frontier = nxt
+    return False

@@ -12,11 +12,10 @@ traffic.  Creation (full, zeros, arange ...) writes its output; ``empty``
 writes nothing."""
 import torch
 
-from graphmfu.cost import ZERO, Cost, nbytes, dtype_name, rule, table_rule, tensors
+
+from graphmfu.cost import REGISTRY, ZERO, Cost, nbytes, dtype_name, rule, table_rule, tensors
 
 aten, prims = torch.ops.aten, torch.ops.prims
-
-
 
 
 VIEWS = [
@@ -42,6 +41,17 @@ def zero(_):
 
 table_rule({getattr(aten, n): None for n in VIEWS if hasattr(aten, n)}, zero)
 table_rule({getattr(prims, n): None for n in PRIM_VIEWS if hasattr(prims, n)}, zero)
+for _op in [getattr(aten, n) for n in VIEWS if hasattr(aten, n)] + [getattr(prims, n) for n in PRIM_VIEWS
+                                                                      if hasattr(prims, n)]:
+    REGISTRY.declare(_op, view=True, no_kernel=True)
+
+# ops that launch no kernel of their own although they are not views: metadata queries, the SDPA backend
+# choice, and composite wrappers that return their input or do their work in a child op (in a profile,
+# the child is the kernel)
+NO_KERNEL = ["to", "type_as", "contiguous", "reshape_as", "_fused_sdp_choice", "_has_compatible_shallow_copy_type"]
+for _n in NO_KERNEL:
+    if hasattr(aten, _n):
+        REGISTRY.declare(getattr(aten, _n), no_kernel=True)
 
 
 def copy(_):
@@ -101,10 +111,18 @@ def _gather(args, out):
     return Cost.of(read=nbytes(out) + nbytes(idx), written=nbytes(out))
 
 
-@rule(aten.index, aten.index_select, aten.gather, aten.take, aten.take_along_dim, aten._unsafe_index,
-      aten._unsafe_masked_index)
+GATHERS = (aten.index, aten.index_select, aten.gather, aten.take, aten.take_along_dim, aten._unsafe_index,
+           aten._unsafe_masked_index)
+
+
+@rule(*GATHERS)
 def index(*args, out, **kwargs):
     return _gather((args, kwargs), out)
+
+
+# a table read only through these ops costs the gathered elements, not the whole table
+for _op in (*GATHERS, aten.embedding):
+    REGISTRY.declare(_op, gather=True)
 
 
 @rule(aten.embedding)
@@ -159,3 +177,29 @@ def scatter_reduce(dst, dim, index, src, reduce, include_self=True, *, out):
 def scatter_like(dst, *args, out, **kwargs):
     # functional scatters copy the destination and write the source into it
     return Cost.of(read=nbytes((dst, args, kwargs)), written=nbytes(out))
+
+
+# ----------------------------------------------------------------- cat lowered to several kernels
+
+def _cat_split(node, kernels_of, me, hint_bytes, inputs):
+    """A cat that Inductor lowers to several kernels, each writing its inputs' slice of one buffer
+    (e.g. a KV cache plus the new token): (bytes kernel ``me`` writes, bytes of cat inputs it does
+    not read although they cross its boundary).  A kernel writes the slices of the inputs it
+    computes; inputs computed in none of the cat's kernels are copied by those that compute none.
+    ``hint_bytes(fx_node)``: a tensor's bytes; ``kernels_of``: node name -> kernel indices."""
+    ks = kernels_of.get(node.name, set())
+    ins = [t for t in (node.args[0] if node.args and isinstance(node.args[0], (list, tuple)) else [])
+           if hasattr(t, "name") and hasattr(t, "meta")]
+    owners = {x.name: kernels_of.get(x.name, set()) & ks for x in ins}
+    copiers = {k for k in ks if not any(k in o for o in owners.values())} or set(ks)
+    mine = not_read = 0
+    for x in ins:
+        handled = owners[x.name] or copiers
+        if me in handled:
+            mine += hint_bytes(x) // len(handled)
+        elif x.name in inputs:  # crosses the boundary, but another kernel copies it
+            not_read += hint_bytes(x)
+    return mine, not_read
+
+
+REGISTRY.declare(aten.cat, split_bytes=_cat_split)

@@ -233,7 +233,7 @@ def test_causal_attention_effective_flops():
 
 
 def _phase_report(rep: Report, phase: str) -> Report:
-    return Report({**rep.data, "nodes": [n for n in rep.nodes if n["phase"] == phase]})
+    return rep.select(phase=phase)
 
 
 def _by_module(rep: Report, phase: str) -> dict:

@@ -221,10 +221,10 @@ def test_interleaved_repeated_stages_span_only_their_own_time(trained):
 
 def test_no_profiling_means_inductors_own_objects(trained):
     """Outside graphmfu.profile() the compiled graphs are Inductor's own classes (zero overhead)."""
-    from graphmfu import _inductor
+    from graphmfu.registry import DEFAULT
 
     cm, x = trained
-    live = [r() for r in _inductor._COMPILED if r() is not None]
+    live = [r() for r in DEFAULT.tagger._compiled if r() is not None]
     assert live and all("_graphmfu_base" not in type(o).__dict__ for o in live)
     with graphmfu.profile():
         assert all("_graphmfu_base" in type(o).__dict__ for o in live)

@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import graphmfu  # noqa: E402
-from graphmfu.timing import join  # noqa: E402
+from graphmfu.join import join  # noqa: E402
 from minimal_llama import graphmfu_compare  # noqa: E402
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "reduce-overhead"
@@ -29,8 +29,8 @@ with torch.no_grad():
                 b.record()
                 evs.append((a, b))
 torch.cuda.synchronize()
-graphs = {g.id: g for g in graphmfu.capture.GRAPHS.graphs}
-measured, stages, notes = join(p.prof, graphs, cuda=True)
+graphs = {g.id: g for g in graphmfu.registry.DEFAULT.graphs}
+measured, stages, notes = join(p.prof, list(graphs.values()), cuda=True)
 ms = sorted(measured, key=lambda x: x.start_us)
 for i, (occ, (a, b)) in enumerate(zip(sorted(stages, key=lambda s: s["start_us"]), evs)):
     ins = [x for x in ms if occ["start_us"] <= x.launch_start_us <= occ["end_us"]]

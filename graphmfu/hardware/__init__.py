@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Mapping
 
 from graphmfu.errors import GraphMFUError
+from graphmfu.hardware.dtypes import dtypes, matrix_chain, peak_dtypes
 
-DTYPES = ("bf16", "fp16", "tf32", "fp8", "int8", "fp32", "fp64")
-_COLUMNS = {"bf16": "bf16_tflops", "fp16": "fp16_tflops", "tf32": "tf32_tflops", "fp8": "fp8_tflops",
-            "int8": "int8_tops", "fp32": "fp32_tflops", "fp64": "fp64_tflops"}
+DTYPES = peak_dtypes()
+_COLUMNS = {n: d.peak_column for n, d in dtypes().items() if d.peak_column}
 _TABLE = Path(__file__).with_name("devices.csv")
 _FIX = ("set GRAPHMFU_PEAK_TFLOPS (e.g. 989 or bf16=989,fp32=67) and GRAPHMFU_DRAM_GBPS (e.g. 3350), "
         "or pass device=graphmfu.DeviceSpec(name, peaks_tflops={...}, dram_gbps=...)")
@@ -38,14 +38,12 @@ class DeviceSpec:
     dram_gbps: float
     source: str = "user"
     measured: bool = False
-    tf32: bool = False  # fp32 matmuls run on tensor cores as tf32
 
     def matrix_tflops(self, dtype: str) -> float:
-        """Peak of the unit a matrix product of ``dtype`` operands runs on."""
+        """Peak of the unit a matrix product of ``dtype`` operands runs on (``dtypes.csv`` gives the
+        fallback chain; fp32 products compiled with TF32 allowed are costed as ``tf32``)."""
         p = self.peaks_tflops
-        chain = {"fp32": ("tf32", "fp32") if self.tf32 else ("fp32",), "fp8": ("fp8", "fp16", "bf16"),
-                 "int8": ("int8", "fp16"), "int": ("int8", "fp32"), "bool": ("fp32",)}.get(dtype, (dtype,))
-        for d in chain + ("fp32",):
+        for d in matrix_chain(dtype) + ("fp32",):
             if p.get(d):
                 return float(p[d])
         return _first_peak(p)
@@ -58,13 +56,12 @@ class DeviceSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peaks": {k: v for k, v in self.peaks_tflops.items() if v},
-                "dram_gbps": self.dram_gbps, "source": self.source, "measured": self.measured,
-                "tf32": self.tf32}
+                "dram_gbps": self.dram_gbps, "source": self.source, "measured": self.measured}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "DeviceSpec":
         return cls(d["name"], dict(d["peaks"]), float(d["dram_gbps"]), d.get("source", ""),
-                   bool(d.get("measured", False)), bool(d.get("tf32", False)))
+                   bool(d.get("measured", False)))
 
 
 def _first_peak(p: Mapping) -> float:
@@ -80,7 +77,7 @@ def table() -> dict[str, DeviceSpec]:
     out: dict[str, DeviceSpec] = {}
     with open(_TABLE, newline="") as f:
         for row in csv.DictReader(f):
-            peaks = {d: float(row[c]) for d, c in _COLUMNS.items() if row[c].strip()}
+            peaks = {d: float(row[c]) for d, c in _COLUMNS.items() if (row.get(c) or "").strip()}
             spec = DeviceSpec(row["name"], peaks, float(row["dram_gbps"]), row["source"])
             out[row["name"]] = spec
             for a in filter(None, (x.strip() for x in row.get("aliases", "").split(";"))):
@@ -177,7 +174,6 @@ def get_device(device=None, *, peak_tflops=None, dram_gbps=None) -> DeviceSpec:
     if device is not None and not isinstance(device, str):
         raise GraphMFUError(f"device={device!r}: pass a device name (e.g. 'NVIDIA H100 80GB HBM3', 'h100-sxm'), "
                             f"'cuda', 'cpu' or a graphmfu.DeviceSpec")
-    tf32 = _tf32()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" or device.startswith("cpu:"):
@@ -195,12 +191,12 @@ def get_device(device=None, *, peak_tflops=None, dram_gbps=None) -> DeviceSpec:
                                 f"(e.g. 'h100-sxm') to analyse for a GPU you do not have")
         idx = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         device = torch.cuda.get_device_name(idx)
-    spec = lookup(device)
-    spec = _apply_overrides(spec, device, peak_tflops, dram_gbps)
-    return dataclasses.replace(spec, tf32=tf32) if tf32 != spec.tf32 else spec
+    return _apply_overrides(lookup(device), device, peak_tflops, dram_gbps)
 
 
-def _tf32() -> bool:
-    from graphmfu._inductor import matmul_allows_tf32
-
-    return matmul_allows_tf32()
+def device_for(graph_devices, device=None) -> DeviceSpec:
+    """The ceilings for a report: ``device`` if given, else the GPU when any graph ran on CUDA, else
+    the CPU."""
+    if device is not None:
+        return get_device(device)
+    return get_device("cuda" if "cuda" in set(graph_devices) else "cpu")

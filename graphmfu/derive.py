@@ -1,0 +1,249 @@
+"""Views: every table a report shows, derived from a record and a device.
+
+``views(record, device)`` returns the derived document (``docs/report-schema.md``): node rows placed
+on the roofline, totals, the module tree, the kernel map, and — when the record has timing — kernel
+rows with MFU/MBU/SOL, module times and stage rows.  Nothing here is stored: a saved report is its
+record plus the device, and ``Report.on(other_device)`` re-derives every number.
+
+One module aggregation (``module_tree``/``by_depth``) serves nodes, kernels, module times, stages and
+the comparison; one kernel-row derivation serves compiled graphs and eager recordings; the
+utilisation formulas are ``roofline.utilisation``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from graphmfu.cost import REGISTRY, ensure_builtin_rules
+from graphmfu.hardware import DeviceSpec
+from graphmfu.record import GraphRecord, KernelRecord, OpRecord, Record
+from graphmfu.roofline import matrix_time_s, place, rate, utilisation
+
+SCHEMA = "graphmfu.report/1"
+_SUMS = ("flops", "flops_dense", "vector_flops", "bytes_read", "bytes_written", "t_min_s",
+         "t_compute_s", "t_memory_s")
+
+
+# --------------------------------------------------------------------------- module tree
+
+
+def module_tree(rows: list[dict], summarise: Callable[[list], dict], key: str = "module") -> list[dict]:
+    """One row per module path prefix (inclusive: a row counts in each of its ancestors)."""
+    groups: dict[str, list] = defaultdict(list)
+    for r in rows:
+        parts = r[key].split(".") if r[key] else []
+        for d in range(len(parts) + 1):
+            groups[".".join(parts[:d])].append(r)
+    return [{"module": path, "depth": len(path.split(".")) if path else 0, **summarise(groups[path])}
+            for path in sorted(groups, key=lambda p: p.split(".") if p else [])]
+
+
+def by_depth(rows: list[dict], depth: int | None) -> dict[str, list]:
+    """Rows grouped by module path cut to ``depth`` components (each row once)."""
+    groups: dict[str, list] = defaultdict(list)
+    for r in rows:
+        parts = r["module"].split(".") if r["module"] else []
+        groups[".".join(parts if depth is None else parts[:depth])].append(r)
+    return groups
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def node_row(rec: OpRecord, dev: DeviceSpec) -> dict:
+    row = {"graph": rec.graph, "phase": rec.phase, "index": rec.index, "name": rec.name, "op": rec.op,
+           "module": rec.module, "inputs": rec.inputs, "outputs": rec.outputs, "known": rec.known,
+           "output_bytes": rec.output_bytes, "recompute": rec.recompute}
+    if rec.cost is not None:
+        c = rec.cost
+        p = place(c, dev)
+        row.update(flops=c.flops, flops_dense=c.flops_dense, vector_flops=c.vector_flops,
+                   bytes_read=c.bytes_read, bytes_written=c.bytes_written,
+                   flops_by_dtype=dict(c.matrix), vector_flops_by_dtype=dict(c.vector),
+                   intensity=None if math.isinf(p.intensity) else p.intensity, ridge=p.ridge, bound=p.bound,
+                   t_min_s=p.t_min_s, t_compute_s=p.t_compute_s, t_memory_s=p.t_memory_s)
+    else:
+        row.update({k: 0 for k in _SUMS}, flops_by_dtype={}, vector_flops_by_dtype={}, intensity=None,
+                   ridge=None, bound="unknown")
+    if rec.cost_expr:
+        row["symbolic"] = rec.cost_expr
+    if rec.note:
+        row["note"] = rec.note
+    if rec.flags:
+        row["flags"] = list(rec.flags)
+    return row
+
+
+def node_sum(rows: Iterable[dict]) -> dict:
+    """Totals over node rows; recomputed forward work (checkpointing) is HFU: ``flops_recompute``."""
+    tot = {k: 0 for k in _SUMS}
+    tot["flops_recompute"] = 0
+    n = mem = 0
+    for r in rows:
+        n += 1
+        for k in _SUMS:
+            if r.get("recompute") and k in ("flops", "flops_dense", "vector_flops"):
+                continue
+            tot[k] += r[k]
+        if r.get("recompute"):
+            tot["flops_recompute"] += r["flops"]
+        if r["bound"] == "memory":
+            mem += r["t_min_s"]
+    tot["nodes"] = n
+    tot["memory_bound_share"] = mem / tot["t_min_s"] if tot["t_min_s"] else 0.0
+    nb = tot["bytes_read"] + tot["bytes_written"]
+    tot["intensity"] = (tot["flops"] + tot["vector_flops"]) / nb if nb else None
+    return tot
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def kernel_static(k: KernelRecord, dev: DeviceSpec) -> dict:
+    """A kernel's cost placed on the roofline (one call)."""
+    p = place(k.cost, dev)
+    return {"flops": k.cost.flops, "flops_dense": k.cost.flops_dense, "vector_flops": k.cost.vector_flops,
+            "bytes": k.cost.bytes, "t_min_s": p.t_min_s, "t_matrix_s": matrix_time_s(k.cost, dev), "bound": p.bound,
+            "intensity": None if math.isinf(p.intensity) else p.intensity}
+
+
+def _kernel_ops(g: GraphRecord, k: KernelRecord) -> tuple[str, bool]:
+    """(the origin op when the kernel has exactly one, whether every origin has a rule)."""
+    recs = {r.name: r for r in g.nodes}
+    ops = [recs[n] for n in k.nodes if n in recs]
+    return (ops[0].op if len(ops) == 1 else ""), all(r.known for r in ops)
+
+
+def kernel_row(g: GraphRecord, k: KernelRecord, launch: dict, dev: DeviceSpec) -> dict:
+    """One measured kernel (a graph's kernel in one stage, over all its calls there): what it moved and
+    computed, its time, and its utilisation."""
+    s = kernel_static(k, dev)
+    n, t = launch["calls"], launch["time_s"]
+    op, known = _kernel_ops(g, k)
+    row = {"name": k.name, "op": op, "graph": g.id, "phase": k.phase or g.phase, "index": k.index, "nodes": k.nodes,
+           "module": k.module, "stage": launch["stage"], "calls": n, "launches": launch["launches"],
+           "extern": k.extern, "known": known, "gpu_kernels": launch["gpu_kernels"], "joined_by": launch["joined_by"],
+           "flops": s["flops"] * n, "flops_dense": s["flops_dense"] * n, "vector_flops": s["vector_flops"] * n,
+           "bytes": s["bytes"] * n, "bytes_inductor": None if k.bytes_inductor is None else k.bytes_inductor * n,
+           "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": s["t_min_s"] * n,
+           "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"] if known else "unknown", "intensity": s["intensity"],
+           "achieved_tflops": rate(s["flops"] * n, t * 1e12), "achieved_gbps": rate(s["bytes"] * n, t * 1e9)}
+    row.update(utilisation(row["t_matrix_s"], row["bytes"], row["t_min_s"], t, dev))
+    return row
+
+
+def kernel_sum(rs: list[dict], dev: DeviceSpec) -> dict:
+    """Totals, MFU, MBU, SOL and memory-bound share over measured kernel rows."""
+    t = sum(r["time_s"] for r in rs)
+    out = {"time_s": t, "flops": sum(r["flops"] for r in rs), "flops_dense": sum(r["flops_dense"] for r in rs),
+           "vector_flops": sum(r["vector_flops"] for r in rs), "bytes": sum(r["bytes"] for r in rs),
+           "t_min_s": sum(r["t_min_s"] for r in rs), "t_matrix_s": sum(r["t_matrix_s"] for r in rs),
+           "kernels": len(rs), "memory_bound_share": rate(sum(r["time_s"] for r in rs if r["bound"] == "memory"), t)
+           or 0.0}
+    out.update(utilisation(out["t_matrix_s"], out["bytes"], out["t_min_s"], t, dev))
+    return out
+
+
+def in_stage(stage: str | None, name: str) -> bool:
+    """Is ``stage`` the stage ``name`` or nested in it?"""
+    return bool(stage) and (stage == name or stage.startswith(name + "/"))
+
+
+def stage_row(measured: dict, kernels: list[dict], unattributed: list[dict], dev: DeviceSpec) -> dict:
+    """A stage's measured span and busy time with the FLOPs and bytes of the kernels run in it."""
+    name = measured["name"]
+    a = kernel_sum([r for r in kernels if in_stage(r["stage"], name)], dev)
+    span, busy = measured["span_s"], measured["busy_s"]
+    u = utilisation(a["t_matrix_s"], a["bytes"], a["t_min_s"], span, dev)
+    return {"name": name, "parent": name.rsplit("/", 1)[0] if "/" in name else None, "calls": measured["calls"],
+            "span_s": span, "busy_s": busy, "idle_share": (1 - busy / span) if span else 0.0, "flops": a["flops"],
+            "flops_dense": a["flops_dense"], "vector_flops": a["vector_flops"], "bytes": a["bytes"],
+            "kernel_time_s": a["time_s"], "kernel_launches": measured["launches"], "mfu": u["mfu"],
+            "mfu_busy": rate(a["t_matrix_s"], busy), "mbu": u["mbu"], "memory_bound_share": a["memory_bound_share"],
+            "unattributed_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name))}
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def _coverage(nodes: list[dict], failures) -> dict:
+    unknown: dict[str, dict] = {}
+    for r in nodes:
+        if not r["known"]:
+            u = unknown.setdefault(r["op"], {"op": r["op"], "count": 0, "output_bytes": 0})
+            u["count"] += 1
+            u["output_bytes"] += r["output_bytes"]
+    cov = {"nodes_total": len(nodes), "nodes_unknown": sum(u["count"] for u in unknown.values()),
+           "unknown_ops": sorted(unknown.values(), key=lambda u: -u["count"]), "graphs_failed": list(failures)}
+    for name in REGISTRY.flags:
+        cov[name] = sum(1 for r in nodes if name in r.get("flags", ()))
+    return cov
+
+
+def _flag_notes(cov: dict) -> list[str]:
+    return [f.summary.format(n=cov[name]) for name, f in REGISTRY.flags.items() if cov.get(name)]
+
+
+def _merge_unattributed(rows: list[dict]) -> list[dict]:
+    out: dict = {}
+    for o in rows:
+        m = out.setdefault((o["name"], o["where"], o["launch_op"]), {"name": o["name"], "where": o["where"],
+                                                                     "launch_op": o["launch_op"], "count": 0,
+                                                                     "time_s": 0.0})
+        m["count"] += o["count"]
+        m["time_s"] += o["time_s"]
+    return sorted(out.values(), key=lambda o: -o["time_s"])
+
+
+def views(record: Record, dev: DeviceSpec) -> dict:
+    """The derived document of ``record`` placed on ``dev``."""
+    ensure_builtin_rules()  # the flags the rule files declare
+    graphs = record.graphs
+    nodes = [node_row(rec, dev) for g in graphs for rec in g.nodes]
+    cov = _coverage(nodes, record.failures)
+    data = {
+        "schema": SCHEMA, "created": record.created, "torch": record.torch, "device": dev.to_dict(),
+        "totals": node_sum(nodes),
+        "graphs": [{"id": g.id, "key": g.key, "phase": g.phase, "aot_id": g.aot_id, "device": g.device,
+                    "source": g.source, "nodes": len(g.nodes), "dynamic": g.dynamic, "hints": g.hints, "tf32": g.tf32,
+                    **({"stage": g.stage} if g.stage else {})} for g in graphs],
+        "nodes": nodes,
+        "modules": module_tree(nodes, node_sum),
+        "coverage": cov,
+        "notes": [*record.notes, *_flag_notes(cov)],
+        "kernel_map": [{"graph": g.id, "index": k.index, "name": k.name, "extern": k.extern, "nodes": k.nodes,
+                        "module": k.module, **kernel_static(k, dev), "bytes_inductor": k.bytes_inductor,
+                        "bytes_nodes": k.bytes_nodes} for g in graphs for k in g.kernels],
+    }
+    t = record.timing
+    if t is not None:
+        gmap = {g.id: g for g in graphs}
+        kernels = sorted((kernel_row(gmap[r["graph"]], gmap[r["graph"]].kernels[r["kernel"]], r, dev)
+                          for r in t.launches), key=lambda r: -r["time_s"])
+        data["kernels"] = kernels
+        data["module_times"] = module_tree(kernels, lambda rs: kernel_sum(rs, dev))
+        data["stages"] = [stage_row(s, kernels, t.unattributed, dev) for s in t.stages]
+        data["timing"] = {"device_kernel_time_s": t.device_kernel_time_s, "attributed_time_s": t.attributed_time_s,
+                          "cuda": t.cuda, "notes": t.notes}
+        cov["time_attributed"] = rate(t.attributed_time_s, t.device_kernel_time_s) or 0.0
+        cov["unattributed_kernels"] = _merge_unattributed(t.unattributed)
+        data["notes"] += t.notes
+    return data
+
+
+def graph_calls(kernels: list[dict]) -> dict:
+    """(graph, top-level stage) -> calls of that graph in that stage (its most-called kernel's calls)."""
+    out: dict = defaultdict(int)
+    for k in kernels:
+        key = (k["graph"], top_stage(k["stage"]))
+        out[key] = max(out[key], k["calls"])
+    return out
+
+
+def top_stage(stage: str | None) -> str | None:
+    return stage.split("/", 1)[0] if stage else None
+
+
+__all__ = ["views", "module_tree", "by_depth", "node_row", "node_sum", "kernel_row", "kernel_sum", "kernel_static",
+           "stage_row", "in_stage", "graph_calls", "top_stage", "SCHEMA"]

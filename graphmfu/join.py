@@ -1,0 +1,417 @@
+"""The join: measured kernels of a finished ``torch.profiler`` session -> the kernels of a record.
+
+One join serves every producer.  A *call* is one run of a recorded graph:
+
+* a compiled graph: each ``graphmfu::graph <key>`` range (opened around the graph's calls while a
+  profile session runs); its *sites* are the direct children of Inductor's ``## Call
+  CompiledFxGraph`` range inside it (kernel launches, extern ATen ops, allocations);
+* an eager recording of a stage: each occurrence of that stage's ``graphmfu::stage`` range; its
+  sites are the ``aten::`` events inside it, in start order (events nested in a matched site are
+  that op's internals and skipped; composite ops the recorder never sees match nothing).
+
+Sites are matched in order to the graph's kernels by the kernel's ``site`` name (a Triton/C++
+kernel's name, ``aten::mm`` for an extern GEMM or an eager op).  A measured kernel belongs to the
+matched site enclosing its launch: on CUDA, GPU kernels come from CUPTI's launch correlation, with
+device timestamps (a GEMM with a split-K reduce is one site with two GPU kernels); on CPU the site
+events themselves are the kernels, timed on the CPU.  Under CUDA graphs a graph call is one
+``cudaGraphLaunch``: its GPU kernels are joined by order (Triton kernels anchor by name; the GPU
+kernels between anchors go to the extern kernels between them).  Kernels that match nothing are
+listed as unattributed ("inside graph" / "outside graphs"), never dropped.
+
+A kernel belongs to the innermost stage whose CPU range contains its launch (any thread, so the
+autograd engine's backward thread counts too), and rolls up into enclosing stages once.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import re
+
+from graphmfu import _inductor
+from graphmfu.cost import REGISTRY
+from graphmfu.record import GraphRecord, Timing
+
+STAGE_RANGE = "graphmfu::stage "
+INDUCTOR_CALL = "## Call CompiledFxGraph"  # Inductor's profiler range around each compiled-graph call
+_RUNTIME = re.compile(r"^(cuda|cu[A-Z])")
+
+
+@dataclasses.dataclass
+class Measured:
+    """One measured device kernel (or, on CPU, one kernel's CPU execution)."""
+    name: str
+    start_us: float
+    end_us: float
+    launch_op: str  # the CPU op that launched it (launch site)
+    launch_start_us: float  # CPU time of the launch (for stage attribution)
+    graph: int | None = None  # joined graph id
+    kernel: int | None = None  # joined kernel index in that graph
+    call: int | None = None  # which call of the graph (0, 1, ...)
+    how: str = ""  # "name", "op", "order" or "" (unattributed)
+    where: str = ""  # "inside graph" | "outside graphs"
+    stage: str | None = None  # innermost stage
+    op: object = dataclasses.field(default=None, repr=False, compare=False)  # launching CPU FunctionEvent
+
+    @property
+    def time_s(self) -> float:
+        return (self.end_us - self.start_us) * 1e-6
+
+
+@dataclasses.dataclass
+class _Call:
+    graph: GraphRecord
+    index: int
+    sites: list  # CPU events, start order
+    nested: bool  # sites may nest (eager): skip events inside a matched site
+    range: object = None  # the compiled call's Inductor range (CUDA-graph replays launch from it)
+    cpu: bool = False  # the graph's kernels run on the CPU: its site events are the kernels
+
+
+# --------------------------------------------------------------------------- profiler events
+
+
+def cpu_events(prof) -> list:
+    """The CPU-side events (ops, ranges) of a finished torch.profiler session."""
+    return [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
+
+
+def _children(events) -> dict:
+    kids: dict[int, list] = {}
+    for e in events:
+        p = e.cpu_parent
+        if p is not None:
+            kids.setdefault(id(p), []).append(e)
+    for v in kids.values():
+        v.sort(key=lambda e: e.time_range.start)
+    return kids
+
+
+def _ancestors(e):
+    p = e.cpu_parent
+    while p is not None:
+        yield p
+        p = p.cpu_parent
+
+
+@functools.lru_cache(maxsize=None)
+def site_name(name: str) -> str:
+    """A profiled C++ kernel is ``graph_<id>_<kernel>``: its site name is the kernel's."""
+    m = re.match(r"^graph_\d+_(.+)$", name)
+    return m.group(1) if m else name
+
+
+def _is_cpp_kernel(name: str) -> bool:
+    return site_name(name) != name
+
+
+def stage_ranges(events) -> list[dict]:
+    """Every ``graphmfu.stage`` occurrence: name (``a/b`` when nested) and CPU start/end."""
+    return [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
+            for e in events if e.name.startswith(STAGE_RANGE)]
+
+
+def gpu_kernels(prof, events) -> list[Measured]:
+    """The GPU kernels of the session, each with the CPU op that launched it (CUPTI correlation)."""
+    op_by_corr = {e.id: e for e in events if not _RUNTIME.match(e.name)}
+    out = []
+    for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
+        if name.startswith("graphmfu::"):
+            continue  # GPU-side copies of our own ranges
+        op = op_by_corr.get(linked)
+        out.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start, op=op))
+    return out
+
+
+# --------------------------------------------------------------------------- calls and matching
+
+
+def _calls(events, kids, graphs: list[GraphRecord], stages: list[dict]) -> list[_Call]:
+    calls = []
+    by_key = {g.key: g for g in graphs if g.source != "eager"}
+    count: dict[int, int] = {}
+    for e in sorted((e for e in events if e.name.startswith(_inductor.CALL_RANGE)), key=lambda e: e.time_range.start):
+        g = by_key.get(e.name[len(_inductor.CALL_RANGE):])
+        if g is None:
+            continue
+        inner = [c for c in kids.get(id(e), []) if c.name.startswith(INDUCTOR_CALL)]
+        parent = inner[0] if inner else e
+        k = count[g.id] = count.get(g.id, -1) + 1
+        calls.append(_Call(g, k, kids.get(id(parent), []), False, parent, g.device == "cpu"))
+    eager = {g.stage: g for g in graphs if g.source == "eager"}
+    if eager:
+        aten = sorted((e for e in events if e.name.startswith("aten::")), key=lambda e: e.time_range.start)
+        starts = [e.time_range.start for e in aten]
+        occ = sorted((s for s in stages if s["name"] in eager), key=lambda s: s["start_us"])
+        for k, s in enumerate(occ):
+            g = eager[s["name"]]
+            sites = aten[bisect.bisect_left(starts, s["start_us"]):bisect.bisect_right(starts, s["end_us"])]
+            calls.append(_Call(g, k, sites, True, None, g.device == "cpu"))
+    return calls
+
+
+def _match(call: _Call) -> dict:
+    """Ordered match of a call's sites to its graph's kernels: id(site event) -> kernel.  Each site
+    takes the next kernel (in launch order) with its name; sites matching none (allocations, composite
+    ops, internals) are passed over."""
+    expected = call.graph.kernels
+    out: dict[int, object] = {}
+    pos, busy_until = 0, float("-inf")
+    for e in call.sites:
+        if call.nested and e.time_range.start < busy_until:
+            continue  # inside the previous match: that op's own internals
+        name = site_name(e.name)
+        j = pos
+        while j < len(expected) and expected[j].site != name:
+            j += 1
+        if j < len(expected):
+            out[id(e)] = expected[j]
+            pos = j + 1
+            busy_until = e.time_range.end
+    return out
+
+
+# --------------------------------------------------------------------------- the join
+
+
+def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], list[dict], list[str]]:
+    """Join the measured kernels of ``prof`` to ``graphs``.  Returns (measured, stage ranges, notes)."""
+    events = cpu_events(prof)
+    kids = _children(events)
+    stages = stage_ranges(events)
+    calls = _calls(events, kids, graphs, stages)
+    notes: list[str] = []
+    matched: dict[int, tuple] = {}  # id(site event) -> (call, kernel)
+    ranges = {id(c.range): c for c in calls if c.range is not None}
+    for c in calls:
+        m = _match(c)
+        matched.update({k: (c, kern) for k, kern in m.items()})
+        missed = len(c.graph.kernels) - len(m)
+        if c.nested and missed:
+            _note(notes, f"eager stage {c.graph.stage!r}: {missed} recorded op(s) not found in the profile "
+                         f"(the op sequence changed between the recorded and the timed call)")
+    measured = gpu_kernels(prof, events) if cuda else []
+    replays: dict[int, list] = {}
+    for m in measured:
+        for a in ([m.op, *_ancestors(m.op)] if m.op is not None else []):
+            hit = matched.get(id(a))
+            if hit is not None:
+                _assign(m, hit[0], hit[1], "op" if hit[1].extern else "name")
+                break
+            if id(a) in ranges:  # CUDA graph replay: launched by the call itself
+                replays.setdefault(id(a), []).append(m)
+                break
+    for rid, ms in replays.items():
+        _join_by_order(sorted(ms, key=lambda m: m.start_us), ranges[rid], notes)
+    measured += _cpu_kernels(events, calls, matched, cpu_only=not measured)
+    for m in measured:
+        if not m.where:
+            inside = m.op is not None and any(a.name.startswith(INDUCTOR_CALL) for a in [m.op, *_ancestors(m.op)])
+            m.where = "inside graph" if inside or m.graph is not None else "outside graphs"
+    if any(not c.nested for c in calls) and not any(m.graph is not None for m in measured):
+        notes.append("graph calls were profiled but no kernel could be joined")
+    return measured, stages, notes
+
+
+def _note(notes: list, note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
+def _assign(m: Measured, call: _Call, kernel, how: str) -> None:
+    m.graph, m.kernel, m.call, m.how = call.graph.id, kernel.index, call.index, how
+
+
+def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
+    """Kernels timed on the CPU: C++ kernel events and matched extern/eager op events of CPU graphs;
+    unmatched launch sites inside CPU graph calls; and, when no GPU kernel ran at all, the outermost
+    ATen ops outside every call (eager work around the graphs).  Views and ops that launch no kernel
+    of their own are never kernels; an op enclosing a matched site is a wrapper, not a kernel."""
+    in_eager_call = {id(e): c for c in calls if c.nested for e in c.sites}
+    enclosing = set()  # ops with a matched site inside them
+    site_events = {id(e): e for c in calls for e in c.sites}
+    for sid in matched:
+        e = site_events.get(sid)
+        if e is not None:
+            enclosing.update(id(a) for a in _ancestors(e))
+    out: list[Measured] = []
+    taken: set = set()
+    for e in sorted(events, key=lambda e: e.time_range.start):
+        hit = matched.get(id(e))
+        cpp = _is_cpp_kernel(e.name)
+        if not cpp and not e.name.startswith("aten::"):
+            continue
+        info = REGISTRY.info(e.name)
+        if hit is not None:
+            call, kernel = hit
+            if call.cpu and not info.no_kernel:
+                m = _measured(e)
+                _assign(m, call, kernel, "op" if kernel.extern else "name")
+                m.where = "inside graph"
+                out.append(m)
+                taken.add(id(e))
+            continue
+        if info.view or id(e) in enclosing or any(id(a) in taken or id(a) in matched for a in _ancestors(e)):
+            continue
+        parent = e.cpu_parent
+        if parent is not None and parent.name.startswith(INDUCTOR_CALL):  # an unmatched launch site
+            if any(c.range is parent and c.cpu for c in calls):
+                out.append(_measured(e, "inside graph"))
+                taken.add(id(e))
+            continue
+        if cpp:
+            out.append(_measured(e, "inside graph"))
+            taken.add(id(e))
+            continue
+        if any(a.name.startswith((INDUCTOR_CALL, "graph_")) for a in _ancestors(e)):
+            continue
+        eager = in_eager_call.get(id(e))
+        if eager is not None:
+            if eager.cpu and not info.no_kernel:  # an op the recording did not see: listed
+                out.append(_measured(e, "outside graphs"))
+                taken.add(id(e))
+            continue
+        if cpu_only and not any(a.name.startswith("aten::") for a in _ancestors(e)):
+            out.append(_measured(e, "outside graphs"))
+            taken.add(id(e))
+    return out
+
+
+def _measured(e, where: str = "") -> Measured:
+    return Measured(e.name, e.time_range.start, e.time_range.end, e.name, e.time_range.start, where=where, op=e)
+
+
+def _join_by_order(kernels: list[Measured], call: _Call, notes: list) -> None:
+    """CUDA graph replay: Triton kernels anchor by name; GPU kernels between anchors go to externs."""
+    g = call.graph
+    expected = g.kernels
+    pos = 0
+    pending: list[Measured] = []
+
+    def flush(ext):
+        if not pending:
+            return
+        if len(ext) == len(pending):
+            pairs = list(zip(ext, pending))
+        elif len(ext) == 1:
+            pairs = [(ext[0], m) for m in pending]
+        elif ext:
+            pairs = [(ext[min(i, len(ext) - 1)], m) for i, m in enumerate(pending)]
+            _note(notes, f"graph {g.id}: {len(pending)} GPU kernels replayed for {len(ext)} extern kernels "
+                         f"({', '.join(e.name for e in ext)}); joined by order only")
+        else:
+            pairs = []
+        for e, m in pairs:
+            _assign(m, call, e, "order")
+        pending.clear()
+
+    for m in kernels:
+        j = pos
+        while j < len(expected) and not (not expected[j].extern and expected[j].name == m.name):
+            j += 1
+        if j < len(expected):
+            flush([e for e in expected[pos:j] if e.extern])
+            _assign(m, call, expected[j], "order")
+            pos = j + 1
+        else:
+            pending.append(m)
+    flush([e for e in expected[pos:] if e.extern])
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def stage_of(m: Measured, stages: list[dict]) -> str | None:
+    """Innermost stage whose CPU range contains the kernel's launch."""
+    best = None
+    for s in stages:
+        if s["start_us"] <= m.launch_start_us <= s["end_us"]:
+            if best is None or s["end_us"] - s["start_us"] < best["end_us"] - best["start_us"]:
+                best = s
+    return best["name"] if best else None
+
+
+def busy_us(intervals) -> float:
+    """Length of the union of [start, end] intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def _in_stage(stage: str | None, name: str) -> bool:
+    return bool(stage) and (stage == name or stage.startswith(name + "/"))
+
+
+def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
+    """Per stage name (inclusive of nested stages): calls, device span, busy time, launches.
+
+    Span and busy are taken per occurrence of the stage (a repeated stage interleaved with another
+    must not span the other's time) and summed.  A call's span starts when the device could start
+    it: at the stage's CPU start, or when the work launched before it finished, whichever is later
+    (what a CUDA event recorded at the stage start measures); a leading launch gap is idle time of
+    the stage, not outside it."""
+    by_launch = sorted(measured, key=lambda m: m.launch_start_us)
+    launches = [m.launch_start_us for m in by_launch]
+    prefix_end, cur = [], float("-inf")
+    for m in by_launch:
+        cur = max(cur, m.end_us)
+        prefix_end.append(cur)
+    rows = []
+    for name in sorted({s["name"] for s in stages}):
+        ms = [m for m in measured if _in_stage(m.stage, name)]
+        span = busy = 0.0
+        for occ in (s for s in stages if s["name"] == name):
+            spans = [(m.start_us, m.end_us) for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
+            if spans:
+                first = min(b for b, _ in spans)
+                i = bisect.bisect_left(launches, occ["start_us"])  # kernels launched before the stage began
+                free = prefix_end[i - 1] if i else first
+                start = min(first, max(occ["start_us"], free))
+                span += (max(e for _, e in spans) - start) * 1e-6
+                busy += busy_us(spans) * 1e-6
+        rows.append({"name": name, "calls": sum(1 for s in stages if s["name"] == name), "span_s": span,
+                     "busy_s": busy, "launches": len(ms)})
+    return rows
+
+
+def timing(measured: list[Measured], stages: list[dict], notes: list[str], cuda: bool) -> Timing:
+    """Aggregate joined kernels into the record's ``Timing`` (what was measured, nothing derived)."""
+    rows: dict = {}
+    other: dict = {}
+    total = attributed = 0.0
+    for m in measured:
+        m.stage = stage_of(m, stages)
+        total += m.time_s
+        if m.graph is None:
+            o = other.setdefault((m.name, m.where, m.launch_op, m.stage),
+                                 {"name": m.name, "where": m.where, "launch_op": m.launch_op, "stage": m.stage,
+                                  "count": 0, "time_s": 0.0})
+            o["count"] += 1
+            o["time_s"] += m.time_s
+            continue
+        attributed += m.time_s
+        r = rows.setdefault((m.graph, m.kernel, m.stage), {"graph": m.graph, "kernel": m.kernel, "stage": m.stage,
+                                                           "calls": set(), "launches": 0, "time_s": 0.0,
+                                                           "gpu_kernels": [], "joined_by": set()})
+        r["time_s"] += m.time_s
+        r["launches"] += 1
+        r["calls"].add(m.call)
+        r["joined_by"].add(m.how)
+        if m.name not in r["gpu_kernels"]:
+            r["gpu_kernels"].append(m.name)
+    launches = [{**r, "calls": len(r["calls"]), "joined_by": sorted(r["joined_by"])} for r in rows.values()]
+    return Timing(cuda=cuda, launches=launches, stages=_stage_rows(measured, stages),
+                  unattributed=list(other.values()), device_kernel_time_s=total, attributed_time_s=attributed,
+                  notes=list(notes))
+
+
+__all__ = ["Measured", "join", "timing", "stage_of", "busy_us", "cpu_events", "stage_ranges", "gpu_kernels",
+           "STAGE_RANGE", "INDUCTOR_CALL"]

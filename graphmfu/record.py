@@ -1,0 +1,161 @@
+"""The collected record: what the producers saw, with no device in it.
+
+Every producer fills the same record:
+
+* the compiled capture (``capture.py``): one ``GraphRecord`` per Inductor graph, its ``OpRecord``\\ s
+  (ATen nodes of the post-grad graph) and ``KernelRecord``\\ s (the kernels Inductor emitted, in launch
+  order, each with its origin ops);
+* the eager recorder (``eager.py``): one ``GraphRecord`` per recorded stage call (source ``eager``),
+  its ops, and one kernel per op (an eager op is its own launch site);
+* the profiler join (``join.py``): ``Timing`` — measured time per (graph, kernel, stage), stage spans,
+  what could not be attributed.
+
+Views (MFU, MBU, SOL, bound, t_min ...) are derived from a record and a device by ``derive.py``; the
+record itself never holds a number that depends on the device, so a saved record can be placed on
+any device's roofline.  Graph ``key``\\ s are unique across registries and processes
+(``<registry uid>:<id>``), so records of several processes can be merged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from typing import Any
+
+from graphmfu.cost import Cost, event_name
+
+RECORD_SCHEMA = "graphmfu.record/1"
+
+
+@dataclasses.dataclass
+class OpRecord:
+    """One ATen op: a node of a compiled graph, or one op of an eager recording."""
+    graph: int
+    phase: str  # forward | backward | inference
+    index: int  # position among the graph's ops
+    name: str  # FX node name (compiled) or ``e<position>`` (eager)
+    op: str  # aten.mm.default
+    module: str  # layers.0.attn.q ("" = the model root)
+    inputs: list  # [[shape, dtype], ...] of tensor inputs
+    outputs: list
+    cost: Cost | None  # evaluated with the compile-time hints; None = no rule
+    cost_expr: dict | None = None  # symbolic cost as strings, when shapes are dynamic
+    output_bytes: int = 0
+    recompute: bool = False  # a forward node recomputed inside a backward graph (HFU, not model FLOPs)
+    note: str = ""
+    flags: list = dataclasses.field(default_factory=list)  # names of report flags (cost.Flag)
+
+    @property
+    def known(self) -> bool:
+        return self.cost is not None
+
+    @property
+    def event(self) -> str:
+        """The profiler's name of this op (``aten::mm``)."""
+        return event_name(self.op)
+
+    def flag(self, flag) -> None:
+        if flag.name not in self.flags:
+            self.flags.append(flag.name)
+            self.note = "; ".join(filter(None, (self.note, flag.note)))
+
+
+@dataclasses.dataclass
+class KernelRecord:
+    """One kernel (launch site) of a graph: its origin ops and their cost."""
+    graph: int
+    index: int  # launch order within the graph
+    name: str  # Inductor's kernel name (triton_poi_fused_..., cpp_fused_..., extern_kernels.mm) or the op
+    site: str  # the profiler's name of its launch site (kernel name, ``aten::mm`` for extern/eager ops)
+    extern: bool
+    nodes: list  # origin op names (with a record)
+    module: str
+    phase: str
+    cost: Cost  # FLOPs of the origins (each op counted in one kernel); bytes = external traffic
+    bytes_inductor: int | None = None
+    bytes_nodes: int = 0  # sum of the origins' per-op bytes (no fusion), for comparison
+
+
+@dataclasses.dataclass
+class GraphRecord:
+    id: int
+    key: str  # unique across registries and processes
+    phase: str  # forward | backward | inference | eager
+    aot_id: Any  # AOTAutograd's id: a forward and its backward share it
+    device: str  # cpu | cuda | meta ...
+    nodes: list[OpRecord]
+    hints: dict  # symbol -> compile-time value, when shapes are dynamic
+    source: str  # backend | analyze | eager
+    kernels: list[KernelRecord] = dataclasses.field(default_factory=list)  # launch order
+    tf32: bool = False  # fp32 matmuls allowed to run as TF32 when it was compiled (their FLOPs say tf32)
+    stage: str | None = None  # eager: the stage this recording is a call of
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.hints)
+
+
+@dataclasses.dataclass
+class Timing:
+    """What a profile measured, aggregated (device-free: seconds and counts).
+
+    ``launches``: one row per (graph, kernel, stage): calls (distinct graph calls), launches (GPU
+    kernels or CPU kernel events), time_s, gpu_kernels (names), joined_by.
+    ``stages``: one row per stage name: calls, span_s, busy_s, launches (all kernels launched in it).
+    ``unattributed``: per (name, where, launch_op, stage): count, time_s."""
+    cuda: bool
+    launches: list = dataclasses.field(default_factory=list)
+    stages: list = dataclasses.field(default_factory=list)
+    unattributed: list = dataclasses.field(default_factory=list)
+    device_kernel_time_s: float = 0.0
+    attributed_time_s: float = 0.0
+    notes: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Record:
+    """Everything collected for one report."""
+    graphs: list[GraphRecord]
+    failures: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+    timing: Timing | None = None
+    torch: str = ""
+    created: str = ""
+    rank: int = 0
+    world_size: int = 1
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        return {"schema": RECORD_SCHEMA, **_plain(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Record":
+        graphs = []
+        for g in d["graphs"]:
+            nodes = [OpRecord(**{**n, "cost": _cost(n["cost"])}) for n in g["nodes"]]
+            kernels = [KernelRecord(**{**k, "cost": Cost.from_dict(k["cost"])}) for k in g["kernels"]]
+            graphs.append(GraphRecord(**{**g, "nodes": nodes, "kernels": kernels}))
+        timing = Timing(**d["timing"]) if d.get("timing") else None
+        rest = {k: v for k, v in d.items() if k not in ("graphs", "timing", "schema")}
+        return cls(graphs=graphs, timing=timing, **rest)
+
+
+def _cost(d):
+    return None if d is None else Cost.from_dict(d)
+
+
+def _plain(obj):
+    if isinstance(obj, Cost):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+__all__ = ["OpRecord", "KernelRecord", "GraphRecord", "Timing", "Record", "RECORD_SCHEMA"]

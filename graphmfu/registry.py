@@ -1,0 +1,77 @@
+"""A capture registry: the graphs compiled through a backend, as an object you can make two of.
+
+``graphmfu.backend`` fills the default registry (``graphmfu.report()`` reads it); ``Backend(registry=...)``
+fills another (``graphmfu.compare`` uses its own).  A registry owns its graphs, failures, warn-once
+state and the call tagger of its compiled graphs; ``clear()`` forgets all of it and takes a new uid, so
+graphs compiled before a reset can never be joined to graphs compiled after it.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+import warnings
+
+import torch
+
+from graphmfu._inductor import CallTagger
+from graphmfu.record import GraphRecord, Record
+
+
+class Registry:
+    """The graphs compiled so far (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.tagger = CallTagger()
+        self._start()
+
+    def _start(self) -> None:
+        self.uid = uuid.uuid4().hex[:12]
+        self._ids = itertools.count()
+        self.graphs: list[GraphRecord] = []
+        self.failures: list[str] = []
+        self._warned: set[str] = set()
+
+    def next_id(self) -> int:
+        with self._lock:
+            return next(self._ids)
+
+    def key(self, gid: int) -> str:
+        """A graph's identity beyond this registry and process (profiler ranges and merged records)."""
+        return f"{self.uid}:{gid}"
+
+    def add(self, g: GraphRecord) -> None:
+        with self._lock:
+            self.graphs.append(g)
+
+    def fail(self, msg: str) -> None:
+        with self._lock:
+            self.failures.append(msg)
+
+    def warn_once(self, key: str, msg: str) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    def clear(self) -> None:
+        """Forget every graph, failure and warning; graphs compiled before stay valid but are no longer
+        tagged or joined."""
+        with self._lock:
+            self.tagger.forget()
+            self._start()
+
+    def record(self, timing=None) -> Record:
+        """The collected record of the graphs so far (with ``timing`` from a profile, if any)."""
+        with self._lock:
+            graphs, failures = list(self.graphs), list(self.failures)
+        return Record(graphs=graphs, failures=failures, timing=timing, torch=torch.__version__,
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+DEFAULT = Registry()
+
+__all__ = ["Registry", "DEFAULT"]
