@@ -1,0 +1,247 @@
+"""The house: one record, views derived from (record, device), sessions as objects, and the
+structure rules (no import cycles, private torch APIs only in _inductor.py)."""
+import ast
+import threading
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn as nn
+
+import graphmfu
+from graphmfu.capture import Backend
+from graphmfu.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Tiny(nn.Module):
+    def __init__(self, d=64):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))).softmax(-1)
+
+
+class Other(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Linear(32, 48)
+
+    def forward(self, x):
+        return torch.tanh(self.c(x)) * 3
+
+
+@pytest.fixture
+def timed(fresh):
+    m, x = Tiny(), torch.randn(32, 64)
+    cm = torch.compile(m, backend=graphmfu.backend)
+    with torch.no_grad():
+        cm(x)
+        with graphmfu.profile() as p, graphmfu.stage("infer"):
+            for _ in range(2):
+                cm(x)
+    return p
+
+
+def _utilisation(rep):
+    return ([(k["name"], k["stage"], k["mfu"], k["mbu"], k["sol"], k["bound"], k["t_min_s"]) for k in rep.kernels],
+            [(s["name"], s["mfu"], s["mbu"], s["mfu_busy"]) for s in rep.stages],
+            [(n["name"], n["bound"], n["t_min_s"], n["ridge"]) for n in rep.nodes])
+
+
+@pytest.mark.parametrize("target", ["b200", "h100-sxm", "a100-80gb"])
+def test_saved_report_replaced_on_another_device_equals_direct(timed, tmp_path, target):
+    direct = timed.report(device=target)
+    measured_here = timed.report(device="h200")
+    back = graphmfu.Report.load(measured_here.save(tmp_path / "r.json"))
+    moved = back.on(target)
+    assert moved.device == direct.device
+    assert _utilisation(moved) == _utilisation(direct)
+    # the kernels are the same measurement: time unchanged, MFU scales with the peak
+    k_d = {(k["graph"], k["index"], k["stage"]): k for k in direct.kernels}
+    for k in measured_here.kernels:
+        if k["t_matrix_s"]:
+            ratio = graphmfu.get_device("h200").matrix_tflops("fp32") / graphmfu.get_device(target).matrix_tflops("fp32")
+            assert k_d[(k["graph"], k["index"], k["stage"])]["mfu"] == pytest.approx(k["mfu"] * ratio, rel=1e-12)
+
+
+def test_saved_document_holds_the_record_and_derives_the_rest(timed, tmp_path):
+    rep = timed.report(device="h100-sxm")
+    doc = rep.to_dict()
+    rec = doc["record"]
+    text = str(rec)
+    for derived in ("'mfu'", "'mbu'", "'sol'", "'t_min_s'", "'bound'", "'ridge'"):
+        assert derived not in text, derived  # the record is device-free
+    assert rec["timing"]["launches"] and all("time_s" in r for r in rec["timing"]["launches"])
+
+
+def test_unknown_suffix_is_one_clear_error(timed, tmp_path):
+    rep = timed.report()
+    with pytest.raises(graphmfu.GraphMFUError, match="unknown file ending"):
+        rep.save(tmp_path / "r.xlsx")
+    k = rep.save(tmp_path / "r.kernels.csv").read_text().splitlines()
+    assert len(k) == 1 + len(rep.kernels) and k[0].startswith("name,")
+    assert "per stage" not in rep.save(tmp_path / "r.md").read_text() and "## stages" in (tmp_path / "r.md").read_text()
+
+
+def test_two_profile_sessions_one_after_another_do_not_mix(fresh):
+    a, b = Tiny(), Other()
+    xa, xb = torch.randn(8, 64), torch.randn(8, 32)
+    ca, cb = torch.compile(a, backend=graphmfu.backend), torch.compile(b, backend=graphmfu.backend)
+    with torch.no_grad():
+        ca(xa), cb(xb)
+        ga = {g.id for g in graphmfu.registry.DEFAULT.graphs if any(n.module == "a" for n in g.nodes)}
+        with graphmfu.profile() as p1:
+            for _ in range(3):
+                ca(xa)
+        with graphmfu.profile() as p2:
+            for _ in range(2):
+                cb(xb)
+    r1, r2 = p1.report(), p2.report()
+    assert {k["graph"] for k in r1.kernels} == ga and {k["calls"] for k in r1.kernels} == {3}
+    assert not {k["graph"] for k in r2.kernels} & ga and {k["calls"] for k in r2.kernels} == {2}
+    assert r1.stages == [] and r2.coverage()["time_attributed"] == 1.0
+
+
+def test_reset_never_joins_old_graphs_to_new_ones(fresh):
+    """After reset() new graphs restart at id 0; an old compiled model run in a profile must not be
+    joined to the new model's graph 0 (it used to be: 1.05M FLOPs instead of 65,536)."""
+    old, new = Tiny(), Other()
+    xo, xn = torch.randn(8, 64), torch.randn(8, 32)
+    co = torch.compile(old, backend=graphmfu.backend)
+    with torch.no_grad():
+        co(xo)
+        graphmfu.reset()
+        cn = torch.compile(new, backend=graphmfu.backend)
+        cn(xn)
+        with graphmfu.profile() as p, graphmfu.stage("s"):
+            co(xo)
+            cn(xn)
+    rep = p.report()
+    assert rep.stages[0]["flops"] == 2 * 8 * 32 * 48  # only the new model's GEMM: 24576
+    assert all(k["module"] in ("c", "") for k in rep.kernels)
+
+
+def _traced(model, x):
+    return torch.fx.symbolic_trace(model), [x]
+
+
+def test_concurrent_compiles_record_only_their_own_kernels():
+    """Two threads compile through the backend at once (no Dynamo lock: the backend is called directly);
+    each registry's kernel map equals that graph compiled alone."""
+    torch._dynamo.reset()
+    jobs = {"tiny": (Tiny(), torch.randn(16, 64)), "other": (Other(), torch.randn(16, 32))}
+    alone = {}
+    for name, (m, x) in jobs.items():
+        reg = Registry()
+        gm, ex = _traced(m, x)
+        with torch.no_grad():
+            Backend(registry=reg)(gm, ex)
+        alone[name] = [[k.name for k in g.kernels] for g in reg.graphs]
+        assert alone[name] and alone[name][0]
+    regs = {name: Registry() for name in jobs}
+    start = threading.Barrier(len(jobs))
+    errors = []
+
+    def work(name):
+        try:
+            m, x = jobs[name]
+            gm, ex = _traced(m, x)
+            start.wait()
+            with torch.no_grad():
+                for _ in range(3):
+                    Backend(registry=regs[name])(gm, ex)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for name in jobs:
+        assert [[k.name for k in g.kernels] for g in regs[name].graphs] == alone[name] * 3, name
+
+
+def test_eager_recording_writes_nothing_into_the_users_autograd_graph():
+    from graphmfu import eager
+
+    m, x = Tiny(), torch.randn(4, 64, requires_grad=True)
+    out = []
+    g = eager.record(m, lambda: out.append(m(x)), "s", Registry(), "cpu")
+    node = out[0].grad_fn
+    seen = set()
+    while node is not None and node not in seen:
+        seen.add(node)
+        assert dict(node.metadata) == {}, node.metadata
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert g is not None and any(op.module == "a" for op in g.nodes)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _imports(path: Path, pkg_modules: set) -> set:
+    """graphmfu modules imported at module level (not inside functions) by ``path``."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("graphmfu"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in pkg_modules else node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("graphmfu")}
+    return out
+
+
+def _package_modules() -> dict:
+    mods = {}
+    for p in (ROOT / "graphmfu").rglob("*.py"):
+        rel = p.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        mods[name] = p
+    return mods
+
+
+def test_no_import_cycles_and_no_names_from_the_package_init():
+    mods = _package_modules()
+    g = nx.DiGraph()
+    for name, path in mods.items():
+        for dep in _imports(path, set(mods)):
+            if name != "graphmfu" and dep == "graphmfu":
+                raise AssertionError(f"{name} imports a name from graphmfu/__init__.py")
+            if dep in mods and dep != name and name != "graphmfu":
+                g.add_edge(name, dep)
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, cycles
+
+
+def test_private_torch_apis_only_in_inductor_module():
+    import re
+
+    bad = []
+    for base in ("graphmfu", "rules"):
+        for p in (ROOT / base).rglob("*.py"):
+            if p.name == "_inductor.py":
+                continue
+            for i, line in enumerate(p.read_text().splitlines(), 1):
+                if re.search(r"torch\._[A-Za-z]", line) or re.search(r"\._(schema|parameters|buffers)\b", line):
+                    bad.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not bad, bad
+
+
+def test_view_ops_declared_once_in_rules():
+    import re
+
+    hits = []
+    for base in ("graphmfu", "rules"):
+        for p in (ROOT / base).rglob("*.py"):
+            src = p.read_text()
+            if re.search(r"[\"']_reshape_alias[\"']|\|_reshape_alias\|", src):
+                hits.append(p.name)
+    assert hits == ["memory.py"], hits
