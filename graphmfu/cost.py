@@ -321,7 +321,7 @@ class OpInfo:
     no_kernel: bool = False  # launches no kernel of its own (allocation, composite wrappers)
     gather: bool = False  # reads only the picked elements of its first argument (a table)
     flag: str | None = None  # a Flag name every node of this op carries
-    split_bytes: Callable | None = None  # (node, kernels_of, me, hints, inputs) -> (written, not read):
+    split_bytes: Callable | None = None  # (node, kernels_of, me, tensor_bytes, inputs) -> (written, not read):
     # bytes of one kernel when Inductor lowers one node of this op into several kernels
 
 

@@ -68,8 +68,17 @@ class Registry:
         """The collected record of the graphs so far (with ``timing`` from a profile, if any)."""
         with self._lock:
             graphs, failures = list(self.graphs), list(self.failures)
+        rank, world = _rank()
         return Record(graphs=graphs, failures=failures, timing=timing, torch=torch.__version__,
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rank=rank, world_size=world)
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 DEFAULT = Registry()

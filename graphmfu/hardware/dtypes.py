@@ -1,5 +1,5 @@
-"""dtypes as data (``dtypes.csv``): graphmfu's short dtype names, the torch dtypes behind each, the unit
-that runs its matrix work, the devices.csv column holding its peak, and the fallback chain used when
+"""dtypes as data (``dtypes.csv``): graphmfu's short dtype names, the torch dtypes behind each, the
+devices.csv column holding its peak, and the fallback chain used when
 a device lists no peak for it.  Adding fp6 or a new integer format is a row here plus a column in
 devices.csv; nothing else changes."""
 from __future__ import annotations
@@ -16,7 +16,6 @@ _TABLE = Path(__file__).with_name("dtypes.csv")
 class DType:
     name: str  # bf16, fp8, ...
     torch_dtypes: tuple  # attribute names in torch (those this torch lacks are skipped)
-    unit: str  # matrix | vector: where its matrix products run
     peak_column: str  # devices.csv column ("" = no column of its own)
     matrix_fallback: tuple  # dtypes whose peak applies when a device lists none for this one
     source: str
@@ -27,7 +26,7 @@ def dtypes() -> dict[str, DType]:
     out = {}
     with open(_TABLE, newline="") as f:
         for row in csv.DictReader(f):
-            out[row["name"]] = DType(row["name"], tuple(filter(None, row["torch_dtypes"].split(";"))), row["unit"],
+            out[row["name"]] = DType(row["name"], tuple(filter(None, row["torch_dtypes"].split(";"))),
                                      row["peak_column"], tuple(filter(None, row["matrix_fallback"].split(";"))),
                                      row["source"])
     return out
