@@ -19,21 +19,32 @@ from graphmfu.errors import GraphMFUError
 
 def _show(a) -> None:
     import json
+    from pathlib import Path
 
-    from graphmfu.comparison import SCHEMA as COMPARE, Comparison
+    from graphmfu.comparison import Comparison
     from graphmfu.report import Report
 
     try:
-        schema = json.loads(open(a.report).read()).get("schema")
-    except (OSError, ValueError, AttributeError):
-        schema = None
-    if schema == COMPARE:
-        print(Comparison.load(a.report).table(depth=a.depth, top=a.top))
-        return
-    rep = Report.load(a.report)
-    print(rep.summary())
-    print()
-    print(rep.table(by=a.by, depth=a.depth, top=a.top))
+        data = json.loads(Path(a.report).read_text())
+    except (OSError, ValueError) as e:
+        raise GraphMFUError(f"show: cannot read {a.report}: {e}; pass a JSON file written by Report.save() or "
+                            f"Comparison.save()") from None
+    is_cmp = isinstance(data, dict) and str(data.get("schema", "")).startswith("graphmfu.compare/")
+    # Report.from_dict / Comparison() reject a non-dict, a missing schema or record, a newer schema; a
+    # document that passes those checks but lacks a field further in is still the file's fault, not a bug
+    # to show as a traceback.
+    try:
+        if is_cmp:
+            text = Comparison(data).table(depth=a.depth, top=a.top)
+        else:
+            rep = Report.from_dict(data)
+            text = f"{rep.summary()}\n\n{rep.table(by=a.by, depth=a.depth, top=a.top)}"
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        what = "comparison" if is_cmp else "report"
+        detail = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise GraphMFUError(f"show: {a.report} is not a complete graphmfu {what} ({detail}); pass a JSON file "
+                            f"written by {'Comparison' if is_cmp else 'Report'}.save() of this graphmfu") from None
+    print(text)
 
 
 def load_script(path: str):
@@ -44,8 +55,11 @@ def load_script(path: str):
     if not os.path.isfile(path):
         raise GraphMFUError(f"compare: no such script {path!r}; give the path of a Python file that defines "
                             f"graphmfu_compare(argv)")
+    spec = importlib.util.spec_from_file_location("graphmfu_compare_script", path) if path.endswith(".py") else None
+    if spec is None or spec.loader is None:
+        raise GraphMFUError(f"compare: {path} is not a Python file (.py); give the path of a .py script that "
+                            f"defines graphmfu_compare(argv) (see examples/minimal_llama.py)")
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    spec = importlib.util.spec_from_file_location("graphmfu_compare_script", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses and pickling look the module up there
     try:
@@ -90,13 +104,31 @@ def _compare(a) -> None:
 def _devices(a) -> None:
     from tabulate import tabulate
 
-    from graphmfu.hardware import DTYPES, known_devices, lookup
+    from graphmfu.hardware import DTYPES, device_aliases, known_devices, lookup
 
+    aliases = device_aliases()
     rows = []
     for name in known_devices():
         s = lookup(name)
-        rows.append([name] + [s.peaks_tflops.get(d, "") for d in DTYPES] + [s.dram_gbps, s.source])
-    print(tabulate(rows, headers=["device", *DTYPES, "DRAM GB/s", "source"], tablefmt="simple"))
+        rows.append([name] + [s.peaks_tflops.get(d, "") for d in DTYPES]
+                    + [s.dram_gbps, ";".join(aliases.get(name, [])), s.source])
+    print(tabulate(rows, headers=["device", *DTYPES, "DRAM GB/s", "aliases", "source"],
+                   tablefmt="simple"))
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum (a negative --top or --depth would silently drop rows)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {v}"
+                                             + (" (0 means all)" if minimum == 0 else ""))
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def main(argv=None) -> int:
@@ -105,16 +137,16 @@ def main(argv=None) -> int:
     s = sub.add_parser("show", help="print a saved report (JSON from Report.save)")
     s.add_argument("report")
     s.add_argument("--by", choices=("module", "op", "node"), default="module")
-    s.add_argument("--depth", type=int, default=2)
-    s.add_argument("--top", type=int, default=25)
+    s.add_argument("--depth", type=_count(0), default=2)
+    s.add_argument("--top", type=_count(0), default=25, help="rows to print (0: all)")
     s.set_defaults(fn=_show)
     c = sub.add_parser("compare", help="eager against compiled: graphmfu compare script.py -- [script args]")
     c.add_argument("script")
-    c.add_argument("--warmup", type=int, default=None)
-    c.add_argument("--iters", type=int, default=None)
+    c.add_argument("--warmup", type=_count(0), default=None)
+    c.add_argument("--iters", type=_count(1), default=None)
     c.add_argument("--mode", default=None, help="torch.compile mode for the compiled side")
-    c.add_argument("--depth", type=int, default=2)
-    c.add_argument("--top", type=int, default=10)
+    c.add_argument("--depth", type=_count(0), default=2)
+    c.add_argument("--top", type=_count(0), default=10, help="rows to print (0: all)")
     c.add_argument("--json", help="write the comparison document (JSON) here")
     c.add_argument("--markdown", help="write the comparison as Markdown here")
     c.add_argument("--no-clean", action="store_true", help="skip the unprofiled timing iterations")

@@ -463,6 +463,9 @@ _loaded: set[str] = set()
 
 def _load_file(path: Path, modname: str) -> None:
     spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:  # importlib finds no loader for a name not ending .py
+        raise GraphMFUError(f"rules file {path} is not a Python file: give a .py file that defines rules with "
+                            f"@graphmfu.rule (to load_rules / GRAPHMFU_RULES)")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
     try:
@@ -513,8 +516,15 @@ def load_rules(path: str | os.PathLike) -> None:
         return
     if not p.is_file():
         raise GraphMFUError(f"rules file {path} does not exist (check the path given to load_rules / GRAPHMFU_RULES)")
-    _loaded.add(str(p))
-    _load_file(p, f"graphmfu_user_rules_{abs(hash(str(p)))}")
+    if p.suffix != ".py":
+        raise GraphMFUError(f"rules file {path} is not a Python file: give a .py file that defines rules with "
+                            f"@graphmfu.rule (to load_rules / GRAPHMFU_RULES)")
+    _loaded.add(str(p))  # before the import: a rules file that loads itself does not recurse
+    try:
+        _load_file(p, f"graphmfu_user_rules_{abs(hash(str(p)))}")
+    except BaseException:
+        _loaded.discard(str(p))  # failed: a later call (after the fix) imports it again
+        raise
 
 
 def ceil_div(a, b):

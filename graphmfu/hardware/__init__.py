@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +90,15 @@ def known_devices() -> list[str]:
     return sorted({s.name for s in table().values()})
 
 
+def device_aliases() -> dict[str, list[str]]:
+    """Exact device name -> the aliases ``lookup`` also accepts for it (devices.csv ``aliases``)."""
+    out: dict[str, list[str]] = {s.name: [] for s in table().values()}
+    for key, spec in table().items():
+        if key != spec.name:
+            out[spec.name].append(key)
+    return out
+
+
 def lookup(name: str) -> DeviceSpec | None:
     t = table()
     return t.get(name) or t.get(name.lower())
@@ -97,36 +107,53 @@ def lookup(name: str) -> DeviceSpec | None:
 # --------------------------------------------------------------------------- overrides
 
 
+# Accepted override ranges, inclusive.  Wide enough for any real device (a small CPU core does a
+# few GFLOP/s; the densest accelerator rows are a few PFLOP/s dense FP4; memory runs from a few
+# GB/s to tens of TB/s), narrow enough to catch a unit slip (FLOP/s given as TFLOP/s, MB/s as
+# GB/s) or a stray nan/inf/1e-300 that would turn every MFU into 0, nan or 1e300 %.
+PEAK_TFLOPS_RANGE = (0.001, 1e6)  # TFLOP/s (int8: TOPS)
+DRAM_GBPS_RANGE = (0.1, 1e6)  # GB/s
+
+
+def _in_range(text: str, lo: float, hi: float) -> float:
+    """``text`` as a finite float in [lo, hi]; ValueError otherwise (nan and inf included)."""
+    v = float(text)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(text)
+    return v
+
+
 def parse_peak_override(value: str, source: str = "GRAPHMFU_PEAK_TFLOPS") -> dict[str, float]:
-    """``"989"`` -> every dtype 989; ``"bf16=989,fp32=67"`` -> those dtypes."""
+    """``"989"`` -> every dtype 989; ``"bf16=989,fp32=67"`` -> those dtypes.  Each number must be
+    finite and within PEAK_TFLOPS_RANGE."""
     value = value.strip()
+    lo, hi = PEAK_TFLOPS_RANGE
     try:
         if "=" not in value:
-            v = float(value)
-            if v <= 0:
-                raise ValueError
+            v = _in_range(value, lo, hi)
             return {d: v for d in DTYPES}
         out = {}
         for part in value.split(","):
             k, v = part.split("=")
             k = k.strip().lower()
-            if k not in DTYPES or float(v) <= 0:
-                raise ValueError
-            out[k] = float(v)
+            if k not in DTYPES:
+                raise ValueError(k)
+            out[k] = _in_range(v, lo, hi)
         return out
     except ValueError:
-        raise GraphMFUError(f"{source}={value!r} is not a positive number or a dtype=number list "
+        raise GraphMFUError(f"{source}={value!r} is not a TFLOP/s number in the accepted range {lo:g} to {hi:g} "
+                            f"(finite; dense peak of one device) or a dtype=number list of them "
                             f"(e.g. 989 or bf16=989,fp32=67; dtypes: {', '.join(DTYPES)})") from None
 
 
 def parse_bandwidth_override(value: str, source: str = "GRAPHMFU_DRAM_GBPS") -> float:
+    """DRAM bandwidth in GB/s: finite and within DRAM_GBPS_RANGE."""
+    lo, hi = DRAM_GBPS_RANGE
     try:
-        v = float(value)
-        if v <= 0:
-            raise ValueError
-        return v
+        return _in_range(str(value).strip(), lo, hi)
     except ValueError:
-        raise GraphMFUError(f"{source}={value!r} is not a positive number of GB/s (e.g. 3350)") from None
+        raise GraphMFUError(f"{source}={value!r} is not a GB/s number in the accepted range {lo:g} to {hi:g} "
+                            f"(finite; DRAM bandwidth of one device, e.g. 3350)") from None
 
 
 def _apply_overrides(spec: DeviceSpec | None, name: str, peak, bw) -> DeviceSpec:
