@@ -550,3 +550,12 @@ def own_tensors(module: torch.nn.Module) -> list:
     skipped."""
     return ([p for _, p in module.named_parameters(recurse=False, remove_duplicate=False)],
             [b for _, b in module.named_buffers(recurse=False, remove_duplicate=False)])
+
+
+def int_mm(a, b):
+    """int8 x int8 -> int32 matrix product (``torch._int_mm``); NotImplementedError when this torch
+    has none (the CPU ceiling measurement then skips its int8 peak)."""
+    fn = getattr(torch, "_int_mm", None)
+    if fn is None:  # pragma: no cover
+        raise NotImplementedError("this torch has no torch._int_mm")
+    return fn(a, b)

@@ -1,6 +1,6 @@
 """Matrix products: mm, addmm, bmm, baddbmm, matmul/linear (where they survive),
-_scaled_mm (fp8) and grouped mm.  ``2*m*n*k`` matrix FLOPs; a bias add or
-``beta*C`` is vector work (one add per output element)."""
+_scaled_mm (fp8), _int_mm (int8 x int8 -> int32) and grouped mm.  ``2*m*n*k``
+matrix FLOPs; a bias add or ``beta*C`` is vector work (one add per output element)."""
 from graphmfu.cost import Cost, dtype_name, io_bytes, prod, rule
 import torch
 
@@ -75,6 +75,13 @@ def scaled_mm(a, b, scale_a, scale_b, bias=None, scale_result=None, out_dtype=No
     # dequantising scales are applied to each output element: one mul per element per scale
     return _gemm(2 * m * n * k, a, (a, b, scale_a, scale_b, bias, scale_result), out,
                  bias_elems=m * n * (2 + (bias is not None)))
+
+
+if hasattr(aten, "_int_mm"):  # int8 x int8 -> int32; the matrix FLOPs go to the int8 peak (TOPS)
+    @rule(aten._int_mm)
+    def int_mm(a, b, *, out):
+        (m, k), n = a.shape, b.shape[1]
+        return _gemm(2 * m * n * k, a, (a, b), out)
 
 
 def _grouped(a, b, offs):

@@ -892,3 +892,12 @@ def test_global_registry_covers_the_families():
                    "_scaled_dot_product_fused_attention_overrideable_backward",
                    "_flash_attention_backward", "_efficient_attention_backward")]):
         assert op in REGISTRY, op
+
+
+def test_int_mm_int8():
+    # aten._int_mm: int8 x int8 -> int32 (the output is 4 B per element, the inputs 1 B)
+    c = R(aten._int_mm.default)(T(32, 16, dtype=torch.int8), T(16, 8, dtype=torch.int8), out=T(32, 8, dtype=torch.int32))
+    check(c, flops=8192,  # 2*32*8*16 = 8192
+          read=640,  # (32*16 + 16*8) * 1 B = 512 + 128 = 640
+          written=1024)  # 32*8 * 4 B (int32) = 256*4 = 1024
+    assert c.matrix == (("int8", 8192),)  # costed at the int8 peak
