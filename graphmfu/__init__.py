@@ -19,14 +19,14 @@ from graphmfu.comparison import Comparison
 from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, device_for as _device_for, get_device, known_devices
-from graphmfu.profile import ProfileSession, profile
+from graphmfu.profile import ProfileSession, attach, profile
 from graphmfu.record import Record
 from graphmfu.registry import DEFAULT as _DEFAULT, Registry
 from graphmfu.report import Report
 from graphmfu.stage import stage
 
 __version__ = "0.1.0"
-__all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile",
+__all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
            "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
            "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
@@ -49,11 +49,22 @@ def reset() -> None:
     _DEFAULT.clear()
 
 
-def analyze(model_or_fn, *args, training: bool = False, device=None, **kwargs) -> Report:
+def analyze(model_or_fn, *args, training: bool = False, device=None, fast: bool = False, **kwargs) -> Report:
     """Analyse ``model_or_fn(*args, **kwargs)`` on fake tensors: nothing real is allocated and no
     GPU is needed.  ``training=True`` also captures the backward (of ones through every output
     that requires grad, i.e. ``out.sum().backward()``).  ``device`` picks the ceilings (default:
-    the current GPU, else measured CPU)."""
+    the current GPU, else measured CPU).  A function may close over its model (real weights too):
+    the modules and tensors it reaches are fake for the analysis and restored after.
+
+    ``fast=True`` (planning at scale, graphmfu/plan.py): the model runs once on meta tensors under
+    a dispatch-level recorder instead of being traced by Dynamo and AOTAutograd: eager ATen ops
+    (``aten.mm``, not Inductor's post-grad nodes), the same matrix FLOPs and module tree, costs
+    memoized per op signature so repeated layers are nearly free (a 70B model in about
+    FlopCounterMode's time)."""
     _ensure_rules()
     dev = get_device(device)
+    if fast:
+        from graphmfu.plan import plan
+
+        return Report(plan(model_or_fn, args, kwargs, training=training, device=device).record(), dev)
     return Report(_trace(model_or_fn, args, kwargs, training=training, device=device).record(), dev)

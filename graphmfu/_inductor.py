@@ -32,7 +32,7 @@ def compile_with_inner_hook(gm, example_inputs, on_graph: Callable, config_patch
         raise HookUnavailable(str(e)) from e
 
     def inner(gm_, example_inputs_, **kw):
-        with caches_off(), kernel_hook() as kernels:
+        with torch.profiler.record_function(COMPILE_RANGE), caches_off(), kernel_hook() as kernels:
             compiled = compile_fx_inner(gm_, example_inputs_, **kw)
         on_graph(gm_, example_inputs_, kw, kernels, compiled)
         return compiled
@@ -183,17 +183,6 @@ class CallTagger:
             if self._active == 0:
                 self._swap(False)
 
-    def forget(self) -> None:
-        """Untag and drop every graph (``reset``): their later calls are never joined to new graphs."""
-        with self._lock:
-            self._swap(False)
-            for ref in self._compiled:
-                obj = ref()
-                if obj is not None:
-                    with contextlib.suppress(AttributeError):
-                        del obj._graphmfu_key
-            self._compiled.clear()
-
     def _swap(self, on: bool) -> None:
         alive = []
         for ref in self._compiled:
@@ -253,6 +242,56 @@ def device_kernels(prof, op_by_corr: Mapping) -> list[tuple]:
     return out
 
 
+COMPILE_RANGE = "graphmfu::compile"  # a profiler range around each graph's Inductor compile
+# Dynamo's own ranges around a frame's compile (bytecode tracing, AOTAutograd, Inductor), 2.11 and 2.13
+_DYNAMO_COMPILE_RANGES = ("dynamo", "entire_frame_compile")
+
+
+def is_compile_range(name: str) -> bool:
+    """A profiler range during which torch compiles (its ATen ops run on fake tensors; GPU kernels in
+    it are autotuning benchmarks), not the model running."""
+    return name.startswith(COMPILE_RANGE) or name in _DYNAMO_COMPILE_RANGES
+
+
+def is_python_frame(name: str) -> bool:
+    """A Python-function event of a profile taken with ``with_stack=True`` (``file.py(12): fn``,
+    ``<built-in method ...>``): not an op, only a frame between ops."""
+    return name.startswith("<built-in ") or ".py(" in name
+
+
+def profiler_running() -> bool:
+    """Is a torch.profiler / autograd profiler session active in this process?"""
+    try:
+        return bool(torch.autograd.profiler._is_profiler_enabled)
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def all_threads_config():
+    """The profiler's experimental config that records every thread (calls from worker threads), or
+    None when this torch has no such option (then only threads the profiler saw start are recorded)."""
+    try:
+        from torch._C._profiler import _ExperimentalConfig
+
+        return _ExperimentalConfig(profile_all_threads=True)
+    except (ImportError, TypeError):
+        return None
+
+
+def compile_id() -> str | None:
+    """Dynamo's id of the frame compile running now (``"0/1"``: frame 0, its second compile), or None."""
+    try:
+        from torch._guards import CompileContext
+
+        cid = CompileContext.current_compile_id()
+    except Exception:  # noqa: BLE001
+        return None
+    if cid is None:
+        return None
+    frame, attempt = getattr(cid, "frame_id", None), getattr(cid, "frame_compile_id", None)
+    return f"{frame}/{attempt}" if frame is not None else str(cid)
+
+
 def kernel_profile_config() -> dict:
     """Inductor config that makes C++ (CPU) kernels visible to the profiler (``graph_<id>_<kernel>``)."""
     cfg = _module("torch._inductor.config")
@@ -262,20 +301,18 @@ def kernel_profile_config() -> dict:
 
 @contextlib.contextmanager
 def caches_off():
-    """AOTAutogradCache and FxGraphCache hits skip the hook (no graph, empty report): turn them off
-    for the graphs graphmfu compiles.  Missing config keys are skipped."""
+    """AOTAutogradCache and FxGraphCache hits skip the hook (no graph, empty report): turn those two off
+    for the graphs graphmfu compiles.  Not ``force_disable_caches``: it also bypasses Triton's autotune
+    cache, so kernels could run other configs than under plain Inductor.  Missing keys are skipped."""
     stack = contextlib.ExitStack()
     with stack:
-        for mod_name, key in (("torch.compiler.config", "force_disable_caches"),
-                              ("torch._inductor.config", "force_disable_caches"),
-                              ("torch._inductor.config", "fx_graph_cache"),
+        for mod_name, key in (("torch._inductor.config", "fx_graph_cache"),
                               ("torch._functorch.config", "enable_autograd_cache")):
             mod = _module(mod_name)
             if mod is None or not hasattr(mod, key):
                 continue
-            value = key == "force_disable_caches"
             with contextlib.suppress(Exception):
-                stack.enter_context(mod.patch(**{key: value}))
+                stack.enter_context(mod.patch(**{key: False}))
         yield
 
 
@@ -559,3 +596,12 @@ def int_mm(a, b):
     if fn is None:  # pragma: no cover
         raise NotImplementedError("this torch has no torch._int_mm")
     return fn(a, b)
+
+
+def higher_order_ops() -> dict:
+    """name -> higher-order operator (``cond``, ``invoke_subgraph``, ...) of this torch."""
+    try:
+        from torch._ops import _higher_order_ops
+    except ImportError:  # pragma: no cover
+        return {}
+    return dict(_higher_order_ops)

@@ -34,6 +34,7 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
     """Analyse one graph into ``registry``; on failure warn once, record the failure, return None."""
     gid = registry.next_id()
     tf32 = _inductor.matmul_allows_tf32()  # as it is while this graph compiles, not at report time
+    compile_id = _inductor.compile_id()
     try:
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints, tf32)
@@ -45,10 +46,11 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
                f"{type(cause).__name__}: {cause}. The graph runs as compiled by plain Inductor; it is "
                f"missing from the report.")
         registry.fail(msg)
-        registry.warn_once("analysis", msg)
+        op = e.op if isinstance(e, AnalysisError) else "?"
+        registry.warn_once(f"analysis:{op}:{type(cause).__name__}", msg)  # each distinct failure once
         return None
     g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
-                    {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32)
+                    {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32, compile_id=compile_id)
     registry.add(g)
     return g
 

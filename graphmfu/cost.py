@@ -131,6 +131,15 @@ def io_bytes(ins, out) -> tuple:
     return nbytes(ins), nbytes(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Subgraph:
+    """A graph passed to a higher-order op (a ``cond`` branch, an ``invoke_subgraph`` body): its cost
+    by the same rules (recomputed forward nodes excluded), and the ops in it that have no rule."""
+
+    cost: "Cost"
+    unknown: tuple = ()
+
+
 # --------------------------------------------------------------------------- Cost
 
 
@@ -538,4 +547,5 @@ def ceil_div(a, b):
 __all__ = [
     "Cost", "TensorSpec", "ZERO", "REGISTRY", "rule", "table_rule", "load_rules", "dtype_name",
     "tensors", "nbytes", "io_bytes", "prod", "op_name", "event_name", "ceil_div", "math", "OpInfo", "Flag",
+    "Subgraph",
 ]

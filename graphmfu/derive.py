@@ -185,6 +185,33 @@ def _flag_notes(cov: dict) -> list[str]:
     return [f.summary.format(n=cov[name]) for name, f in REGISTRY.flags.items() if cov.get(name)]
 
 
+def _graph_totals(gid: int, nodes: list[dict]) -> dict:
+    t = node_sum(r for r in nodes if r["graph"] == gid)
+    return {k: t[k] for k in ("flops", "flops_dense", "vector_flops", "bytes_read", "bytes_written", "t_min_s",
+                              "flops_recompute")}
+
+
+def alternatives(graphs: list[GraphRecord]) -> dict:
+    """Dynamo frame -> compile ids of its graphs, for frames compiled more than once (recompiles for other
+    guards: grad mode, inference mode, shapes...).  Their graphs are alternatives, not parts of one step."""
+    by_frame: dict = defaultdict(set)
+    for g in graphs:
+        if g.compile_id and "/" in g.compile_id and g.source == "backend":
+            frame, attempt = g.compile_id.split("/", 1)
+            by_frame[frame].add(attempt)
+    return {f: sorted(a) for f, a in by_frame.items() if len(a) > 1}
+
+
+def _alternatives(graphs: list[GraphRecord]) -> list[str]:
+    out = []
+    for frame, attempts in alternatives(graphs).items():
+        ids = [g.id for g in graphs if g.compile_id and g.compile_id.split("/", 1)[0] == frame]
+        out.append(f"graphs {ids} are {len(attempts)} compilations of the same code (Dynamo frame {frame}: "
+                   f"recompiles for other guards, e.g. grad mode or shapes): the totals add up alternatives, not "
+                   f"one model's cost; read them per graph (Report.by_graph(), Report.select(graphs=[...]))")
+    return out
+
+
 def _merge_unattributed(rows: list[dict]) -> list[dict]:
     out: dict = {}
     for o in rows:
@@ -205,13 +232,15 @@ def views(record: Record, dev: DeviceSpec) -> dict:
     data = {
         "schema": SCHEMA, "created": record.created, "torch": record.torch, "device": dev.to_dict(),
         "totals": node_sum(nodes),
-        "graphs": [{"id": g.id, "key": g.key, "phase": g.phase, "aot_id": g.aot_id, "device": g.device,
-                    "source": g.source, "nodes": len(g.nodes), "dynamic": g.dynamic, "hints": g.hints, "tf32": g.tf32,
-                    **({"stage": g.stage} if g.stage else {})} for g in graphs],
+        "graphs": [{"id": g.id, "key": g.key, "phase": g.phase, "aot_id": g.aot_id, "compile_id": g.compile_id,
+                    "device": g.device, "source": g.source, "nodes": len(g.nodes), "dynamic": g.dynamic,
+                    "hints": g.hints, "tf32": g.tf32, **({"stage": g.stage} if g.stage else {}),
+                    **_graph_totals(g.id, nodes)} for g in graphs],
         "nodes": nodes,
         "modules": module_tree(nodes, node_sum),
         "coverage": cov,
-        "notes": [*record.notes, *_flag_notes(cov)],
+        # a static report sums every graph; a timed one counts each graph's real calls per stage
+        "notes": [*record.notes, *_flag_notes(cov), *(_alternatives(graphs) if record.timing is None else [])],
         "kernel_map": [{"graph": g.id, "index": k.index, "name": k.name, "extern": k.extern, "nodes": k.nodes,
                         "module": k.module, **kernel_static(k, dev), "bytes_inductor": k.bytes_inductor,
                         "bytes_nodes": k.bytes_nodes} for g in graphs for k in g.kernels],

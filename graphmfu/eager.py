@@ -11,8 +11,10 @@ the recording (listed in coverage.graphs_failed); the model's run is never affec
 """
 from __future__ import annotations
 
+import torch
+
 from graphmfu import _inductor
-from graphmfu.cost import ZERO, ensure_builtin_rules, event_name, op_name, tensors
+from graphmfu.cost import ZERO, ensure_builtin_rules, event_name, nbytes, op_name, tensors
 from graphmfu.nodes import shapes, spec_of
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord
 from graphmfu.registry import Registry
@@ -25,7 +27,11 @@ def _spec(x):
 
 
 class Recorder(_inductor.dispatch_mode_base()):
-    """Records every ATen op (with its cost and module) that runs while it is active."""
+    """Records every ATen op (with its cost and module) that runs while it is active.
+
+    What an op costs and its shape strings depend only on the op and the shapes and dtypes of its
+    inputs and outputs: they are computed once per such signature (repeated layers cost nothing
+    extra); only the module and the phase are looked up per op."""
 
     def __init__(self, tracker, tagger, gid: int, tf32: bool):
         super().__init__()
@@ -33,6 +39,7 @@ class Recorder(_inductor.dispatch_mode_base()):
         self.ops: list[OpRecord] = []
         self.failure: str | None = None
         self.last_bw_module = ""
+        self._memo: dict = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -40,31 +47,65 @@ class Recorder(_inductor.dispatch_mode_base()):
         self.ops.append(self._record(func, args, kwargs, out))
         return out
 
-    def _record(self, func, args, kwargs, out) -> OpRecord:
+    def _describe(self, func, args, kwargs, out) -> tuple:
+        """(name, cost, note, inputs, outputs, output bytes, flags) of one op, memoized."""
+        try:
+            key = (func, _key(args), _key(kwargs), _key(out))
+            hit = self._memo.get(key)
+        except TypeError:  # something unhashable among the arguments: no memo for this op
+            key, hit = None, None
+        if hit is not None:
+            return hit
         from graphmfu.nodes import apply_rule, op_flags
 
         name = op_name(func)
         sargs, skw, sout = _spec(tuple(args)), _spec(kwargs), _spec(out)
-        cost, note = None, ""
+        cost, note, ok = None, "", True
         if not tensors(sout):
             cost, note = ZERO, "no tensor output: no work counted"
         else:
             try:
                 cost = apply_rule(func, sargs, skw, sout, self.tf32)
             except Exception as e:  # noqa: BLE001 - recorded as the recording's failure, the run goes on
+                ok = False
                 if self.failure is None:
                     self.failure = f"op e{len(self.ops)} ({name}): {type(e).__name__}: {e}"
+        out_bytes = nbytes(sout)
+        hit = (name, cost, note, shapes((sargs, skw)), shapes(sout), out_bytes if isinstance(out_bytes, int) else 0,
+               op_flags(func))
+        if key is not None and ok:
+            self._memo[key] = hit
+        return hit
+
+    def _record(self, func, args, kwargs, out) -> OpRecord:
+        name, cost, note, inputs, outputs, out_bytes, flags = self._describe(func, args, kwargs, out)
         in_bw, module = self.tagger.backward_module()
         if module is None:
             module = self.last_bw_module if in_bw else _inductor.tracked_module(self.tracker)
         if in_bw:
             self.last_bw_module = module
-        rec = OpRecord(graph=self.gid, phase="backward" if in_bw else "forward", index=len(self.ops),
-                       name=f"e{len(self.ops)}", op=name, module=module, inputs=shapes((sargs, skw)),
-                       outputs=shapes(sout), cost=cost, note=note)
-        for flag in op_flags(func):
+        n = len(self.ops)
+        rec = OpRecord(graph=self.gid, phase="backward" if in_bw else "forward", index=n, name=f"e{n}", op=name,
+                       module=module, inputs=inputs, outputs=outputs, cost=cost, output_bytes=out_bytes, note=note)
+        for flag in flags:
             rec.flag(flag)
         return rec
+
+
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _key(x):
+    """A hashable summary of an op's argument: what the rules see (shapes, dtypes, plain values)."""
+    if isinstance(x, torch.Tensor):
+        return (tuple(x.shape), x.dtype)
+    if isinstance(x, _PLAIN):
+        return (type(x), x)  # 1 and True and 1.0 are different arguments
+    if isinstance(x, (list, tuple)):
+        return (type(x), tuple(_key(v) for v in x))
+    if isinstance(x, dict):
+        return tuple((k, _key(v)) for k, v in x.items())
+    raise TypeError(type(x).__name__)  # SymInts, opaque objects: not memoized
 
 
 def record(model, fn, stage: str, registry: Registry, device: str) -> GraphRecord | None:
@@ -81,7 +122,7 @@ def record(model, fn, stage: str, registry: Registry, device: str) -> GraphRecor
         msg = (f"graphmfu: analysis of the eager recording of stage {stage!r} failed at {rec.failure}. The model "
                f"ran unchanged; the recording is missing from the report.")
         registry.fail(msg)
-        registry.warn_once("analysis", msg)
+        registry.warn_once(f"analysis:eager:{rec.failure.split(':')[0]}", msg)
         return None
     kernels = [KernelRecord(graph=gid, index=op.index, name=op.op, site=event_name(op.op), extern=True, nodes=[op.name],
                             module=op.module, phase=op.phase, cost=op.cost if op.cost is not None else ZERO,

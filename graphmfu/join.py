@@ -72,14 +72,24 @@ class _Call:
 
 
 def cpu_events(prof) -> list:
-    """The CPU-side events (ops, ranges) of a finished torch.profiler session."""
-    return [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"]
+    """The CPU-side events (ops, ranges) of a finished torch.profiler session, without the Python
+    frames a ``with_stack=True`` profile puts between them."""
+    return [e for e in prof.events() if getattr(e.device_type, "name", str(e.device_type)) == "CPU"
+            and not _inductor.is_python_frame(e.name)]
+
+
+def _parent(e):
+    """The enclosing op or range, looking through Python frames."""
+    p = e.cpu_parent
+    while p is not None and _inductor.is_python_frame(p.name):
+        p = p.cpu_parent
+    return p
 
 
 def _children(events) -> dict:
     kids: dict[int, list] = {}
     for e in events:
-        p = e.cpu_parent
+        p = _parent(e)
         if p is not None:
             kids.setdefault(id(p), []).append(e)
     for v in kids.values():
@@ -88,10 +98,24 @@ def _children(events) -> dict:
 
 
 def _ancestors(e):
-    p = e.cpu_parent
+    p = _parent(e)
     while p is not None:
         yield p
-        p = p.cpu_parent
+        p = _parent(p)
+
+
+def compile_ranges(events) -> list[tuple]:
+    """(start_us, end_us, thread) of every compile that ran inside the profile (outermost ranges)."""
+    out = []
+    for e in events:
+        if _inductor.is_compile_range(e.name) and not any(_inductor.is_compile_range(a.name) for a in _ancestors(e)):
+            out.append((e.time_range.start, e.time_range.end, e.thread))
+    return out
+
+
+def _in_compile(e, ranges) -> bool:
+    t = e.time_range.start
+    return any(s <= t <= end and thread == e.thread for s, end, thread in ranges)
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,10 +201,16 @@ def _match(call: _Call) -> dict:
 def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], list[dict], list[str]]:
     """Join the measured kernels of ``prof`` to ``graphs``.  Returns (measured, stage ranges, notes)."""
     events = cpu_events(prof)
+    compiles = compile_ranges(events)
+    notes: list[str] = []
+    if compiles:  # ops traced on fake tensors, autotuning benchmarks: the compile, not the model
+        events = [e for e in events if not _in_compile(e, compiles) or _inductor.is_compile_range(e.name)]
+        secs = sum(e - s for s, e, _ in compiles) * 1e-6
+        notes.append(f"{len(compiles)} compile(s) ran inside the profile ({secs:.3g} s): their ops and kernels "
+                     f"are excluded from kernels, time attribution and stage spans")
     kids = _children(events)
     stages = stage_ranges(events)
     calls = _calls(events, kids, graphs, stages)
-    notes: list[str] = []
     matched: dict[int, tuple] = {}  # id(site event) -> (call, kernel)
     ranges = {id(c.range): c for c in calls if c.range is not None}
     for c in calls:
@@ -191,6 +221,8 @@ def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], l
             _note(notes, f"eager stage {c.graph.stage!r}: {missed} recorded op(s) not found in the profile "
                          f"(the op sequence changed between the recorded and the timed call)")
     measured = gpu_kernels(prof, events) if cuda else []
+    if compiles:
+        measured = [m for m in measured if m.op is None or not _in_compile(m.op, compiles)]
     replays: dict[int, list] = {}
     for m in measured:
         for a in ([m.op, *_ancestors(m.op)] if m.op is not None else []):
@@ -210,7 +242,15 @@ def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], l
             m.where = "inside graph" if inside or m.graph is not None else "outside graphs"
     if any(not c.nested for c in calls) and not any(m.graph is not None for m in measured):
         notes.append("graph calls were profiled but no kernel could be joined")
+    for s in stages:  # compiles inside a stage occurrence are not part of its span
+        s["compiles"] = [(max(a, s["start_us"]), min(b, s["end_us"])) for a, b, _ in compiles
+                         if a < s["end_us"] and b > s["start_us"]]
     return measured, stages, notes
+
+
+def _overlap(start: float, end: float, ranges) -> float:
+    """Time of ``ranges`` (union) inside [start, end]."""
+    return busy_us([(max(s, start), min(e, end)) for s, e, _ in ranges if s < end and e > start])
 
 
 def _note(notes: list, note: str) -> None:
@@ -375,40 +415,49 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
                 i = bisect.bisect_left(launches, occ["start_us"])  # kernels launched before the stage began
                 free = prefix_end[i - 1] if i else first
                 start = min(first, max(occ["start_us"], free))
-                span += (max(e for _, e in spans) - start) * 1e-6
+                end = max(e for _, e in spans)
+                span += (end - start - _overlap(start, end, [(a, b, None) for a, b in occ.get("compiles", ())])) * 1e-6
                 busy += busy_us(spans) * 1e-6
         rows.append({"name": name, "calls": sum(1 for s in stages if s["name"] == name), "span_s": span,
                      "busy_s": busy, "launches": len(ms)})
     return rows
 
 
-def timing(measured: list[Measured], stages: list[dict], notes: list[str], cuda: bool) -> Timing:
-    """Aggregate joined kernels into the record's ``Timing`` (what was measured, nothing derived)."""
+def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
+    """Aggregate joined traces (``(measured, stage ranges)`` each, in its own time base) into the
+    record's ``Timing``: what was measured, nothing derived."""
     rows: dict = {}
     other: dict = {}
+    stage_rows: dict = {}
     total = attributed = 0.0
-    for m in measured:
-        m.stage = stage_of(m, stages)
-        total += m.time_s
-        if m.graph is None:
-            o = other.setdefault((m.name, m.where, m.launch_op, m.stage),
-                                 {"name": m.name, "where": m.where, "launch_op": m.launch_op, "stage": m.stage,
-                                  "count": 0, "time_s": 0.0})
-            o["count"] += 1
-            o["time_s"] += m.time_s
-            continue
-        attributed += m.time_s
-        r = rows.setdefault((m.graph, m.kernel, m.stage), {"graph": m.graph, "kernel": m.kernel, "stage": m.stage,
-                                                           "calls": set(), "launches": 0, "time_s": 0.0,
-                                                           "gpu_kernels": [], "joined_by": set()})
-        r["time_s"] += m.time_s
-        r["launches"] += 1
-        r["calls"].add(m.call)
-        r["joined_by"].add(m.how)
-        if m.name not in r["gpu_kernels"]:
-            r["gpu_kernels"].append(m.name)
+    for measured, stages in traces:
+        for m in measured:
+            m.stage = stage_of(m, stages)
+            total += m.time_s
+            if m.graph is None:
+                o = other.setdefault((m.name, m.where, m.launch_op, m.stage),
+                                     {"name": m.name, "where": m.where, "launch_op": m.launch_op, "stage": m.stage,
+                                      "count": 0, "time_s": 0.0})
+                o["count"] += 1
+                o["time_s"] += m.time_s
+                continue
+            attributed += m.time_s
+            r = rows.setdefault((m.graph, m.kernel, m.stage), {"graph": m.graph, "kernel": m.kernel, "stage": m.stage,
+                                                               "calls": set(), "launches": 0, "time_s": 0.0,
+                                                               "gpu_kernels": [], "joined_by": set()})
+            r["time_s"] += m.time_s
+            r["launches"] += 1
+            r["calls"].add(m.call)
+            r["joined_by"].add(m.how)
+            if m.name not in r["gpu_kernels"]:
+                r["gpu_kernels"].append(m.name)
+        for row in _stage_rows(measured, stages):
+            acc = stage_rows.setdefault(row["name"], {"name": row["name"], "calls": 0, "span_s": 0.0, "busy_s": 0.0,
+                                                      "launches": 0})
+            for k in ("calls", "span_s", "busy_s", "launches"):
+                acc[k] += row[k]
     launches = [{**r, "calls": len(r["calls"]), "joined_by": sorted(r["joined_by"])} for r in rows.values()]
-    return Timing(cuda=cuda, launches=launches, stages=_stage_rows(measured, stages),
+    return Timing(cuda=cuda, launches=launches, stages=sorted(stage_rows.values(), key=lambda r: r["name"]),
                   unattributed=list(other.values()), device_kernel_time_s=total, attributed_time_s=attributed,
                   notes=list(notes))
 

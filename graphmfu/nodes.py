@@ -10,7 +10,7 @@ import torch
 import torch.fx
 
 from graphmfu import _inductor
-from graphmfu.cost import REGISTRY, Cost, TensorSpec, ensure_builtin_rules, nbytes, op_name, tensors
+from graphmfu.cost import REGISTRY, Cost, Subgraph, TensorSpec, ensure_builtin_rules, nbytes, op_name, tensors
 from graphmfu.errors import GraphMFUError
 from graphmfu.record import OpRecord
 
@@ -82,15 +82,17 @@ def spec_of(val) -> Any:
     return val
 
 
-def _arg(a):
+def _arg(a, sub=None):
+    """A node argument as rules see it: TensorSpec for tensors, sizes as ints/expressions, and for a
+    subgraph (``get_attr`` of a GraphModule) ``sub(node)``: its Subgraph cost."""
     if isinstance(a, torch.fx.Node):
         if "val" in a.meta:
             return spec_of(a.meta["val"])
-        return None  # e.g. a get_attr of a subgraph
+        return sub(a) if sub is not None and a.op == "get_attr" else None
     if isinstance(a, (list, tuple)):
-        return type(a)(_arg(x) for x in a)
+        return type(a)(_arg(x, sub) for x in a)
     if isinstance(a, dict):
-        return {k: _arg(v) for k, v in a.items()}
+        return {k: _arg(v, sub) for k, v in a.items()}
     if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
         return _inductor.sym_value(a)
     return a
@@ -164,9 +166,23 @@ def op_flags(target) -> list:
     return [REGISTRY.flags[name]] if name else []
 
 
+def _subgraph(gm, graph_id, phase, hints, tf32):
+    def sub(node):
+        target = gm
+        for part in str(node.target).split("."):
+            target = getattr(target, part, None)
+        if not isinstance(target, torch.fx.GraphModule):
+            return None
+        recs = records_from_graph(target, graph_id, phase, hints, tf32)
+        return Subgraph(sum((r.cost for r in recs if r.cost is not None and not r.recompute), Cost()),
+                        tuple(sorted({r.op for r in recs if r.cost is None})))
+    return sub
+
+
 def _record(node, graph_id, phase, index, opn, backward, hints, tf32) -> OpRecord:
-    args = tuple(_arg(a) for a in node.args)
-    kwargs = {k: _arg(v) for k, v in node.kwargs.items()}
+    sub = _subgraph(node.graph.owning_module, graph_id, phase, hints, tf32)
+    args = tuple(_arg(a, sub) for a in node.args)
+    kwargs = {k: _arg(v, sub) for k, v in node.kwargs.items()}
     out = spec_of(node.meta.get("val"))
     out_bytes = nbytes(out)
     cost = apply_rule(node.target, args, kwargs, out, tf32)

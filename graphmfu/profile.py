@@ -1,44 +1,69 @@
-"""``graphmfu.profile()``: the PyTorch profiler around a block (CUPTI on CUDA; on CPU, Inductor's C++
-kernel profiling), then ``.report()``: the record of the registry's graphs with this session's
-measured kernels joined to them (``join.py``).
+"""``graphmfu.profile()`` and ``graphmfu.attach(prof)``: measured kernels joined to the compiled graphs.
 
-A session is an object: two sessions one after another, or sessions of different registries, never
-share state.  While a session runs, the registry's compiled graphs open a call range per call."""
+``graphmfu.profile(**kwargs)`` runs the PyTorch profiler around a block (CUPTI on CUDA; on CPU,
+Inductor's C++ kernel profiling) and takes the profiler's own arguments: ``schedule``,
+``on_trace_ready``, ``with_stack``, ``record_shapes``, ...  ``graphmfu.attach(prof)`` does the same
+with a ``torch.profiler.profile`` the user already runs.  Every trace the profiler completes (one per
+schedule cycle, or one at the end) is joined to the registry's graphs (``join.py``) and added to the
+session; ``.report()`` is the record with all of it.  Calls from every thread are recorded.
+
+A session is an object: sessions one after another, or sessions of different registries, share no
+state.  While one runs, the registry's compiled graphs open a call range per call."""
 from __future__ import annotations
 
 import torch
 
-from graphmfu import join
+from graphmfu import _inductor, join
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import device_for
 from graphmfu.registry import DEFAULT, Registry
 from graphmfu.report import Report
 from graphmfu.stage import clear_open_stages, open_stages
 
+_NESTED = ("a torch.profiler is already running: graphmfu.profile() cannot start a second one (the profiler "
+           "does not nest); inside your profiler use 'with graphmfu.attach(prof):', or pass its arguments "
+           "(schedule=, on_trace_ready=, with_stack=, ...) to graphmfu.profile()")
+
 
 class ProfileSession:
     """``with graphmfu.profile() as p: ...`` then ``p.report()``."""
 
-    def __init__(self, registry: Registry | None = None, cuda: bool | None = None, **profiler_kwargs):
+    def __init__(self, registry: Registry | None = None, cuda: bool | None = None, prof=None, **profiler_kwargs):
         self.registry = registry or DEFAULT
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.profiler_kwargs = profiler_kwargs
-        self.prof = None
+        self.prof = prof  # a user's profiler (attach) or ours (created on enter)
+        self._own = prof is None
         self._running = False
+        self._user_ready = None
+        self._traces: list = []  # (measured, stage ranges, notes) per completed trace
+        self._calls: dict = {}  # graph key -> calls seen in earlier traces (call indices stay distinct)
 
+    # ---------------------------------------------------------------- the block
     def __enter__(self):
         if self._running:
             raise GraphMFUError("this graphmfu.profile() session is already running; nest stages, not profiles")
-        from torch.profiler import ProfilerActivity, profile
+        if self._own:
+            if _inductor.profiler_running():
+                raise GraphMFUError(_NESTED)
+            from torch.profiler import ProfilerActivity, profile
 
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        self.prof = profile(activities=acts, **self.profiler_kwargs)
+            kw = dict(self.profiler_kwargs)
+            self._user_ready = kw.pop("on_trace_ready", None)
+            kw.setdefault("activities", [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else []))
+            if "experimental_config" not in kw and _inductor.all_threads_config() is not None:
+                kw["experimental_config"] = _inductor.all_threads_config()  # calls from worker threads
+            self.prof = profile(on_trace_ready=self._trace_ready, **kw)
+        else:
+            self._user_ready = self.prof.on_trace_ready
+            self.prof.on_trace_ready = self._trace_ready
         if self.cuda:
             torch.cuda.synchronize()
         self.registry.tagger.enable()
         self._running = True
         try:
-            self.prof.__enter__()
+            if self._own:
+                self.prof.__enter__()
         except BaseException:
             self.registry.tagger.disable()
             self._running = False
@@ -50,7 +75,8 @@ class ProfileSession:
             if self.cuda:
                 torch.cuda.synchronize()
         finally:
-            self.prof.__exit__(exc_type, exc, tb)
+            if self._own:
+                self.prof.__exit__(exc_type, exc, tb)
             self.registry.tagger.disable()
             self._running = False
         left = open_stages()
@@ -60,21 +86,62 @@ class ProfileSession:
                                 f"(use 'with graphmfu.stage(...)') inside the profiled block")
         return False
 
+    def step(self) -> None:
+        """The profiler's ``step()`` (with a schedule: the end of one iteration)."""
+        self.prof.step()
+
+    def _trace_ready(self, prof) -> None:
+        """A trace is complete (a schedule cycle, or the end): join it now, while its events exist."""
+        self._join(prof)
+        if self._user_ready is not None:
+            self._user_ready(prof)
+
+    def _join(self, prof) -> None:
+        try:
+            events = prof.events()
+        except (AssertionError, RuntimeError):
+            return  # no trace recorded (e.g. the block ended during the schedule's wait/warmup)
+        if events is None:
+            return
+        keys = {e.name[len(_inductor.CALL_RANGE):] for e in events if e.name.startswith(_inductor.CALL_RANGE)}
+        self.registry.adopt(keys - {g.key for g in self.registry.graphs})  # compiled before reset()
+        graphs = list(self.registry.graphs)
+        measured, stages, notes = join.join(prof, graphs, self.cuda)
+        by_id = {g.id: g.key for g in graphs}
+        top: dict = {}
+        for m in measured:  # call indices continue across traces
+            if m.graph is not None:
+                m.call += self._calls.get(by_id[m.graph], 0)
+                top[by_id[m.graph]] = max(top.get(by_id[m.graph], 0), m.call + 1)
+        self._calls.update(top)
+        self._traces.append((measured, stages, notes, len(events)))
+
+    # ---------------------------------------------------------------- results
     def record(self):
-        """The registry's record with this session's timing."""
+        """The registry's record with every joined trace of this session."""
         if self.prof is None:
             raise GraphMFUError("profile().report() called before the profiled block ran; use "
                                 "'with graphmfu.profile() as p: ...' then p.report()")
-        graphs = list(self.registry.graphs)
-        measured, stages, notes = join.join(self.prof, graphs, self.cuda)
-        if not any(m.graph is not None for m in measured):
-            compiled_calls = any(e.name.startswith(join.INDUCTOR_CALL) for e in self.prof.events())
-            if compiled_calls:
-                raise GraphMFUError("the profiled model was compiled without graphmfu's backend: use "
-                                    "torch.compile(model, backend=graphmfu.backend)")
-            raise GraphMFUError("no graphmfu-compiled graph ran inside graphmfu.profile(); compile with "
-                                "backend=graphmfu.backend, run it once to compile, then run it inside the block")
-        return self.registry.record(join.timing(measured, stages, notes, self.cuda))
+        if self._running:
+            raise GraphMFUError("report() called inside the profiled block; call it after the block ends")
+        if not self._traces and not self._own:
+            self._join(self.prof)  # an attached profiler without a schedule: its one trace, now that it ended
+        notes = list(dict.fromkeys(n for t in self._traces for n in t[2]))
+        if not any(m.graph is not None for t in self._traces for m in t[0]):
+            raise GraphMFUError(self._nothing_joined())
+        return self.registry.record(join.timing([(t[0], t[1]) for t in self._traces], notes, self.cuda))
+
+    def _nothing_joined(self) -> str:
+        if self._traces and all(t[3] == 0 for t in self._traces) or not self._traces and self._own:
+            return ("graphmfu.profile() recorded no events: another torch.profiler ran inside it and took the "
+                    "profiling session over; profile with one profiler (pass its arguments to graphmfu.profile(), "
+                    "or use graphmfu.attach(prof) inside your own)")
+        ranges = any(e.name.startswith(join.INDUCTOR_CALL) for t in [self.prof] for e in _events(t))
+        if ranges:
+            return ("the profiled model was compiled without graphmfu's backend: use "
+                    "torch.compile(model, backend=graphmfu.backend)")
+        return ("no graphmfu-compiled graph ran inside graphmfu.profile(); compile with backend=graphmfu.backend, "
+                "run it once to compile, then run it inside the block")
 
     def report(self, device=None) -> Report:
         """The Report of the graphs compiled so far, with every kernel of this session timed."""
@@ -82,9 +149,27 @@ class ProfileSession:
         return Report(rec, device_for((g.device for g in rec.graphs), device))
 
 
+def _events(prof) -> list:
+    try:
+        return prof.events() or []
+    except (AssertionError, RuntimeError):
+        return []
+
+
 def profile(**profiler_kwargs) -> ProfileSession:
-    """Profile the block; ``.report()`` returns the Report with measured kernels, modules and stages."""
+    """Profile the block; ``.report()`` returns the Report with measured kernels, modules and stages.
+    Takes ``torch.profiler.profile``'s arguments (``schedule``, ``on_trace_ready``, ``with_stack``, ...)."""
     return ProfileSession(**profiler_kwargs)
 
 
-__all__ = ["profile", "ProfileSession"]
+def attach(prof, registry: Registry | None = None) -> ProfileSession:
+    """Join the kernels of a ``torch.profiler.profile`` you already run:
+    ``with torch.profiler.profile(...) as prof, graphmfu.attach(prof) as g: ...`` then ``g.report()``
+    (after the profiler ended).  Its schedule and ``on_trace_ready`` keep working."""
+    if not hasattr(prof, "events") or not hasattr(prof, "on_trace_ready"):
+        raise GraphMFUError(f"attach(prof) takes a torch.profiler.profile, got {type(prof).__name__}")
+    cuda = any("CUDA" in str(a) for a in (getattr(prof, "activities", None) or ()))
+    return ProfileSession(registry=registry, cuda=cuda, prof=prof)
+
+
+__all__ = ["profile", "attach", "ProfileSession"]

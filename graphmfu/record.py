@@ -90,9 +90,16 @@ class GraphRecord:
     tf32: bool = False  # fp32 matmuls allowed to run as TF32 when it was compiled (their FLOPs say tf32)
     stage: str | None = None  # eager: the stage this recording is a call of
 
+    compile_id: str | None = None  # Dynamo's frame/attempt ("0/1"): graphs of one frame are alternatives
+
     @property
     def dynamic(self) -> bool:
         return bool(self.hints)
+
+    def renumbered(self, new_id: int) -> "GraphRecord":
+        """The same graph under another id (its ops and kernels follow); the key stays."""
+        return dataclasses.replace(self, id=new_id, nodes=[dataclasses.replace(n, graph=new_id) for n in self.nodes],
+                                   kernels=[dataclasses.replace(k, graph=new_id) for k in self.kernels])
 
 
 @dataclasses.dataclass

@@ -33,6 +33,8 @@ class Registry:
         self.graphs: list[GraphRecord] = []
         self.failures: list[str] = []
         self._warned: set[str] = set()
+        if not hasattr(self, "retired"):
+            self.retired: dict[str, GraphRecord] = {}  # key -> graph compiled before a clear()
 
     def next_id(self) -> int:
         with self._lock:
@@ -58,11 +60,20 @@ class Registry:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     def clear(self) -> None:
-        """Forget every graph, failure and warning; graphs compiled before stay valid but are no longer
-        tagged or joined."""
+        """Forget every graph, failure and warning (``report()`` starts empty, ids restart at 0).  Graphs
+        compiled before keep their key: if one runs in a later profile it is adopted under a new id, so
+        a model warmed up before ``reset()`` can still be profiled, and never joins another's graph."""
         with self._lock:
-            self.tagger.forget()
+            self.retired.update({g.key: g for g in self.graphs})
             self._start()
+
+    def adopt(self, keys) -> None:
+        """Bring retired graphs whose ``keys`` ran in a profile back, under new ids."""
+        with self._lock:
+            for key in keys:
+                g = self.retired.pop(key, None)
+                if g is not None:
+                    self.graphs.append(g.renumbered(next(self._ids)))
 
     def record(self, timing=None) -> Record:
         """The collected record of the graphs so far (with ``timing`` from a profile, if any)."""

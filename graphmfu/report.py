@@ -94,6 +94,12 @@ class Report:
         rows = [{"op": k, "count": len(v), **node_sum(v)} for k, v in groups.items()]
         return sorted(rows, key=lambda r: -r["t_min_s"])
 
+    def by_graph(self) -> list[dict]:
+        """One row per graph: its phase, Dynamo compile id, source and totals.  Graphs of one frame compiled
+        more than once (grad / no_grad / inference_mode, other shapes) are alternatives: read them here
+        rather than in the totals, which add up every graph."""
+        return self.data["graphs"]
+
     def by_module_time(self, depth: int | None = None) -> list[dict]:
         """Measured kernel time per module cut to ``depth`` (each kernel once: rows sum to the total)."""
         rows = [{"module": k, **kernel_sum(v, self.device)} for k, v in by_depth(self.kernels, depth).items()]
@@ -159,9 +165,22 @@ class Report:
         """A table ``by`` module (at ``depth``), op, or node."""
         return render.tabulate(self._static_section(by, depth, top))
 
+    def _graph_section(self) -> Section:
+        return Section("per graph (the totals add these up)",
+                       ["graph", "phase", "compile id", "source", "nodes", "flops", "flops_dense", "vector", "bytes",
+                        "t_min ms"],
+                       [[g["id"], g["phase"], g["compile_id"] or "-", g["source"], g["nodes"], num(g["flops"]),
+                         num(g["flops_dense"]), num(g["vector_flops"]), num(g["bytes_read"] + g["bytes_written"], "B"),
+                         ms(g["t_min_s"])] for g in self.by_graph()])
+
+    def graph_table(self) -> str:
+        return render.tabulate(self._graph_section())
+
     def sections(self, by: str = "module", depth: int | None = 2, top: int | None = 25) -> list[Section]:
         """Everything the text and Markdown renderers show, in order."""
         out = [Section(lines=self._summary_lines())]
+        if len(self.by_graph()) > 1:
+            out.append(self._graph_section())
         if self.stages:
             out += [self._stage_section(), self._kernel_section(), self._module_time_section(depth)]
         return out + [self._static_section(by, depth, top)]
@@ -169,7 +188,7 @@ class Report:
     def table_rows(self, name: str | None = None) -> list[dict]:
         """A derived table by name: nodes (default), kernels, kernel_map, stages, modules, module_times."""
         name = name or "nodes"
-        tables = ("nodes", "kernels", "kernel_map", "stages", "modules", "module_times")
+        tables = ("nodes", "kernels", "kernel_map", "stages", "modules", "module_times", "graphs")
         if name not in tables:
             raise GraphMFUError(f"no table {name!r} in a report; use one of {', '.join(tables)}")
         return self.data.get(name, [])
@@ -194,8 +213,9 @@ class Report:
 
     def _summary_lines(self) -> list[str]:
         t, d = self.totals, self.data["device"]
-        lines = [f"graphmfu report — {len(self.data['graphs'])} graph(s), {t['nodes']} nodes, torch "
-                 f"{self.data['torch']}",
+        n = len(self.data["graphs"])
+        lines = [f"graphmfu report — {n} graph(s), {t['nodes']} nodes, torch {self.data['torch']}"
+                 + (f"; totals are the sum over all {n} graphs (per graph: by_graph())" if n > 1 else ""),
                  f"device: {d['name']} ({'measured' if d['measured'] else d['source']}); "
                  + ", ".join(f"{k} {v:.4g}" for k, v in d["peaks"].items()) + f" TFLOP/s; DRAM {d['dram_gbps']:.4g} GB/s",
                  f"matrix FLOPs {num(t['flops'])} (dense {num(t['flops_dense'])}), vector FLOPs "

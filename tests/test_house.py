@@ -107,22 +107,31 @@ def test_two_profile_sessions_one_after_another_do_not_mix(fresh):
 
 
 def test_reset_never_joins_old_graphs_to_new_ones(fresh):
-    """After reset() new graphs restart at id 0; an old compiled model run in a profile must not be
-    joined to the new model's graph 0 (it used to be: 1.05M FLOPs instead of 65,536)."""
+    """After reset() new graphs restart at id 0.  A model compiled (warmed up) before the reset can still
+    be profiled: its graph is adopted under a new id; it must never be joined to the new model's graph 0
+    (it used to be: a stage showed 1.05M FLOPs and 22% MFU; true 65,536), nor be refused."""
     old, new = Tiny(), Other()
     xo, xn = torch.randn(8, 64), torch.randn(8, 32)
     co = torch.compile(old, backend=graphmfu.backend)
     with torch.no_grad():
         co(xo)
         graphmfu.reset()
+        assert graphmfu.registry.DEFAULT.graphs == []
         cn = torch.compile(new, backend=graphmfu.backend)
         cn(xn)
         with graphmfu.profile() as p, graphmfu.stage("s"):
             co(xo)
             cn(xn)
     rep = p.report()
-    assert rep.stages[0]["flops"] == 2 * 8 * 32 * 48  # only the new model's GEMM: 24576
-    assert all(k["module"] in ("c", "") for k in rep.kernels)
+    # old: a [8,64]x[64,128] and a [8,128]x[128,64] GEMM, 2*8*64*128 each = 131072 each; new: 2*8*32*48 = 24576
+    assert rep.stages[0]["flops"] == 2 * 131072 + 24576
+    by_graph = {}
+    for k in rep.kernels:
+        by_graph.setdefault(k["graph"], set()).add(k["module"])
+    assert len(by_graph) == 2  # the old model's graph (adopted) and the new one's
+    assert all(not (mods & {"a", "b"} and "c" in mods) for mods in by_graph.values())
+    assert rep.coverage()["time_attributed"] == 1.0
+    assert len({g["id"] for g in rep.data["graphs"]}) == len(rep.data["graphs"])  # ids stay unique
 
 
 def _traced(model, x):
