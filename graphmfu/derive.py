@@ -115,6 +115,48 @@ def _kernel_ops(g: GraphRecord, k: KernelRecord) -> tuple[str, bool]:
     return (ops[0].op if len(ops) == 1 else ""), all(r.known for r in ops)
 
 
+# why a utilisation can pass 100%, said wherever it does (kernel rows carry the flag names)
+FLAGS = {
+    "cache_resident": "MBU above 100%: the kernel's operands fit in the device's {cache} MB last-level cache, "
+                      "where the kernel before it left them; unique bytes bound the traffic, not the DRAM traffic",
+    "above_dram_roof": "MBU above 100% with operands larger than the cache: the device's DRAM bandwidth figure is "
+                       "below what a kernel reached (re-measure it, or set GRAPHMFU_DRAM_GBPS)",
+    "above_peak": "MFU above 100%: faster than the peak of its dtype; the ceiling is wrong (a measured CPU is "
+                  "re-measured, then raised to the kernel's rate) or so are its FLOPs",
+}
+
+
+def kernel_flags(mfu, mbu, bytes_read_per_call, dev: DeviceSpec) -> list[str]:
+    """Why this kernel's MFU or MBU passes 100% (names of FLAGS); empty when neither does."""
+    out = []
+    if mbu is not None and mbu > 1:
+        fits = dev.cache_mb is not None and bytes_read_per_call <= dev.cache_mb * 1e6
+        out.append("cache_resident" if fits else "above_dram_roof")
+    if mfu is not None and mfu > 1:
+        out.append("above_peak")
+    return out
+
+
+def observed_rates(record: Record, cache_mb: float | None, min_time_s: float = 20e-6) -> dict:
+    """The best rates measured kernels reached: per matrix dtype (TFLOP/s, kernels of one dtype) and
+    DRAM (GB/s, kernels whose reads exceed the cache) — what a ceiling must not be below."""
+    out: dict = {}
+    if record.timing is None:
+        return out
+    gmap = {g.id: g for g in record.graphs}
+    for r in record.timing.launches:
+        k = gmap[r["graph"]].kernels[r["kernel"]]
+        t = r["time_s"]
+        if t < min_time_s:
+            continue
+        if len(k.cost.matrix) == 1:
+            dt, f = k.cost.matrix[0]
+            out[dt] = max(out.get(dt, 0.0), f * r["calls"] / t / 1e12)
+        if cache_mb is not None and k.cost.bytes_read > cache_mb * 1e6:
+            out["dram_gbps"] = max(out.get("dram_gbps", 0.0), k.cost.bytes * r["calls"] / t / 1e9)
+    return out
+
+
 def kernel_row(g: GraphRecord, k: KernelRecord, launch: dict, dev: DeviceSpec) -> dict:
     """One measured kernel (a graph's kernel in one stage, over all its calls there): what it moved and
     computed, its time, and its utilisation."""
@@ -130,6 +172,7 @@ def kernel_row(g: GraphRecord, k: KernelRecord, launch: dict, dev: DeviceSpec) -
            "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"] if known else "unknown", "intensity": s["intensity"],
            "achieved_tflops": rate(s["flops"] * n, t * 1e12), "achieved_gbps": rate(s["bytes"] * n, t * 1e9)}
     row.update(utilisation(row["t_matrix_s"], row["bytes"], row["t_min_s"], t, dev))
+    row["flags"] = kernel_flags(row["mfu"], row["mbu"], k.cost.bytes_read, dev)
     return row
 
 
@@ -258,6 +301,9 @@ def views(record: Record, dev: DeviceSpec) -> dict:
         cov["time_attributed"] = rate(t.attributed_time_s, t.device_kernel_time_s) or 0.0
         cov["unattributed_kernels"] = _merge_unattributed(t.unattributed)
         data["notes"] += t.notes
+        flagged = {f for k in kernels for f in k["flags"]}
+        data["notes"] += [f"{sum(f in k['flags'] for k in kernels)} kernel row(s) flagged {f}: "
+                          + FLAGS[f].format(cache=dev.cache_mb) for f in FLAGS if f in flagged]
     return data
 
 
@@ -275,4 +321,4 @@ def top_stage(stage: str | None) -> str | None:
 
 
 __all__ = ["views", "module_tree", "by_depth", "node_row", "node_sum", "kernel_row", "kernel_sum", "kernel_static",
-           "stage_row", "in_stage", "graph_calls", "top_stage", "SCHEMA"]
+           "stage_row", "in_stage", "graph_calls", "top_stage", "SCHEMA", "FLAGS", "kernel_flags", "observed_rates"]

@@ -116,10 +116,11 @@ class Report:
     def _kernel_section(self, top: int | None = 15) -> Section:
         return Section(f"top {top} kernels" if top else "kernels",
                        ["kernel", "graph", "stage", "module", "calls", "time ms", "flops", "bytes", "MFU %", "MBU %",
-                        "SOL %", "bound"],
+                        "SOL %", "bound", "flags"],
                        [[(k["name"][:48]), k["graph"], k["stage"] or "-", k["module"] or "(root)", k["calls"],
                          f"{k['time_s'] * 1e3:.4g}", num(k["flops"]), num(k["bytes"], "B"), pct(k["mfu"]),
-                         pct(k["mbu"]), pct(k["sol"]), k["bound"]] for k in (self.kernels[:top] if top else self.kernels)])
+                         pct(k["mbu"]), pct(k["sol"]), k["bound"], ",".join(k.get("flags", ()))]
+                        for k in (self.kernels[:top] if top else self.kernels)])
 
     def _module_time_section(self, depth: int | None = 2, top: int | None = 15) -> Section:
         return Section(f"measured time by module (depth {depth})",
@@ -183,6 +184,9 @@ class Report:
             out.append(self._graph_section())
         if self.stages:
             out += [self._stage_section(), self._kernel_section(), self._module_time_section(depth)]
+            if any(k["flags"] for k in self.kernels) or any((r["mbu"] or 0) > 1 or (r["mfu"] or 0) > 1
+                                                           for r in self.stages + self.by_module_time(depth)):
+                out.append(Section(lines=["* above 100%: see the notes (kernel flags) for why"]))
         return out + [self._static_section(by, depth, top)]
 
     def table_rows(self, name: str | None = None) -> list[dict]:

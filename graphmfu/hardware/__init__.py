@@ -4,7 +4,10 @@ measured ceilings for the CPU (``cpu.py``).
 
 Units: ``*_tflops`` are dense TFLOP/s (int8: TOPS) of the unit that runs that dtype: tensor
 cores for bf16/fp16/tf32/fp8/int8, the vector (CUDA-core) pipes for fp32/fp64.  ``dram_gbps``
-is GB/s (1e9 bytes/s).
+is GB/s (1e9 bytes/s).  ``l2_mb`` is the on-chip last-level cache in MB (GPU L2, MI300X Infinity
+Cache) from the vendors' architecture whitepapers (A100 40, H100 50, Ada: L4 48, L40S 96, RTX 4090
+72; GA102 6/3); the H100 (50 MB) and H200 (60 MB) figures are what ``torch.cuda.get_device_properties
+(0).L2_cache_size`` reported on the device machines; blank where no published figure was found.
 
 Environment overrides (also used for a GPU the table lacks):
   GRAPHMFU_PEAK_TFLOPS  one number for every dtype (``989``) or per dtype (``bf16=989,fp32=67``)
@@ -39,6 +42,8 @@ class DeviceSpec:
     dram_gbps: float
     source: str = "user"
     measured: bool = False
+    cache_mb: float | None = None  # on-chip last-level cache (GPU L2, CPU LLC): data that fits may never
+    # reach DRAM between a producer kernel and its consumer, so its unique bytes are not DRAM traffic
 
     def matrix_tflops(self, dtype: str) -> float:
         """Peak of the unit a matrix product of ``dtype`` operands runs on (``dtypes.csv`` gives the
@@ -57,12 +62,13 @@ class DeviceSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "peaks": {k: v for k, v in self.peaks_tflops.items() if v},
-                "dram_gbps": self.dram_gbps, "source": self.source, "measured": self.measured}
+                "dram_gbps": self.dram_gbps, "source": self.source, "measured": self.measured,
+                "cache_mb": self.cache_mb}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "DeviceSpec":
         return cls(d["name"], dict(d["peaks"]), float(d["dram_gbps"]), d.get("source", ""),
-                   bool(d.get("measured", False)))
+                   bool(d.get("measured", False)), d.get("cache_mb"))
 
 
 def _first_peak(p: Mapping) -> float:
@@ -79,7 +85,9 @@ def table() -> dict[str, DeviceSpec]:
     with open(_TABLE, newline="") as f:
         for row in csv.DictReader(f):
             peaks = {d: float(row[c]) for d, c in _COLUMNS.items() if (row.get(c) or "").strip()}
-            spec = DeviceSpec(row["name"], peaks, float(row["dram_gbps"]), row["source"])
+            l2 = (row.get("l2_mb") or "").strip()
+            spec = DeviceSpec(row["name"], peaks, float(row["dram_gbps"]), row["source"],
+                              cache_mb=float(l2) if l2 else None)
             out[row["name"]] = spec
             for a in filter(None, (x.strip() for x in row.get("aliases", "").split(";"))):
                 out[a.lower()] = spec

@@ -183,7 +183,21 @@ def _spec(data: Mapping) -> DeviceSpec:
     if data.get("note"):
         source += f"; {data['note']}"
     return DeviceSpec(f"CPU: {_cpu_model()} ({torch.get_num_threads()} threads)", peaks, r["dram_gbps"],
-                      source, measured=True)
+                      source, measured=True, cache_mb=_llc_mb())
+
+
+def _llc_mb() -> float | None:
+    """The largest CPU cache (the last level) from sysfs, in MB; None where sysfs does not say."""
+    best = None
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip().upper()
+            mb = float(text[:-1]) / 1024 if text.endswith("K") else float(text[:-1]) if text.endswith("M") else None
+        except (OSError, ValueError):
+            continue
+        if mb is not None and (best is None or mb > best):
+            best = mb
+    return best
 
 
 # --------------------------------------------------------------------------- public

@@ -81,4 +81,7 @@ def ms(s) -> str:
 
 
 def pct(x) -> str:
-    return "-" if x is None else f"{x * 100:.1f}"
+    """A utilisation in %; above 100% it carries a ``*`` (the report's notes say why: never bare)."""
+    if x is None:
+        return "-"
+    return f"{x * 100:.1f}*" if x > 1 else f"{x * 100:.1f}"
