@@ -430,6 +430,156 @@ def fresh_dynamo():
         yield
 
 
+@contextlib.contextmanager
+def swapped_tensors(modules, make: Callable, slots=()):
+    """For the block, the parameters and buffers of ``modules`` (and their submodules) are
+    ``make(t)`` (a Parameter again for a parameter, same requires_grad; one replacement per tensor,
+    so tied weights stay tied), and so are the tensors held in ``slots``: ``(holder, key)`` pairs,
+    a closure cell (key None) or a dict entry (a function's globals).  Afterwards, even on error, the
+    very same objects are back in place: nothing of the user's model or gradients changes.
+    Yields the map id(original) -> replacement."""
+    memo: dict = {}
+    undo: list = []
+
+    def swap(t, param: bool):
+        new = memo.get(id(t))
+        if new is None:
+            new = make(t)
+            if param:
+                new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
+            memo[id(t)] = new
+        return new
+
+    try:
+        seen: set = set()
+        for root in modules:
+            for mod in root.modules():
+                if id(mod) in seen:
+                    continue
+                seen.add(id(mod))
+                for table, param in ((mod._parameters, True), (mod._buffers, False)):
+                    for name, t in list(table.items()):
+                        if isinstance(t, torch.Tensor):
+                            undo.append((table, name, t))
+                            table[name] = swap(t, param)
+        for holder, key in slots:
+            if key is None:
+                t = holder.cell_contents
+                undo.append((holder, None, t))
+                holder.cell_contents = swap(t, isinstance(t, torch.nn.Parameter))
+            else:
+                t = holder[key]
+                undo.append((holder, key, t))
+                holder[key] = swap(t, isinstance(t, torch.nn.Parameter))
+        yield memo
+    finally:
+        for holder, key, t in reversed(undo):
+            if key is None:
+                holder.cell_contents = t
+            else:
+                holder[key] = t
+
+
+def to_meta(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor of ``t``'s shape, dtype and strides (float tensors keep requires_grad)."""
+    m = t.detach().to("meta") if t.device.type != "meta" else t.detach()
+    return m.requires_grad_(t.requires_grad) if (t.is_floating_point() or t.is_complex()) else m
+
+
+class CpuAttention(torch.overrides.TorchFunctionMode):
+    """While planning on meta tensors: ``F.scaled_dot_product_attention`` runs the op it would run on
+    CPU tensors (the fused ``_scaled_dot_product_flash_attention_for_cpu`` the compiled analysis
+    sees; on meta it would take its math decomposition).  Which one CPU picks is asked once per
+    argument signature, of SDPA itself on CPU fake tensors.  Fallback: SDPA as meta runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.choice: dict = {}
+        self.flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and self.flash is not None:
+            try:
+                a = _sdpa_args(*args, **kwargs)
+            except TypeError:
+                a = None
+            if a is not None and all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in a[:3]) \
+                    and self._fused(a):
+                q, k, v, mask, dropout_p, is_causal, scale, _ = a
+                if mask is not None and mask.dtype == torch.bool:  # as ATen does before the fused kernel
+                    mask = torch.where(mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=mask.device),
+                                       torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=mask.device))
+                return self.flash(q, k, v, dropout_p, is_causal, attn_mask=mask, scale=scale)[0]
+        return func(*args, **kwargs)
+
+    def _fused(self, a) -> bool:
+        def sig(t):
+            return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.requires_grad)
+
+        key = (sig(a[0]), sig(a[1]), sig(a[2]), sig(a[3]), *a[4:], torch.is_grad_enabled())
+        got = self.choice.get(key)
+        if got is None:
+            try:
+                got = self._probe(a)
+            except Exception:  # noqa: BLE001 - cannot tell: SDPA as meta runs it
+                got = False
+            self.choice[key] = got
+        return got
+
+    def _probe(self, a) -> bool:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+        class Ops(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops: set = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.add(func)
+                return func(*args, **(kwargs or {}))
+
+        with _disable_current_modes():  # the planner's recorder must not see the probe
+            fm = FakeTensorMode()
+            with fm:
+                fake = [None if t is None else torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+                        .requires_grad_(t.requires_grad) for t in a[:4]]
+            with fm, Ops() as seen:
+                torch.nn.functional.scaled_dot_product_attention(*fake, dropout_p=a[4], is_causal=a[5], scale=a[6],
+                                                                 enable_gqa=a[7])
+        return self.flash.default in seen.ops
+
+
+def _sdpa_args(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+
+
+def is_dynamo_error(e: BaseException) -> bool:
+    """One of Dynamo's wrapper exceptions (TorchRuntimeError, Unsupported...), which hide the real
+    error in ``__context__`` (raised ``from None``)."""
+    return type(e).__module__.startswith("torch._dynamo")
+
+
+@contextlib.contextmanager
+def named_module_tracker(roots):
+    """``module_tracker`` over several roots: ``roots`` is [(path prefix, module)], each module's
+    path its prefix joined to its name under its root (the first root naming a module wins)."""
+    from torch.utils.module_tracker import ModuleTracker
+
+    tracker = ModuleTracker()
+    tracker._graphmfu_seeded = False
+    if hasattr(tracker, "_known_modules") and hasattr(tracker, "_seen_modules"):
+        for prefix, root in roots:
+            for name, mod in root.named_modules(remove_duplicate=False):
+                if mod not in tracker._known_modules:
+                    tracker._known_modules[mod] = ".".join(p for p in (prefix, name) if p)
+                    tracker._seen_modules.add(mod)
+        tracker._graphmfu_seeded = True
+    with tracker:
+        yield tracker
+
+
 def define_inductor_prims() -> None:
     """Inductor's own prims (max-pool offsets, random) exist only once this module is imported;
     the rules that cover them check for them at load time."""

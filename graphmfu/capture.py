@@ -8,8 +8,11 @@ plain Inductor: graphmfu never breaks the user's model.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import inspect
+import types
 from typing import Any, Callable
 
 import torch
@@ -121,6 +124,92 @@ def _check_callable(model_or_fn, args, kwargs) -> str:
     return name
 
 
+class Reach:
+    """What a function reaches without its arguments: the modules and tensors in its closure, in
+    the globals its code names (and those of the functions it reaches), a bound method's
+    ``__self__``, a callable object's attributes.  ``modules``: (path prefix, module) as the compiled
+    graph names them (a global keeps its name, a closure's or ``self``'s module is the root);
+    ``slots``: the (holder, key) places of bare tensors (a closure cell: key None; a dict: globals
+    or an object's ``__dict__``)."""
+
+    def __init__(self, fn, depth: int = 4):
+        self.modules: list[tuple[str, torch.nn.Module]] = []
+        self.slots: list[tuple] = []
+        self.optimizers: list[tuple[str, Any]] = []
+        self._seen: set = set()
+        self._visit(fn, depth, "")
+
+    def _value(self, value, holder, key, prefix: str, name: str, depth: int) -> None:
+        if isinstance(value, torch.nn.Module):
+            if id(value) not in self._seen:
+                self._seen.add(id(value))
+                self.modules.append((prefix, value))
+        elif isinstance(value, torch.Tensor):
+            if holder is not None:
+                self.slots.append((holder, key))
+        elif isinstance(value, torch.optim.Optimizer):
+            self.optimizers.append((name, value))
+        elif depth > 0 and (isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
+                            or _plain_object(value)) and not _library(value):
+            self._visit(value, depth - 1, prefix)
+
+    def _visit(self, obj, depth: int, prefix: str) -> None:
+        if id(obj) in self._seen:
+            return
+        self._seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            self.modules.append((prefix, obj))
+        elif isinstance(obj, types.MethodType):
+            self._value(obj.__self__, None, None, "", "self", depth)
+            self._visit(obj.__func__, depth, "")
+        elif isinstance(obj, functools.partial):
+            self._visit(obj.func, depth, "")
+            for a in (*obj.args, *obj.keywords.values()):
+                self._value(a, None, None, "", "argument", depth)
+        elif isinstance(obj, types.FunctionType):
+            code = obj.__code__
+            for var, cell in zip(code.co_freevars, obj.__closure__ or ()):
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                self._value(value, cell, None, "", var, depth)
+            g = obj.__globals__
+            for var in sorted(_global_names(code)):
+                if var in g:
+                    self._value(g[var], g, var, var, var, depth)
+        elif _plain_object(obj):
+            d = vars(obj)
+            for var, value in list(d.items()):
+                self._value(value, d, var, ".".join(filter(None, (prefix, var))), var, depth)
+            call = getattr(type(obj), "__call__", None)
+            if isinstance(call, types.FunctionType):
+                self._visit(call, depth, "")
+
+
+def _plain_object(obj) -> bool:
+    """A user object whose attributes may hold the model (not a class, module or builtin)."""
+    return (hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType, types.FunctionType,
+                                                               types.MethodType, types.BuiltinFunctionType))
+            and not type(obj).__module__.startswith(("torch", "builtins", "numpy")))
+
+
+def _library(obj) -> bool:
+    """Code of torch, graphmfu or the standard library: not searched for the user's model."""
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    mod = getattr(obj, "__module__", None) or type(obj).__module__ or ""
+    return mod.split(".")[0] in ("torch", "graphmfu", "builtins", "numpy", "functools")
+
+
+def _global_names(code) -> set:
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):  # nested functions, lambdas, comprehensions
+            names |= _global_names(c)
+    return names
+
+
 def _fake_module(model: torch.nn.Module, mode, device) -> torch.nn.Module:
     """A structural copy of ``model`` whose parameters and buffers are fake: nothing copied."""
     memo: dict[int, Any] = {}
@@ -168,20 +257,71 @@ def _float_outputs(out) -> list[torch.Tensor]:
     return []
 
 
+def _cause(e: BaseException) -> BaseException:
+    """The error behind Dynamo's wrappers (TorchRuntimeError -> Unsupported -> the RuntimeError)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        wrapper = _inductor.is_dynamo_error(e)  # Dynamo raises its wrappers "from None"
+        nxt = e.__cause__ or (e.__context__ if wrapper or not e.__suppress_context__ else None)
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def _failure(name: str, e: BaseException, kind: str = "fake") -> GraphMFUError:
+    """One line naming the real cause and what to check."""
+    cause = _cause(e)
+    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    text = f"{type(cause).__name__} {first}"
+    if "FakeTensors first" in text or "allow_non_fake_inputs" in text:
+        hint = (f"a real tensor reached the trace that graphmfu did not find in {name}'s closure, globals or "
+                f"self: pass it to analyze() as an argument")
+    elif any(w in text for w in ("DataDependent", "data-dependent", "item()", "nonzero", "Could not guard",
+                                 "Could not extract", "unbacked")):
+        hint = (f"{name} reads tensor values (.item(), nonzero, data-dependent control flow), which {kind} "
+                f"tensors do not have")
+    else:
+        hint = f"check that {name}(*args) runs eagerly with these arguments"
+    return GraphMFUError(f"analyze(): tracing {name} on {kind} tensors failed: {type(cause).__name__}: "
+                         f"{first[:300].rstrip('.')}; {hint}")
+
+
+def _optimizer_error(name: str, optimizers) -> GraphMFUError:
+    var, opt = optimizers[0]
+    return GraphMFUError(
+        f"analyze(): {name} uses an optimizer ({type(opt).__name__} {var!r}) and analyze() does not trace optimizer "
+        f"steps; pass a function that returns the loss instead: analyze(lambda x: model(x).sum(), x, training=True) "
+        f"counts the forward and the backward")
+
+
 def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, device=None) -> Registry:
-    """Trace ``model_or_fn(*args, **kwargs)`` on fake tensors into a fresh Registry."""
+    """Trace ``model_or_fn(*args, **kwargs)`` on fake tensors into a fresh Registry.
+
+    A module is traced as a fake copy; a function (or bound method) with the modules and tensors it
+    reaches (closure, globals, ``self``) made fake for the trace and restored afterwards."""
     name = _check_callable(model_or_fn, args, kwargs)
     mode = _inductor.fake_mode()
     tdev = _trace_device(device)
-    target = _fake_module(model_or_fn, mode, tdev) if isinstance(model_or_fn, torch.nn.Module) else model_or_fn
+    if isinstance(model_or_fn, torch.nn.Module):
+        target, reach = _fake_module(model_or_fn, mode, tdev), None
+    else:
+        target, reach = model_or_fn, Reach(model_or_fn)
+        if reach.optimizers:
+            raise _optimizer_error(name, reach.optimizers)
     fargs, fkwargs = _fake_tree(args, mode, tdev), _fake_tree(kwargs, mode, tdev)
     registry = Registry()
 
     def on_graph(gm, example_inputs, phase):
         record_graph(registry, gm, example_inputs, phase, None, "analyze")
 
+    swapped = (_inductor.swapped_tensors([m for _, m in reach.modules], lambda t: _fake_tree(t, mode, tdev),
+                                         reach.slots)
+               if reach is not None else contextlib.nullcontext())
     be = _inductor.analysis_backend(on_graph)
-    with _inductor.fresh_dynamo():
+    with _inductor.fresh_dynamo(), swapped:
         # static shapes: the cost of exactly these shapes, even after the same code compiled with others
         compiled = torch.compile(target, backend=be, dynamic=False)
         try:
@@ -198,11 +338,5 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
         except GraphMFUError:
             raise
         except Exception as e:  # noqa: BLE001 - one clear line instead of a Dynamo traceback
-            while e.__cause__ is not None:  # Dynamo wraps the real error (BackendCompilerFailed ...)
-                e = e.__cause__
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise GraphMFUError(f"analyze(): tracing {name} on fake tensors failed: {type(e).__name__}: "
-                                f"{first[:300]}. Check that {name}(*args) runs eagerly with these arguments and "
-                                f"does not read tensor values (.item(), nonzero, data-dependent control flow)"
-                                ) from None
+            raise _failure(name, e) from None
     return registry
