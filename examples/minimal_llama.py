@@ -169,13 +169,16 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write the report here")
     p.add_argument("--check", action="store_true", help="also compile with plain Inductor and compare outputs")
     p.add_argument("--compare", action="store_true", help="run graphmfu.compare: eager against compiled")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="generate N tokens after the prefill: the KV cache grows each step (dynamic shapes); "
+                        "every step is costed at its own cache length")
     return p.parse_args(argv)
 
 
 def build(a):
     dtype = DTYPES[a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")]
     cfg = LlamaConfig(dim=a.dim, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
-                      max_seq=max(a.seq + 8, 16))
+                      max_seq=max(a.seq + getattr(a, "generate", 0) + 8, 16))
     torch.manual_seed(0)
     model = Llama(cfg).to(device=a.device, dtype=dtype)
     tokens = torch.randint(0, cfg.vocab, (a.batch, a.seq), device=a.device)
@@ -184,6 +187,43 @@ def build(a):
                torch.randn(a.batch, cfg.kv_heads, a.seq, hd, device=a.device, dtype=dtype)) for _ in range(cfg.layers)]
     next_tok = torch.randint(0, cfg.vocab, (a.batch, 1), device=a.device)
     return model, tokens, caches, next_tok, dtype
+
+
+def generate(model, tokens, n: int, mode=None):
+    """Prefill ``tokens``, then ``n`` decode steps whose KV cache grows by one token each, compiled with
+    dynamic shapes and profiled; returns (report, cache lengths of the decode steps)."""
+    import graphmfu
+
+    step = torch.compile(model.step, backend=graphmfu.backend(mode=mode), dynamic=True)
+
+    def run(lengths=None):
+        with graphmfu.stage("prefill"):
+            logits, caches = step(tokens)
+        tok = logits[:, -1:].argmax(-1)
+        for _ in range(n):
+            if lengths is not None:
+                lengths.append(caches[0][0].shape[2])
+            with graphmfu.stage("decode"):
+                logits, new = step(tok, caches)
+            caches = [(torch.cat((c[0], k), 2), torch.cat((c[1], v), 2)) for c, (k, v) in zip(caches, new)]
+            tok = logits[:, -1:].argmax(-1)
+
+    with torch.no_grad():
+        run()  # compile: the prefill graph and one dynamic decode graph
+        lengths = []
+        with graphmfu.profile() as p:
+            run(lengths)
+    return p.report(), lengths
+
+
+def decode_step_flops(cfg, cache_len: int, batch: int = 1) -> int:
+    """Matrix FLOPs of one decode step (1 new token over ``cache_len`` cached ones), by hand: per layer the
+    q/o projections 2*d*d each, k/v 2*d*kv*hd each, attention QK^T and PV 2*h*(S+1)*hd each (the new
+    token sees the cache and itself), the MLP 3 * 2*d*ffn; then the head 2*d*vocab."""
+    d, hd = cfg.dim, cfg.dim // cfg.heads
+    per_layer = 2 * (2 * d * d) + 2 * (2 * d * cfg.kv_heads * hd) + 2 * (2 * cfg.heads * (cache_len + 1) * hd) \
+        + 3 * (2 * d * cfg.ffn)
+    return batch * (cfg.layers * per_layer + 2 * d * cfg.vocab)
 
 
 def _stage_fns(a, tokens, caches, next_tok) -> dict:
@@ -218,6 +258,18 @@ def main(argv=None) -> int:
             print(f"comparison written to {a.json}")
         return 0
     model, tokens, caches, next_tok, dtype = build(a)
+    if a.generate:
+        graphmfu.reset()
+        rep, lengths = generate(model, tokens, a.generate, a.mode)
+        dec = next(s for s in rep.stages if s["name"] == "decode")
+        hand = sum(decode_step_flops(model.cfg, s, a.batch) for s in lengths)
+        print(f"generate: prefill {a.seq} tokens, then {a.generate} decode steps over caches of {lengths[0]}.."
+              f"{lengths[-1]} tokens (one dynamic graph, each call costed at its own length)")
+        print(rep.stage_table())
+        print(f"decode stage matrix FLOPs {dec['flops']:,} = sum of per-step hand counts {hand:,}: "
+              f"{'equal' if dec['flops'] == hand else 'DIFFERENT'}; "
+              f"{rep.coverage()['time_attributed'] * 100:.2f}% of kernel time attributed")
+        return 0
     stages = ["train"] if a.train else [s for s in ("prefill", "decode") if getattr(a, s)] or ["prefill", "decode"]
     graphmfu.reset()
     fn = torch.compile(model, backend=graphmfu.backend(mode=a.mode)) if a.compiled else model

@@ -159,11 +159,14 @@ class CallTagger:
     def active(self) -> bool:
         return self._active > 0
 
-    def add(self, compiled, key: str) -> None:
+    def add(self, compiled, key: str, size_args=()) -> None:
+        """Remember a compiled graph; ``size_args`` ([input index, dim or None, symbol]) say where each
+        call's size symbols are read, so a dynamic graph's calls carry their sizes in the range name."""
         import weakref
 
         try:
             compiled._graphmfu_key = key
+            compiled._graphmfu_sizes = tuple(tuple(a) for a in size_args)
             with self._lock:
                 self._compiled.append(weakref.ref(compiled))
                 if self._active:  # compiled inside a profiled block: tag it now
@@ -196,6 +199,27 @@ class CallTagger:
         self._compiled[:] = alive
 
 
+def _call_sizes(inputs, size_args) -> str:
+    """``s0=24,s1=512``: the size symbols' values in one call's inputs (Inductor passes a list)."""
+    out = []
+    for i, d, name in size_args:
+        try:
+            x = inputs[i]
+            out.append(f"{name}={int(x if d is None else x.shape[d])}")
+        except (IndexError, TypeError, AttributeError):
+            continue
+    return ",".join(out)
+
+
+def parse_call_range(name: str) -> tuple[str, dict | None]:
+    """``graphmfu::graph <key>|s0=24`` -> (key, {"s0": 24}); (key, None) for a static graph."""
+    rest = name[len(CALL_RANGE):]
+    key, _, sizes = rest.partition("|")
+    if not sizes:
+        return key, None
+    return key, {k: int(v) for k, v in (p.split("=") for p in sizes.split(",") if "=" in p)}
+
+
 def _base_class(cls):
     return cls.__dict__.get("_graphmfu_base", cls)
 
@@ -209,6 +233,9 @@ def _tagging_class(cls):
             key = getattr(self, "_graphmfu_key", None)
             if key is None:
                 return base_call(self, *args, **kwargs)
+            sizes = getattr(self, "_graphmfu_sizes", ())
+            if sizes and args:
+                key = key + "|" + _call_sizes(args[0], sizes)
             with torch.profiler.record_function(CALL_RANGE + key):
                 return base_call(self, *args, **kwargs)
 

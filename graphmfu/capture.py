@@ -25,6 +25,23 @@ from graphmfu.record import GraphRecord
 from graphmfu.registry import DEFAULT, Registry
 
 
+def _size_args(gm) -> list:
+    """Where a call's inputs carry each size symbol of a dynamic graph: ``[input index, dim, symbol]``
+    (dim None: the input is the size itself), first occurrence of each symbol."""
+    out, seen = [], set()
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        dims = [(None, val)] if isinstance(val, torch.SymInt) else (
+            list(enumerate(val.shape)) if isinstance(val, torch.Tensor) else [])
+        for d, size in dims:
+            expr = _inductor.sym_value(size) if isinstance(size, torch.SymInt) else None
+            if getattr(expr, "is_Symbol", False) and str(expr) not in seen:
+                seen.add(str(expr))
+                out.append([i, d, str(expr)])
+    return out
+
+
 def _graph_device(example_inputs) -> str:
     for x in example_inputs:
         if isinstance(x, torch.Tensor):
@@ -42,6 +59,9 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints, tf32)
         kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints, phase)
+        g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
+                        {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32,
+                        size_args=_size_args(gm) if hints else [], compile_id=compile_id)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
         cause = e.cause if isinstance(e, AnalysisError) else e
@@ -52,8 +72,6 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
         op = e.op if isinstance(e, AnalysisError) else "?"
         registry.warn_once(f"analysis:{op}:{type(cause).__name__}", msg)  # each distinct failure once
         return None
-    g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
-                    {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32, compile_id=compile_id)
     registry.add(g)
     return g
 
@@ -83,7 +101,7 @@ class Backend:
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")
             g = record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
             if g is not None:
-                self.registry.tagger.add(compiled, g.key)
+                self.registry.tagger.add(compiled, g.key, g.size_args)
 
         try:
             return _inductor.compile_with_inner_hook(gm, example_inputs, on_graph, config)

@@ -332,7 +332,9 @@ class Comparison:
         out = [Section(lines=[self._header()]), self._stage_section(), self._module_section(depth)]
         out += [self._kernel_section(side, top) for side in SIDES]
         out.append(self._slower_section(depth) if self.slower else Section(lines=["no module is slower compiled"]))
-        return out + [Section(lines=[self.coverage_line()] + [f"note: {n}" for n in self.data["notes"]])]
+        flagged = [f"{side}: {line}" for side in SIDES for line in self.reports[side].data.get("flagged", [])]
+        legend = ["* above 100%:", *flagged] if flagged else []
+        return out + [Section(lines=[self.coverage_line()] + [f"note: {n}" for n in self.data["notes"]] + legend)]
 
     def table(self, depth: int | None = 2, top: int = 10) -> str:
         return render.renderers()[".txt"].render(self, depth=depth, top=top)

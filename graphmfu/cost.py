@@ -264,6 +264,11 @@ class Cost:
             return _sum_keys(tuple((names.get(k, k), v) for k, v in part))
         return Cost(rl(self.matrix), rl(self.matrix_dense), self.vector, self.bytes_read, self.bytes_written)
 
+    def formulas(self) -> dict:
+        """``to_dict`` with every value as a string formula of the size symbols (dynamic shapes)."""
+        d = self.to_dict()
+        return {k: ({dt: str(v) for dt, v in d[k].items()} if isinstance(d[k], dict) else str(d[k])) for k in d}
+
     def to_dict(self) -> dict:
         """The JSON form (ints; symbolic costs are stored evaluated, their formula beside them)."""
         return {"matrix": dict(self.matrix), "dense": dict(self.matrix_dense), "vector": dict(self.vector),
@@ -285,6 +290,38 @@ class Cost:
 
 
 ZERO = Cost()
+
+
+@functools.lru_cache(maxsize=4096)
+def _formula(text: str):
+    import sympy
+
+    return sympy.sympify(text)
+
+
+def symbolic_cost(formulas: Mapping) -> Cost:
+    """``Cost.formulas()`` output back as a Cost of sympy expressions (to add and re-evaluate)."""
+    def part(k):
+        return tuple(sorted((dt, _formula(v)) for dt, v in formulas[k].items()))
+    return Cost(part("matrix"), part("dense"), part("vector"), _formula(formulas["read"]),
+                _formula(formulas["written"]))
+
+
+def cost_from_formulas(formulas: Mapping, sizes: Mapping[str, int]) -> Cost:
+    """The Cost of ``Cost.formulas()`` output for one call's size symbol values (``{"s0": 24}``)."""
+    import sympy
+
+    subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
+
+    def ev(text):
+        r = _formula(text).xreplace(subs)
+        try:
+            return int(r) if r.is_integer else float(r)
+        except TypeError as e:  # free symbols left
+            raise GraphMFUError(f"no value for symbols {sorted(map(str, r.free_symbols))} in {text}") from e
+
+    return Cost(*(tuple(sorted((dt, ev(v)) for dt, v in formulas[k].items())) for k in ("matrix", "dense", "vector")),
+                ev(formulas["read"]), ev(formulas["written"]))
 
 
 def evaluate(v, hints: Mapping):

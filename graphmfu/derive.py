@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from graphmfu.cost import REGISTRY, ensure_builtin_rules
+from graphmfu.cost import REGISTRY, Cost, ensure_builtin_rules
 from graphmfu.hardware import DeviceSpec
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord, Record
 from graphmfu.roofline import matrix_time_s, place, rate, utilisation
@@ -145,34 +145,42 @@ def observed_rates(record: Record, cache_mb: float | None, min_time_s: float = 2
         return out
     gmap = {g.id: g for g in record.graphs}
     for r in record.timing.launches:
-        k = gmap[r["graph"]].kernels[r["kernel"]]
+        c = gmap[r["graph"]].kernels[r["kernel"]].cost_at(r.get("sizes"))
         t = r["time_s"]
         if t < min_time_s:
             continue
-        if len(k.cost.matrix) == 1:
-            dt, f = k.cost.matrix[0]
+        if len(c.matrix) == 1:
+            dt, f = c.matrix[0]
             out[dt] = max(out.get(dt, 0.0), f * r["calls"] / t / 1e12)
-        if cache_mb is not None and k.cost.bytes_read > cache_mb * 1e6:
-            out["dram_gbps"] = max(out.get("dram_gbps", 0.0), k.cost.bytes * r["calls"] / t / 1e9)
+        if cache_mb is not None and c.bytes_read > cache_mb * 1e6:
+            out["dram_gbps"] = max(out.get("dram_gbps", 0.0), c.bytes * r["calls"] / t / 1e9)
     return out
 
 
-def kernel_row(g: GraphRecord, k: KernelRecord, launch: dict, dev: DeviceSpec) -> dict:
-    """One measured kernel (a graph's kernel in one stage, over all its calls there): what it moved and
-    computed, its time, and its utilisation."""
-    s = kernel_static(k, dev)
-    n, t = launch["calls"], launch["time_s"]
+def kernel_row(g: GraphRecord, k: KernelRecord, launches: list[dict], dev: DeviceSpec) -> dict:
+    """One measured kernel (a graph's kernel in one stage, over all its calls there — for a dynamic graph,
+    each call costed at its own sizes): what it moved and computed, its time, and its utilisation."""
+    calls = [(k.cost_at(r.get("sizes")), r["calls"]) for r in launches]
+    cost = sum((c.map(lambda v, n=n: v * n) for c, n in calls), Cost())
+    p = place(cost, dev)
+    n, t = sum(r["calls"] for r in launches), sum(r["time_s"] for r in launches)
     op, known = _kernel_ops(g, k)
+    first = launches[0]
     row = {"name": k.name, "op": op, "graph": g.id, "phase": k.phase or g.phase, "index": k.index, "nodes": k.nodes,
-           "module": k.module, "stage": launch["stage"], "calls": n, "launches": launch["launches"],
-           "extern": k.extern, "known": known, "gpu_kernels": launch["gpu_kernels"], "joined_by": launch["joined_by"],
-           "flops": s["flops"] * n, "flops_dense": s["flops_dense"] * n, "vector_flops": s["vector_flops"] * n,
-           "bytes": s["bytes"] * n, "bytes_inductor": None if k.bytes_inductor is None else k.bytes_inductor * n,
-           "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": s["t_min_s"] * n,
-           "t_matrix_s": s["t_matrix_s"] * n, "bound": s["bound"] if known else "unknown", "intensity": s["intensity"],
-           "achieved_tflops": rate(s["flops"] * n, t * 1e12), "achieved_gbps": rate(s["bytes"] * n, t * 1e9)}
+           "module": k.module, "stage": first["stage"], "calls": n, "launches": sum(r["launches"] for r in launches),
+           "extern": k.extern, "known": known,
+           "gpu_kernels": list(dict.fromkeys(x for r in launches for x in r["gpu_kernels"])),
+           "joined_by": sorted({x for r in launches for x in r["joined_by"]}),
+           "flops": cost.flops, "flops_dense": cost.flops_dense, "vector_flops": cost.vector_flops,
+           "bytes": cost.bytes, "bytes_inductor": None if k.bytes_inductor is None or k.sym else k.bytes_inductor * n,
+           "bytes_nodes": k.bytes_nodes * n, "time_s": t, "t_min_s": p.t_min_s,
+           "t_matrix_s": matrix_time_s(cost, dev), "bound": p.bound if known else "unknown",
+           "intensity": None if math.isinf(p.intensity) else p.intensity,
+           "achieved_tflops": rate(cost.flops, t * 1e12), "achieved_gbps": rate(cost.bytes, t * 1e9)}
+    if k.sym:
+        row["sizes"] = [r["sizes"] for r in launches]
     row.update(utilisation(row["t_matrix_s"], row["bytes"], row["t_min_s"], t, dev))
-    row["flags"] = kernel_flags(row["mfu"], row["mbu"], k.cost.bytes_read, dev)
+    row["flags"] = kernel_flags(row["mfu"], row["mbu"], max(c.bytes_read for c, _ in calls), dev)
     return row
 
 
@@ -255,6 +263,12 @@ def _alternatives(graphs: list[GraphRecord]) -> list[str]:
     return out
 
 
+def _dynamic_notes(graphs: list[GraphRecord]) -> list[str]:
+    return [f"graph {g.id} has dynamic shapes: its static numbers are at the compile-time hints {g.hints} (node "
+            f"rows carry the formulas); measured kernels and stages are costed at each call's own sizes"
+            for g in graphs if g.hints]
+
+
 def _merge_unattributed(rows: list[dict]) -> list[dict]:
     out: dict = {}
     for o in rows:
@@ -283,7 +297,8 @@ def views(record: Record, dev: DeviceSpec) -> dict:
         "modules": module_tree(nodes, node_sum),
         "coverage": cov,
         # a static report sums every graph; a timed one counts each graph's real calls per stage
-        "notes": [*record.notes, *_flag_notes(cov), *(_alternatives(graphs) if record.timing is None else [])],
+        "notes": [*record.notes, *_flag_notes(cov), *(_alternatives(graphs) if record.timing is None else []),
+                  *_dynamic_notes(graphs)],
         "kernel_map": [{"graph": g.id, "index": k.index, "name": k.name, "extern": k.extern, "nodes": k.nodes,
                         "module": k.module, **kernel_static(k, dev), "bytes_inductor": k.bytes_inductor,
                         "bytes_nodes": k.bytes_nodes} for g in graphs for k in g.kernels],
@@ -291,8 +306,11 @@ def views(record: Record, dev: DeviceSpec) -> dict:
     t = record.timing
     if t is not None:
         gmap = {g.id: g for g in graphs}
-        kernels = sorted((kernel_row(gmap[r["graph"]], gmap[r["graph"]].kernels[r["kernel"]], r, dev)
-                          for r in t.launches), key=lambda r: -r["time_s"])
+        groups: dict = defaultdict(list)  # a kernel in a stage, over all call sizes
+        for r in t.launches:
+            groups[(r["graph"], r["kernel"], r["stage"])].append(r)
+        kernels = sorted((kernel_row(gmap[gid], gmap[gid].kernels[ki], rs, dev)
+                          for (gid, ki, _), rs in groups.items()), key=lambda r: -r["time_s"])
         data["kernels"] = kernels
         data["module_times"] = module_tree(kernels, lambda rs: kernel_sum(rs, dev))
         data["stages"] = [stage_row(s, kernels, t.unattributed, dev) for s in t.stages]
@@ -301,9 +319,9 @@ def views(record: Record, dev: DeviceSpec) -> dict:
         cov["time_attributed"] = rate(t.attributed_time_s, t.device_kernel_time_s) or 0.0
         cov["unattributed_kernels"] = _merge_unattributed(t.unattributed)
         data["notes"] += t.notes
-        flagged = {f for k in kernels for f in k["flags"]}
-        data["notes"] += [f"{sum(f in k['flags'] for k in kernels)} kernel row(s) flagged {f}: "
-                          + FLAGS[f].format(cache=dev.cache_mb) for f in FLAGS if f in flagged]
+        flagged = {f for k in kernels for f in k["flags"]}  # the tables' legend: why a value passes 100%
+        data["flagged"] = [f"{sum(f in k['flags'] for k in kernels)} kernel row(s) flagged {f}: "
+                           + FLAGS[f].format(cache=dev.cache_mb) for f in FLAGS if f in flagged]
     return data
 
 

@@ -51,6 +51,7 @@ class Measured:
     how: str = ""  # "name", "op", "order" or "" (unattributed)
     where: str = ""  # "inside graph" | "outside graphs"
     stage: str | None = None  # innermost stage
+    sizes: dict | None = None  # a dynamic graph's size symbols in this call
     op: object = dataclasses.field(default=None, repr=False, compare=False)  # launching CPU FunctionEvent
 
     @property
@@ -66,6 +67,7 @@ class _Call:
     nested: bool  # sites may nest (eager): skip events inside a matched site
     range: object = None  # the compiled call's Inductor range (CUDA-graph replays launch from it)
     cpu: bool = False  # the graph's kernels run on the CPU: its site events are the kernels
+    sizes: dict | None = None  # a dynamic graph's size symbols in this call
 
 
 # --------------------------------------------------------------------------- profiler events
@@ -155,13 +157,14 @@ def _calls(events, kids, graphs: list[GraphRecord], stages: list[dict]) -> list[
     by_key = {g.key: g for g in graphs if g.source != "eager"}
     count: dict[int, int] = {}
     for e in sorted((e for e in events if e.name.startswith(_inductor.CALL_RANGE)), key=lambda e: e.time_range.start):
-        g = by_key.get(e.name[len(_inductor.CALL_RANGE):])
+        key, sizes = _inductor.parse_call_range(e.name)
+        g = by_key.get(key)
         if g is None:
             continue
         inner = [c for c in kids.get(id(e), []) if c.name.startswith(INDUCTOR_CALL)]
         parent = inner[0] if inner else e
         k = count[g.id] = count.get(g.id, -1) + 1
-        calls.append(_Call(g, k, kids.get(id(parent), []), False, parent, g.device == "cpu"))
+        calls.append(_Call(g, k, kids.get(id(parent), []), False, parent, g.device == "cpu", sizes))
     eager = {g.stage: g for g in graphs if g.source == "eager"}
     if eager:
         aten = sorted((e for e in events if e.name.startswith("aten::")), key=lambda e: e.time_range.start)
@@ -259,7 +262,7 @@ def _note(notes: list, note: str) -> None:
 
 
 def _assign(m: Measured, call: _Call, kernel, how: str) -> None:
-    m.graph, m.kernel, m.call, m.how = call.graph.id, kernel.index, call.index, how
+    m.graph, m.kernel, m.call, m.how, m.sizes = call.graph.id, kernel.index, call.index, how, call.sizes
 
 
 def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
@@ -442,9 +445,11 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
                 o["time_s"] += m.time_s
                 continue
             attributed += m.time_s
-            r = rows.setdefault((m.graph, m.kernel, m.stage), {"graph": m.graph, "kernel": m.kernel, "stage": m.stage,
-                                                               "calls": set(), "launches": 0, "time_s": 0.0,
-                                                               "gpu_kernels": [], "joined_by": set()})
+            sizes = tuple(sorted(m.sizes.items())) if m.sizes else None
+            r = rows.setdefault((m.graph, m.kernel, m.stage, sizes),
+                                {"graph": m.graph, "kernel": m.kernel, "stage": m.stage, "sizes": m.sizes,
+                                 "calls": set(), "launches": 0, "time_s": 0.0, "gpu_kernels": [],
+                                 "joined_by": set()})
             r["time_s"] += m.time_s
             r["launches"] += 1
             r["calls"].add(m.call)

@@ -22,7 +22,7 @@ import operator
 import networkx as nx
 import torch
 
-from graphmfu.cost import REGISTRY, ZERO, Cost, evaluate, nbytes
+from graphmfu.cost import REGISTRY, ZERO, Cost, evaluate, nbytes, symbolic_cost
 from graphmfu.nodes import spec_of
 from graphmfu.record import KernelRecord, OpRecord
 
@@ -49,12 +49,15 @@ def _dataflow(gm: torch.fx.GraphModule) -> nx.DiGraph:
     return g
 
 
+SYMBOLIC = object()  # as ``hints``: keep sizes as expressions of the size symbols (per-call costs)
+
+
 def _tensor_bytes(node: torch.fx.Node, hints=None) -> int:
     val = node.meta.get("val")
     if val is None:
         return 0
     b = nbytes(spec_of(val))
-    if isinstance(b, int):
+    if isinstance(b, int) or hints is SYMBOLIC:
         return b
     try:  # symbolic size: the compile-time hint
         return int(evaluate(b, hints or {}))
@@ -100,7 +103,7 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
         nb = _tensor_bytes(node, hints)
         users = [by_name[u] for u in flow.successors(name) if u in names]
         if users and all(_is_gather_of(u, name) for u in users):
-            nb = min(nb, sum(_tensor_bytes(u, hints) for u in users))
+            nb = _min(nb, sum(_tensor_bytes(u, hints) for u in users))
         read += nb
     for name in names:
         node = by_name.get(name)
@@ -114,7 +117,23 @@ def boundary_bytes(gm: torch.fx.GraphModule, flow: nx.DiGraph, names: set,
             mine = None
         if name in flow and _needs_store(name, names, flow, by_name, kernels_of, views):
             written += _tensor_bytes(node, hints) if mine is None else mine
-    return max(read, 0), written
+    return _max0(read), written
+
+
+def _min(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    import sympy
+
+    return sympy.Min(a, b)
+
+
+def _max0(a):
+    if isinstance(a, int):
+        return max(a, 0)
+    import sympy
+
+    return sympy.Max(a, 0)
 
 
 def _needs_store(name, names, flow, by_name, kernels_of, views=frozenset(), depth=0) -> bool:
@@ -163,10 +182,11 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[OpRecord],
             if not (n in extern_owned and not e["extern"]):
                 kernels_of.setdefault(n, set()).add(i)
     views = {n.name for n in gm.graph.nodes if n.op == "call_function" and REGISTRY.info(n.target).view}
+    dynamic = any(r.sym for r in nodes)
     out = []
     for i, e in enumerate(entries):
         origins = [n for n in e["origins"] if n in rec_by_name]
-        cost = ZERO
+        cost = sym = ZERO
         node_bytes = 0
         for n in origins:
             r = rec_by_name[n]
@@ -175,8 +195,9 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[OpRecord],
             node_bytes += r.cost.bytes
             if owner.get(n) == i:
                 # recomputed forward nodes (activation checkpointing) are HFU work: bytes, no FLOPs
-                cost = cost + (Cost(bytes_read=r.cost.bytes_read, bytes_written=r.cost.bytes_written)
-                               if r.recompute else r.cost)
+                cost = cost + _owned(r.cost, r.recompute)
+                if dynamic:
+                    sym = sym + _owned(symbolic_cost(r.sym) if r.sym else r.cost, r.recompute)
         if e["extern"]:
             moved_read, moved_written = cost.bytes_read, cost.bytes_written
         else:
@@ -192,10 +213,21 @@ def kernel_map(gm: torch.fx.GraphModule, graph_id: int, nodes: list[OpRecord],
                 f = ib / (moved_read + moved_written)
                 moved_read, moved_written = int(moved_read * f), ib - int(moved_read * f)
         cost = dataclasses.replace(cost, bytes_read=moved_read, bytes_written=moved_written)
+        formulas = None
+        if dynamic:  # the same cost as formulas of the size symbols, evaluated per call when profiled
+            if not e["extern"]:
+                r_, w_ = boundary_bytes(gm, flow, mine, kernels_of, SYMBOLIC, views, me=i)
+                sym = dataclasses.replace(sym, bytes_read=r_, bytes_written=w_)
+            formulas = sym.formulas()
         module = common_module(rec_by_name[n].module for n in origins)
         out.append(KernelRecord(graph_id, i, e["name"], extern_op_name(e["name"]) if e["extern"] else e["name"],
-                                e["extern"], origins, module, phase, cost, e.get("inductor_bytes"), int(node_bytes)))
+                                e["extern"], origins, module, phase, cost, e.get("inductor_bytes"), int(node_bytes),
+                                formulas))
     return out
+
+
+def _owned(c: Cost, recompute: bool) -> Cost:
+    return Cost(bytes_read=c.bytes_read, bytes_written=c.bytes_written) if recompute else c
 
 
 def _own_op_origins(entry: dict, rec_by_name: dict) -> dict:

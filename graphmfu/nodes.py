@@ -187,9 +187,10 @@ def _record(node, graph_id, phase, index, opn, backward, hints, tf32) -> OpRecor
     out_bytes = nbytes(out)
     cost = apply_rule(node.target, args, kwargs, out, tf32)
     cost_expr = None
+    sym = None
     if cost is not None:
         if cost.is_symbolic:
-            cost_expr = cost.as_strings()
+            cost_expr, sym = cost.as_strings(), cost.formulas()
             try:
                 cost = cost.evaluate(hints)
             except GraphMFUError:  # a data-dependent (unbacked) size: this node only is not counted
@@ -206,7 +207,7 @@ def _record(node, graph_id, phase, index, opn, backward, hints, tf32) -> OpRecor
     rec = OpRecord(
         graph=graph_id, phase=phase, index=index, name=node.name, op=opn,
         module=node_module(node, backward), inputs=shapes((args, kwargs)), outputs=shapes(out),
-        cost=cost, cost_expr=cost_expr, output_bytes=int(out_bytes),
+        cost=cost, cost_expr=cost_expr, output_bytes=int(out_bytes), sym=sym,
         recompute=bool(backward and (tag == "is_forward" or (tag is None and "nn_module_stack" in node.meta
                                                               and "fwd_nn_module_stack" not in node.meta))),
     )

@@ -44,6 +44,7 @@ class OpRecord:
     recompute: bool = False  # a forward node recomputed inside a backward graph (HFU, not model FLOPs)
     note: str = ""
     flags: list = dataclasses.field(default_factory=list)  # names of report flags (cost.Flag)
+    sym: dict | None = None  # dynamic shapes: the cost as formulas of the size symbols (Cost.to_dict, str values)
 
     @property
     def known(self) -> bool:
@@ -74,6 +75,15 @@ class KernelRecord:
     cost: Cost  # FLOPs of the origins (each op counted in one kernel); bytes = external traffic
     bytes_inductor: int | None = None
     bytes_nodes: int = 0  # sum of the origins' per-op bytes (no fusion), for comparison
+    sym: dict | None = None  # dynamic shapes: ``cost`` as formulas of the size symbols (str values)
+
+    def cost_at(self, sizes: dict | None):
+        """The kernel's cost for one call with these symbol values (``cost`` when static or no sizes)."""
+        if not self.sym or not sizes:
+            return self.cost
+        from graphmfu.cost import cost_from_formulas
+
+        return cost_from_formulas(self.sym, sizes)
 
 
 @dataclasses.dataclass
@@ -89,6 +99,8 @@ class GraphRecord:
     kernels: list[KernelRecord] = dataclasses.field(default_factory=list)  # launch order
     tf32: bool = False  # fp32 matmuls allowed to run as TF32 when it was compiled (their FLOPs say tf32)
     stage: str | None = None  # eager: the stage this recording is a call of
+    size_args: list = dataclasses.field(default_factory=list)  # [input index, dim or None, symbol]: where
+    # each size symbol of a dynamic graph is read from a call's inputs
 
     compile_id: str | None = None  # Dynamo's frame/attempt ("0/1"): graphs of one frame are alternatives
 
@@ -106,7 +118,8 @@ class GraphRecord:
 class Timing:
     """What a profile measured, aggregated (device-free: seconds and counts).
 
-    ``launches``: one row per (graph, kernel, stage): calls (distinct graph calls), launches (GPU
+    ``launches``: one row per (graph, kernel, stage, sizes — a dynamic graph's size symbols in the
+    calls it sums, None when static): calls (distinct graph calls), launches (GPU
     kernels or CPU kernel events), time_s, gpu_kernels (names), joined_by.
     ``stages``: one row per stage name: calls, span_s, busy_s, launches (all kernels launched in it).
     ``unattributed``: per (name, where, launch_op, stage): count, time_s."""

@@ -186,7 +186,7 @@ class Report:
             out += [self._stage_section(), self._kernel_section(), self._module_time_section(depth)]
             if any(k["flags"] for k in self.kernels) or any((r["mbu"] or 0) > 1 or (r["mfu"] or 0) > 1
                                                            for r in self.stages + self.by_module_time(depth)):
-                out.append(Section(lines=["* above 100%: see the notes (kernel flags) for why"]))
+                out.append(Section(lines=["* above 100%:", *self.data.get("flagged", [])]))
         return out + [self._static_section(by, depth, top)]
 
     def table_rows(self, name: str | None = None) -> list[dict]:

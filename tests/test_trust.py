@@ -204,13 +204,13 @@ def test_mbu_above_100_is_flagged_never_bare(timed_big, tmp_path):
     rep = timed_big.report(device=_spec(cache_mb=1024.0))
     assert rep.kernels and all(k["mbu"] > 1 for k in rep.kernels)
     assert all("cache_resident" in k["flags"] for k in rep.kernels)
-    assert any("flagged cache_resident" in n and "1024.0 MB" in n for n in rep.data["notes"])
+    assert any("flagged cache_resident" in n and "1024.0 MB" in n for n in rep.data["flagged"])
     # without a cache figure the DRAM roof itself is wrong: said so
     rep2 = timed_big.report(device=_spec())
     assert all("above_dram_roof" in k["flags"] for k in rep2.kernels)
     assert all("above_peak" in k["flags"] for k in rep2.kernels if k["flops"])
     text = rep.save(tmp_path / "r.txt").read_text()
-    assert "*" in text and "see the notes" in text
+    assert "*" in text and "* above 100%:" in text and "flagged cache_resident" in text
     import re
     bare = [v for v in re.findall(r"(?<![\d.])(\d{3,}\.\d)(?!\*)", rep.kernel_table()) if float(v) > 100]
     assert not bare, bare  # every percentage above 100 carries its '*'
@@ -250,3 +250,38 @@ def test_demo_model_no_kernel_above_peak_and_mbu_above_100_only_flagged(fresh):
     assert all(k["mfu"] is None or k["mfu"] <= 1 + 1e-9 for k in rep.kernels), \
         [(k["name"], k["mfu"]) for k in rep.kernels if (k["mfu"] or 0) > 1]
     assert all(k["flags"] for k in rep.kernels if (k["mbu"] or 0) > 1)
+
+
+# --------------------------------------------------------------------------- per-call costs (issue 10)
+
+
+def test_dynamic_graph_costs_each_call_at_its_own_sizes(fresh):
+    m = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
+    cm = torch.compile(m, backend=graphmfu.backend, dynamic=True)
+    with torch.no_grad():
+        cm(torch.randn(8, 16))
+        with graphmfu.profile() as p, graphmfu.stage("s"):
+            for t in (8, 24, 40):
+                cm(torch.randn(t, 16))
+    rep = p.report()
+    # per token: 2*16*32 + 2*32*8 = 1536 matrix FLOPs; tokens 8 + 24 + 40 = 72 -> 110592 (the hint alone: 3*8*1536)
+    assert rep.stages[0]["flops"] == 1536 * 72 == 110592
+    assert rep.coverage()["time_attributed"] >= 0.99
+    assert any("dynamic shapes" in n for n in rep.data["notes"])
+    gemm = next(k for k in rep.kernels if k["flops"] and k["module"] == "0")
+    assert gemm["calls"] == 3 and gemm["flops"] == 2 * 16 * 32 * 72
+    assert sorted(s["s33"] if "s33" in s else next(iter(s.values())) for s in gemm["sizes"]) == [8, 24, 40]
+
+
+def test_generate_loop_costs_every_step_at_its_cache_length(fresh):
+    from examples.minimal_llama import Llama, LlamaConfig, decode_step_flops, generate
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(dim=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=100, max_seq=64)
+    rep, lengths = generate(Llama(cfg), torch.randint(0, 100, (1, 16)), 6)
+    assert lengths == [16, 17, 18, 19, 20, 21]
+    dec = next(s for s in rep.stages if s["name"] == "decode")
+    assert dec["calls"] == 6
+    # each step by hand (decode_step_flops writes the formula out), summed over cache lengths 16..21
+    assert dec["flops"] == sum(decode_step_flops(cfg, s) for s in lengths) == 1021440
+    assert rep.coverage()["time_attributed"] >= 0.99
