@@ -262,6 +262,15 @@ def _trace_device(device) -> torch.device:
     return torch.device("cpu")
 
 
+def grad_outputs(out, name: str) -> list[torch.Tensor]:
+    """The outputs a training analysis runs backward from (those requiring grad); one clear error if none."""
+    outs = _float_outputs(out)
+    if not outs:
+        raise GraphMFUError(f"analyze(training=True): no output of {name} requires grad; give the "
+                            f"model trainable parameters or float inputs with requires_grad=True")
+    return outs
+
+
 def _float_outputs(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out] if out.requires_grad else []
@@ -347,10 +356,7 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
             with torch.set_grad_enabled(training), mode:
                 out = compiled(*fargs, **fkwargs)
             if training:
-                outs = _float_outputs(out)
-                if not outs:
-                    raise GraphMFUError(f"analyze(training=True): no output of {name} requires grad; give the "
-                                        f"model trainable parameters or float inputs with requires_grad=True")
+                outs = grad_outputs(out, name)
                 with mode:
                     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
         except GraphMFUError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from graphmfu import _inductor
-from graphmfu.capture import Reach, _check_callable, _failure, _float_outputs, _optimizer_error, _trace_device
+from graphmfu.capture import Reach, _check_callable, _failure, grad_outputs, _optimizer_error, _trace_device
 from graphmfu.cost import ensure_builtin_rules
 from graphmfu.eager import Recorder
 from graphmfu.errors import GraphMFUError
@@ -62,10 +62,7 @@ def plan(model_or_fn, args: tuple, kwargs: dict, *, training: bool, device=None)
                 with tagger, rec:
                     out = model_or_fn(*margs, **mkwargs)
                 if training:
-                    outs = _float_outputs(out)
-                    if not outs:
-                        raise GraphMFUError(f"analyze(training=True): no output of {name} requires grad; give the "
-                                            f"model trainable parameters or float inputs with requires_grad=True")
+                    outs = grad_outputs(out, name)
                     grads = [torch.ones_like(o) for o in outs]  # the seed is not the model's work
                     with tagger, rec:
                         torch.autograd.backward(outs, grads)
