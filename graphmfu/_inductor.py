@@ -782,3 +782,29 @@ def higher_order_ops() -> dict:
     except ImportError:  # pragma: no cover
         return {}
     return dict(_higher_order_ops)
+
+
+def size_hint(x) -> int | None:
+    """An int size as it is at compile time: an int, or a SymInt's hint (None: no hint, e.g. unbacked)."""
+    if isinstance(x, int):
+        return x
+    if isinstance(x, torch.SymInt):
+        node = x.node
+        if hasattr(node, "maybe_as_int") and node.maybe_as_int() is not None:
+            return node.maybe_as_int()
+        hint = getattr(node, "hint", None)
+        if hint is not None:
+            return int(hint)
+        try:
+            return int(node.shape_env.size_hint(node.expr))
+        except Exception:  # noqa: BLE001 - no hint (unbacked symbol)
+            return None
+    return None
+
+
+def real_tensors():
+    """A context where new tensors are real even inside a fake (or any dispatch) mode: a graph pass
+    that computes with small tensors (rules/masks.py counts mask pairs) runs under analyze()'s fake mode."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()

@@ -64,6 +64,9 @@ def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None, wi
     return total
 
 
+VECTOR_PER_SCORE = 5  # scale, max, subtract, exp, sum (forward); recompute exp 2, dS 2, scale 1 (backward)
+
+
 def _attention(q_bhtd, k_bhtd, v_bhtd, causal, window_left=None, window_right=None, *, backward,
                dtype, read, written, window_align=None):
     b, hq, tq, d = q_bhtd
@@ -73,7 +76,7 @@ def _attention(q_bhtd, k_bhtd, v_bhtd, causal, window_left=None, window_right=No
     per_pair = 2 * d + 2 * dv
     mult = 2 if backward else 1
     out_elems = b * hq * tq * dv
-    vec = b * hq * (5 * pairs) + (2 if backward else 1) * out_elems
+    vec = b * hq * (VECTOR_PER_SCORE * pairs) + (2 if backward else 1) * out_elems
     dt = dtype_name(dtype)
     return Cost.of({dt: mult * b * hq * pairs * per_pair},
                    dense={dt: mult * b * hq * dense_pairs * per_pair},

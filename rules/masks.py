@@ -1,0 +1,1288 @@
+"""Explicit attention masks: the (query, key) pairs an ``attn_mask`` keeps, counted from the graph.
+
+Hugging Face models (``transformers.masking_utils.sdpa_mask``) and most hand-written models build the
+mask in the graph from sizes and pass it to SDPA: ``iota`` -> broadcasting views -> comparisons of
+``q_idx`` and ``kv_idx`` -> ``&`` / ``|`` -> ``where(mask, 0, -inf)``.  The SDPA rules
+(``rules/attention.py``) see only the mask's shape and count every pair; this graph pass walks the
+FX subgraph that computes each SDPA's mask and, when the mask follows from sizes alone, sets the
+node's ``flops`` (and the 5 vector FLOPs per score) from the exact number of unmasked pairs, keeping
+``flops_dense``.
+
+What it reads.  Index tensors (``iota``, ``arange``) and affine functions of them (add, sub, neg,
+multiplication by constants, floor-division / remainder by positive integer constants, ``abs``),
+broadcasting views (unsqueeze, squeeze, expand, permute, transpose, size-1 reshapes, slice, select,
+constant_pad_nd), comparisons (lt le gt ge eq ne), logical/bitwise and, or, xor, not, ``where``,
+``masked_fill``, constants (``full``, ``scalar_tensor``, finfo.min), dtype casts, and arithmetic
+on piecewise-constant values (``(1 - m) * finfo.min``, ``mask_a + mask_b``).  A float mask is
+additive: a pair is masked where its value is ``-inf`` or ``<= -1e4`` (``finfo.min``, the legacy
+``-10000.0``); a bool mask keeps ``True``.
+
+How it counts (no ``Tq x Tk`` tensor is ever made).  The mask becomes a boolean formula whose atoms
+compare an integer-valued function of the query index ``i`` and key index ``j`` with 0.  For every
+query row at once (length-``Tq`` int64 tensors) an atom is solved for ``j`` into an interval (``eq``:
+one interval; ``ne`` / ``|x| >= w``: two), ``&`` intersects and ``|`` unites interval lists, and the
+union is counted exactly per row (sorted sweep).  Causal, sliding windows (either side), chunked /
+local attention (``j // C == i // C``), prefix-LM (a union of two intervals) are exact.
+
+What it cannot know.  A mask that reads inputs (a padding ``attention_mask``, document ids) or
+constants, or uses an op it does not read, has leaves with unknown values.  Replacing every such
+leaf by ``True`` (the formula is in negation normal form, so monotone in its leaves) gives an upper
+bound: the count of the part known from sizes.  The node is then flagged: ``mask_inputs`` (depends
+on inputs; the bound is dense), ``mask_unrecognised`` (an op it cannot read; dense) or
+``mask_upper_bound`` (inputs or unread ops, counted as the size-only part, e.g. the causal part of a
+causal & padding mask).  An SDPA with an ``attn_mask`` is never counted without either an exact count
+or a flag.
+
+Backward graphs receive the mask as a saved forward output (a placeholder of the same name); the
+forward graph's pass remembers what it read of its outputs under Dynamo's compile id, and the
+backward of the same compile reads it back (only when the backward's saved inputs are all among that
+forward's outputs).  This small cache (``_SAVED``, last 256 compiles) is the one piece of state here.
+
+Dynamic shapes: sizes are taken at their compile-time hints; the node's note says so.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import sys
+import threading
+from fractions import Fraction
+
+import torch
+
+from graphmfu import _inductor
+from graphmfu.cost import REGISTRY, Cost, op_name
+
+INPUTS = REGISTRY.flag(
+    "mask_inputs", "attn_mask depends on inputs: counted dense",
+    "{n} attention(s) with an attn_mask that depends on inputs (padding, document ids): counted dense")
+UNRECOGNISED = REGISTRY.flag(
+    "mask_unrecognised", "attn_mask not recognised: counted dense",
+    "{n} attention(s) with an attn_mask graphmfu cannot read: counted dense")
+UPPER_BOUND = REGISTRY.flag(
+    "mask_upper_bound", "attn_mask partly depends on inputs or unread ops: counted as its size-only part "
+                        "(causal/window), an upper bound",
+    "{n} attention(s) with an attn_mask that partly depends on inputs (e.g. causal & padding): counted as the "
+    "part known from sizes, an upper bound (exact when the inputs mask nothing)")
+
+MASKED_AT = -1e4  # an additive mask value at or below this (or -inf) masks the pair out
+_MAX_INTERVALS = 64  # per row, before giving up (a formula this wide is not a mask pattern)
+_MAX_PIECES = 64
+_MAX_NODES = 4000  # nodes walked per graph
+_BIG = 1 << 60
+
+# op -> (position of the mask argument, its keyword name, position of is_causal, position of q)
+_SDPA = {
+    "aten.scaled_dot_product_attention.default": (3, "attn_mask", 5, 0),
+    "aten._scaled_dot_product_attention_math.default": (3, "attn_mask", 5, 0),
+    "aten._scaled_dot_product_flash_attention_for_cpu.default": (None, "attn_mask", 4, 0),
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward.default": (None, "attn_mask", 7, 1),
+    "aten._scaled_dot_product_efficient_attention.default": (3, "attn_bias", 6, 0),
+    "aten._scaled_dot_product_efficient_attention_backward.default": (4, "attn_bias", 11, 1),
+    "aten._scaled_dot_product_cudnn_attention.default": (3, "attn_bias", 6, 0),
+    "aten._scaled_dot_product_cudnn_attention_backward.default": (8, "attn_bias", 14, 1),
+    "aten._scaled_dot_product_fused_attention_overrideable.default": (3, "attn_bias", 5, 0),
+    "aten._scaled_dot_product_fused_attention_overrideable_backward.default": (4, "attn_bias", 13, 1),
+}
+_CAUSAL_NAME = "is_causal"
+
+
+class Unknown(Exception):
+    """A part of the mask graph this pass cannot read (the message says which)."""
+
+
+# =========================================================================== integer expressions
+#
+# Lin: sum of coef * term + const, terms: ("v", p) the index along the dim p places from the right
+# (p = 0: key index j, p = 1: query index i), ("fd", Lin, C) floor(Lin / C), ("abs", Lin).  Every term
+# is integer-valued (the inner Lin of fd/abs has integer coefficients); coefficients and the constant
+# may be fractions (true division by a constant).
+
+@dataclasses.dataclass(frozen=True)
+class Lin:
+    terms: tuple = ()  # ((key, coef), ...) sorted by repr(key), coef != 0
+    const: Fraction = Fraction(0)
+
+    @staticmethod
+    def make(items, const) -> "Lin":
+        d: dict = {}
+        for k, c in items:
+            d[k] = d.get(k, 0) + c
+        return Lin(tuple(sorted(((k, Fraction(c)) for k, c in d.items() if c != 0), key=lambda kc: repr(kc[0]))),
+                   Fraction(const))
+
+    @property
+    def is_const(self) -> bool:
+        return not self.terms
+
+    @property
+    def integral(self) -> bool:
+        return self.const.denominator == 1 and all(c.denominator == 1 for _, c in self.terms)
+
+    def __add__(self, o: "Lin") -> "Lin":
+        return Lin.make(self.terms + o.terms, self.const + o.const)
+
+    def scale(self, c) -> "Lin":
+        c = Fraction(c)
+        return Lin.make(tuple((k, v * c) for k, v in self.terms), self.const * c)
+
+    def __neg__(self) -> "Lin":
+        return self.scale(-1)
+
+    def __sub__(self, o: "Lin") -> "Lin":
+        return self + (-o)
+
+    def vars(self) -> set:
+        out = set()
+        for k, _ in self.terms:
+            out |= {k[1]} if k[0] == "v" else k[1].vars()
+        return out
+
+    def subst(self, fn) -> "Lin":
+        """Replace ("v", p) by fn(p) (a Lin, or None to keep it)."""
+        out = Lin((), self.const)
+        for k, c in self.terms:
+            if k[0] == "v":
+                r = fn(k[1])
+                out = out + (Lin.make(((k, c),), 0) if r is None else r.scale(c))
+            elif k[0] == "fd":
+                out = out + floordiv(k[1].subst(fn), k[2]).scale(c)
+            else:
+                out = out + absolute(k[1].subst(fn)).scale(c)
+        return out
+
+
+def const(v) -> Lin:
+    return Lin((), Fraction(v))
+
+
+def var(p: int) -> Lin:
+    return Lin(((("v", p), Fraction(1)),), Fraction(0))
+
+
+def floordiv(e: Lin, c) -> Lin:
+    c = Fraction(c)
+    if c <= 0 or c.denominator != 1 or not e.integral:
+        raise Unknown("floor division other than an integer by a positive integer constant")
+    c = int(c)
+    if e.is_const:
+        return const(math.floor(e.const / c))
+    if c == 1:
+        return e
+    return Lin(((("fd", e, c), Fraction(1)),), Fraction(0))
+
+
+def remainder(e: Lin, c) -> Lin:
+    return e - floordiv(e, c).scale(c)
+
+
+def absolute(e: Lin) -> Lin:
+    if not e.integral:
+        raise Unknown("abs of a non-integer index expression")
+    if e.is_const:
+        return const(abs(e.const))
+    return Lin(((("abs", e), Fraction(1)),), Fraction(0))
+
+
+# =========================================================================== boolean formulas (NNF)
+#
+# ("const", bool) | ("atom", Lin, op) with op in le ge eq ne, meaning Lin op 0 (Lin integral) |
+# ("and", (...)) | ("or", (...)) | ("leaf", kind, detail, negated): a value this pass cannot know,
+# kind "inputs" or "unrecognised".
+
+TRUE, FALSE = ("const", True), ("const", False)
+_NEG = {"le": "gt", "lt": "ge", "ge": "lt", "gt": "le", "eq": "ne", "ne": "eq"}
+_SWAP = {"le": "ge", "lt": "gt", "ge": "le", "gt": "lt", "eq": "eq", "ne": "ne"}
+
+
+def atom(lin: Lin, op: str):
+    """The formula ``lin op 0`` (op: lt le gt ge eq ne)."""
+    den = 1
+    for c in [lin.const] + [c for _, c in lin.terms]:
+        den = den * c.denominator // math.gcd(den, c.denominator)
+    lin = lin.scale(den)  # integer coefficients; every term is integer-valued, so lin is an integer
+    if op == "lt":
+        lin, op = lin + const(1), "le"
+    elif op == "gt":
+        lin, op = lin - const(1), "ge"
+    if lin.is_const:
+        v = lin.const
+        return TRUE if {"le": v <= 0, "ge": v >= 0, "eq": v == 0, "ne": v != 0}[op] else FALSE
+    return ("atom", lin, op)
+
+
+def leaf(kind: str, detail: str):
+    return ("leaf", kind, detail, False)
+
+
+def and_(*xs):
+    out = []
+    for x in xs:
+        if x == FALSE:
+            return FALSE
+        if x == TRUE:
+            continue
+        out.extend(x[1] if x[0] == "and" else (x,))
+    out = list(dict.fromkeys(out))
+    return TRUE if not out else out[0] if len(out) == 1 else ("and", tuple(out))
+
+
+def or_(*xs):
+    out = []
+    for x in xs:
+        if x == TRUE:
+            return TRUE
+        if x == FALSE:
+            continue
+        out.extend(x[1] if x[0] == "or" else (x,))
+    out = list(dict.fromkeys(out))
+    return FALSE if not out else out[0] if len(out) == 1 else ("or", tuple(out))
+
+
+def not_(x):
+    kind = x[0]
+    if kind == "const":
+        return FALSE if x[1] else TRUE
+    if kind == "atom":
+        return atom(x[1], _NEG[x[2]])
+    if kind == "and":
+        return or_(*(not_(y) for y in x[1]))
+    if kind == "or":
+        return and_(*(not_(y) for y in x[1]))
+    return ("leaf", x[1], x[2], not x[3])
+
+
+def subst_bool(x, fn):
+    kind = x[0]
+    if kind == "atom":
+        return atom(x[1].subst(fn), x[2])
+    if kind == "and":
+        return and_(*(subst_bool(y, fn) for y in x[1]))
+    if kind == "or":
+        return or_(*(subst_bool(y, fn) for y in x[1]))
+    return x
+
+
+def bool_vars(x) -> set:
+    if x[0] == "atom":
+        return x[1].vars()
+    if x[0] in ("and", "or"):
+        return set().union(*(bool_vars(y) for y in x[1]))
+    return set()
+
+
+def leaves(x) -> list:
+    if x[0] == "leaf":
+        return [x]
+    if x[0] in ("and", "or"):
+        return [lf for y in x[1] for lf in leaves(y)]
+    return []
+
+
+# =========================================================================== tensor values
+
+@dataclasses.dataclass(frozen=True)
+class V:
+    """What the pass knows of one tensor: ``kind`` lin (an index expression), bool (a formula),
+    piece (piecewise constant: ((formula, value), ...), formulas disjoint and covering), opaque
+    (unknown values: ``data`` is the leaf standing for it); ``shape`` (ints); ``dtype``."""
+    kind: str
+    data: object
+    shape: tuple
+    dtype: torch.dtype | None = None
+
+    def subst(self, fn) -> "V":
+        if self.kind == "lin":
+            return dataclasses.replace(self, data=self.data.subst(fn))
+        if self.kind == "bool":
+            return dataclasses.replace(self, data=subst_bool(self.data, fn))
+        if self.kind == "piece":
+            return dataclasses.replace(self, data=_pieces((subst_bool(c, fn), v) for c, v in self.data))
+        return self
+
+    def vars(self) -> set:
+        if self.kind == "lin":
+            return self.data.vars()
+        if self.kind == "bool":
+            return bool_vars(self.data)
+        if self.kind == "piece":
+            return set().union(*(bool_vars(c) for c, _ in self.data)) if self.data else set()
+        return set()
+
+
+def _pieces(items) -> tuple:
+    merged: dict = {}
+    for c, v in items:
+        if c == FALSE:
+            continue
+        key = ("nan",) if isinstance(v, float) and math.isnan(v) else (type(v) is bool, v)
+        merged[key] = (or_(merged[key][0], c), v) if key in merged else (c, v)
+    out = tuple(merged.values())
+    if len(out) > _MAX_PIECES:
+        raise Unknown("too many distinct mask values")
+    return out
+
+
+def _normalise(v: V) -> V:
+    """Dims of size 1 carry index 0: substitute it, so broadcasting lines up by position."""
+    ones = {p for p in range(len(v.shape)) if v.shape[len(v.shape) - 1 - p] == 1}
+    if ones and v.kind in ("lin", "bool", "piece") and v.vars() & ones:
+        v = v.subst(lambda p: const(0) if p in ones else None)
+    if not v.vars() <= set(range(len(v.shape))):
+        raise Unknown("index expression on a dimension the tensor does not have")
+    return v
+
+
+def _cast_number(x, dtype):
+    if dtype is None:
+        return x
+    if dtype == torch.bool:
+        return bool(x)
+    if not dtype.is_floating_point and not dtype.is_complex:
+        if isinstance(x, float) and not math.isfinite(x):
+            raise Unknown("a non-finite value cast to an integer")
+        return int(x)
+    return float(torch.tensor(float(x), dtype=dtype).item())
+
+
+def _scalar_value(x) -> V:
+    return V("piece", ((TRUE, x),), ())
+
+
+def _as_lin(v: V):
+    if v.kind == "lin":
+        return v.data
+    if v.kind == "piece" and len(v.data) == 1 and v.data[0][0] == TRUE:
+        x = v.data[0][1]
+        if isinstance(x, bool):
+            return const(int(x))
+        if isinstance(x, (int, float)) and math.isfinite(x):
+            return const(Fraction(x))
+    return None
+
+
+def _as_pieces(v: V) -> tuple:
+    if v.kind == "piece":
+        return v.data
+    if v.kind == "bool":
+        return _pieces(((v.data, True), (not_(v.data), False)))
+    lin = _as_lin(v)
+    if lin is not None and lin.is_const:
+        c = lin.const
+        return ((TRUE, int(c) if c.denominator == 1 else float(c)),)
+    raise Unknown("an index expression mixed with mask values")
+
+
+def as_bool(v: V):
+    """The formula ``v != 0`` (a bool tensor's own values)."""
+    if v.kind == "bool":
+        return v.data
+    if v.kind == "opaque":
+        return v.data
+    if v.kind == "lin":
+        return atom(v.data, "ne")
+    return or_(*(c for c, x in v.data if bool(x)))
+
+
+def kept(v: V):
+    """The formula for the pairs a mask value keeps: a bool mask its True, a float mask (additive)
+    every value above MASKED_AT."""
+    if v.kind == "opaque":
+        return v.data
+    if v.dtype is not None and v.dtype.is_floating_point:
+        if v.kind == "lin":
+            raise Unknown("a float bias that varies with the indices (not a mask)")
+        pieces = _as_pieces(v)
+        return or_(*(c for c, x in pieces if not (math.isnan(x) or x <= MASKED_AT)))
+    return as_bool(v)
+
+
+# =========================================================================== the walk over FX nodes
+
+def _short(target) -> str:
+    name = op_name(target)
+    parts = name.split(".")
+    return parts[1] if len(parts) >= 2 and parts[0] in ("aten", "prims") else name
+
+
+def _int_of(x):
+    """An int from an int, a SymInt (its compile-time hint) or an FX node of a scalar size."""
+    if isinstance(x, torch.fx.Node):
+        x = x.meta.get("val")
+    if isinstance(x, bool):
+        return int(x)
+    if isinstance(x, int):
+        return x
+    if isinstance(x, torch.SymInt):
+        h = _inductor.size_hint(x)
+        if h is None:
+            raise Unknown("a data-dependent size")
+        return h
+    raise Unknown(f"a size that is not an integer ({type(x).__name__})")
+
+
+def _number_of(x):
+    if isinstance(x, torch.fx.Node):
+        x = x.meta.get("val")
+    if isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, torch.SymInt):
+        return _int_of(x)
+    if isinstance(x, torch.SymFloat):
+        raise Unknown("a symbolic float")
+    raise Unknown(f"a scalar of type {type(x).__name__}")
+
+
+class Walker:
+    """Reads the mask subgraph of one graph (memoised per node)."""
+
+    def __init__(self, saved: dict | None = None):
+        self.memo: dict = {}
+        self.saved = saved or {}
+        self.walked = 0
+        self.symbolic = False  # a size was taken at its compile-time hint
+
+    # ------------------------------------------------------------------ entry
+    def value(self, node) -> V:
+        if not isinstance(node, torch.fx.Node):
+            return _scalar_value(_number_of(node))
+        got = self.memo.get(node)
+        if got is None:
+            self.walked += 1
+            try:
+                if self.walked > _MAX_NODES:
+                    raise Unknown("mask graph too large")
+                got = self._node(node)
+            except Unknown as e:
+                got = V("opaque", leaf("unrecognised", str(e)), self._shape(node, strict=False), self._dtype(node))
+            except RecursionError:
+                got = V("opaque", leaf("unrecognised", "mask graph too deep"), (), self._dtype(node))
+            self.memo[node] = got
+        return got
+
+    def _shape(self, node, strict=True) -> tuple:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            if strict:
+                raise Unknown("no tensor metadata")
+            return ()
+        try:
+            return tuple(_int_of(s) for s in val.shape)
+        except Unknown:
+            if strict:
+                raise
+            return ()
+
+    @staticmethod
+    def _dtype(node):
+        val = node.meta.get("val")
+        return val.dtype if isinstance(val, torch.Tensor) else None
+
+    def _node(self, node) -> V:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            if isinstance(val, (int, float, bool, torch.SymInt)):
+                return _scalar_value(_number_of(val))
+            raise Unknown(f"{node.name} is not a tensor")
+        if node.op == "placeholder":
+            got = self.saved.get(node.name)
+            if got is not None and got.shape == self._shape(node):
+                return got
+            return V("opaque", leaf("inputs", node.name), self._shape(node), val.dtype)
+        if node.op == "get_attr":
+            return V("opaque", leaf("inputs", f"constant {node.target}"), self._shape(node), val.dtype)
+        if node.op != "call_function":
+            raise Unknown(f"{node.op} {node.name}")
+        short = _short(node.target)
+        handler = _HANDLERS.get(short)
+        if handler is None:
+            raise Unknown(op_name(node.target))
+        out = handler(self, node, self._shape(node), val.dtype)
+        if out.kind == "opaque":
+            return dataclasses.replace(out, shape=self._shape(node), dtype=val.dtype)
+        return _normalise(dataclasses.replace(out, shape=self._shape(node), dtype=val.dtype))
+
+    def arg(self, node, i, name=None, default=None):
+        if i is not None and len(node.args) > i:
+            return node.args[i]
+        return node.kwargs.get(name, default) if name else default
+
+
+_HANDLERS: dict = {}
+
+
+def handles(*names):
+    def deco(fn):
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+    return deco
+
+
+def _opaque_of(*vs):
+    for v in vs:
+        if v.kind == "opaque":
+            return v
+    return None
+
+
+# ------------------------------------------------------------------ sources
+
+@handles("iota")
+def _iota(w, node, shape, dtype):
+    start = _number_of(w.arg(node, None, "start", 0))
+    step = _number_of(w.arg(node, None, "step", 1))
+    return V("lin", var(0).scale(step) + const(start), shape)
+
+
+@handles("arange")
+def _arange(w, node, shape, dtype):
+    a = [_number_of(x) for x in node.args]
+    start = a[0] if len(a) >= 2 else node.kwargs.get("start", 0)
+    step = a[2] if len(a) >= 3 else node.kwargs.get("step", 1)
+    if not all(isinstance(x, int) for x in (start, step)):
+        raise Unknown("arange with float bounds")
+    return V("lin", var(0).scale(step) + const(start), shape)
+
+
+@handles("full", "full_like", "new_full")
+def _full(w, node, shape, dtype):
+    fill = _number_of(w.arg(node, 2 if _short(node.target) == "new_full" else 1, "fill_value"))
+    return _scalar_value(_cast_number(fill, dtype))
+
+
+@handles("scalar_tensor")
+def _scalar_tensor(w, node, shape, dtype):
+    return _scalar_value(_cast_number(_number_of(node.args[0]), dtype))
+
+
+@handles("zeros", "zeros_like", "new_zeros")
+def _zeros(w, node, shape, dtype):
+    return _scalar_value(_cast_number(0, dtype))
+
+
+@handles("ones", "ones_like", "new_ones")
+def _ones(w, node, shape, dtype):
+    return _scalar_value(_cast_number(1, dtype))
+
+
+# ------------------------------------------------------------------ same values, other dtype or storage
+
+def _convert(v: V, dtype) -> V:
+    if v.kind == "opaque" or dtype is None:
+        return v
+    if dtype == torch.bool:
+        return V("bool", as_bool(v), v.shape)
+    if v.kind == "lin":
+        if dtype.is_floating_point and dtype.itemsize < 4:
+            raise Unknown(f"an index expression cast to {dtype} (inexact)")
+        if not dtype.is_floating_point and not v.data.integral:
+            raise Unknown("a fractional index expression cast to an integer")
+        return v
+    return V("piece", _pieces((c, _cast_number(x, dtype)) for c, x in _as_pieces(v)), v.shape)
+
+
+@handles("clone", "alias", "contiguous", "lift_fresh_copy", "detach", "_to_copy", "convert_element_type", "to",
+         "device_put", "view_as_real_copy", "alias_copy", "detach_copy", "type_as")
+def _same(w, node, shape, dtype):
+    return _convert(w.value(node.args[0]), dtype)
+
+
+# ------------------------------------------------------------------ views
+
+def _shift(v: V, fn) -> V:
+    return v.subst(lambda p: var(fn(p)))
+
+
+@handles("unsqueeze", "unsqueeze_copy")
+def _unsqueeze(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n = len(shape)
+    d = node.args[1] % n
+    p_new = n - 1 - d  # positions >= p_new move one to the left
+    return _shift(v, lambda p: p + 1 if p >= p_new else p)
+
+
+@handles("squeeze", "squeeze_copy")
+def _squeeze(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n_in = len(v.shape)
+    dims = node.args[1] if len(node.args) > 1 else [d for d in range(n_in) if v.shape[d] == 1]
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    gone = sorted({n_in - 1 - (d % n_in) for d in dims if v.shape[d % n_in] == 1})
+    return _shift(v, lambda p: p - sum(1 for g in gone if g < p))
+
+
+@handles("expand", "expand_copy", "broadcast_to")
+def _expand(w, node, shape, dtype):
+    return w.value(node.args[0])  # size-1 dims carry no index, new leading dims none either
+
+
+@handles("permute", "permute_copy")
+def _permute(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n = len(shape)
+    perm = [d % n for d in node.args[1]]
+    # out dim d is in dim perm[d]: in position n-1-perm[d] -> out position n-1-d
+    where_to = {n - 1 - perm[d]: n - 1 - d for d in range(n)}
+    return _shift(v, lambda p: where_to[p])
+
+
+@handles("transpose", "transpose_copy")
+def _transpose(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n = len(shape)
+    a, b = n - 1 - node.args[1] % n, n - 1 - node.args[2] % n
+    return _shift(v, lambda p: b if p == a else a if p == b else p)
+
+
+@handles("t", "t_copy")
+def _t(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    return _shift(v, lambda p: 1 - p) if len(shape) == 2 else v
+
+
+@handles("view", "reshape", "_unsafe_view", "view_copy")
+def _view(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    if len(node.args) > 1 and isinstance(node.args[1], torch.dtype):
+        if v.kind == "opaque" or node.args[1] == v.dtype:
+            return v
+        raise Unknown("a bit-cast view")
+    src = [(len(v.shape) - 1 - d, s) for d, s in enumerate(v.shape) if s != 1]
+    dst = [(len(shape) - 1 - d, s) for d, s in enumerate(shape) if s != 1]
+    if [s for _, s in src] != [s for _, s in dst]:
+        if v.kind == "opaque":
+            return v
+        raise Unknown("a reshape that merges or splits dimensions")
+    to = {p: q for (p, _), (q, _) in zip(src, dst)}
+    return _shift(v, lambda p: to[p])
+
+
+@handles("slice", "slice_copy")
+def _slice(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n = len(v.shape)
+    dim = w.arg(node, 1, "dim", 0) % n
+    size = v.shape[dim]
+    start = w.arg(node, 2, "start", None)
+    step = _int_of(w.arg(node, 4, "step", 1))
+    start = 0 if start is None else _int_of(start)
+    if start < 0:
+        start += size
+    start = min(max(start, 0), size)
+    p = n - 1 - dim
+    return v.subst(lambda q: var(p).scale(step) + const(start) if q == p else None)
+
+
+@handles("select", "select_copy")
+def _select(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    n = len(v.shape)
+    dim = node.args[1] % n
+    index = _int_of(node.args[2])
+    if index < 0:
+        index += v.shape[dim]
+    p = n - 1 - dim
+    v = v.subst(lambda q: const(index) if q == p else None)
+    return _shift(v, lambda q: q - 1 if q > p else q)
+
+
+@handles("constant_pad_nd")
+def _pad(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    pad = [_int_of(x) for x in node.args[1]]
+    value = _number_of(w.arg(node, 2, "value", 0))
+    if v.kind == "opaque":
+        return v
+    if v.kind == "lin":
+        raise Unknown("a padded index expression")
+    pieces = _as_pieces(v) if v.kind != "bool" else None
+    inside = TRUE
+    shifts = {}
+    for k in range(len(pad) // 2):
+        p = k  # pad pairs start at the last dim
+        left = pad[2 * k]
+        size_in = v.shape[len(v.shape) - 1 - p]
+        shifts[p] = left
+        x = var(p) - const(left)  # index into the unpadded tensor
+        inside = and_(inside, atom(x, "ge"), atom(x - const(size_in - 1), "le"))
+    moved = v.subst(lambda q: var(q) - const(shifts[q]) if q in shifts else None)
+    if v.kind == "bool":
+        return V("bool", or_(and_(inside, moved.data), and_(not_(inside), TRUE if bool(value) else FALSE)), shape)
+    del pieces
+    return V("piece", _pieces([(and_(inside, c), x) for c, x in moved.data] +
+                              [(not_(inside), _cast_number(value, dtype))]), shape)
+
+
+@handles("index")
+def _index(w, node, shape, dtype):
+    src = w.value(node.args[0])
+    if src.kind == "opaque":
+        return src
+    raise Unknown("indexing a tensor by index tensors")
+
+
+# ------------------------------------------------------------------ arithmetic
+
+def _binary(w, node, fn_lin, fn_num, name):
+    a, b = w.value(node.args[0]), w.value(node.args[1])
+    alpha = node.kwargs.get("alpha")
+    if alpha is not None and name in ("add", "sub"):
+        b = _scale_value(b, _number_of(alpha))
+    o = _opaque_of(a, b)
+    if o is not None:
+        return o
+    la, lb = _as_lin(a), _as_lin(b)
+    if (a.kind == "lin" or b.kind == "lin") and la is not None and lb is not None:
+        return V("lin", fn_lin(la, lb), ())
+    pa, pb = _as_pieces(a), _as_pieces(b)
+    out = []
+    for ca, xa in pa:
+        for cb, xb in pb:
+            c = and_(ca, cb)
+            if c != FALSE:
+                out.append((c, fn_num(xa, xb)))
+    return V("piece", _pieces(out), ())
+
+
+def _scale_value(v: V, s):
+    if v.kind == "lin":
+        return V("lin", v.data.scale(s), v.shape, v.dtype)
+    if v.kind == "opaque":
+        return v
+    return V("piece", _pieces((c, x * s) for c, x in _as_pieces(v)), v.shape, v.dtype)
+
+
+def _lin_mul(a: Lin, b: Lin) -> Lin:
+    if a.is_const:
+        return b.scale(a.const)
+    if b.is_const:
+        return a.scale(b.const)
+    raise Unknown("a product of two index expressions")
+
+
+def _lin_div(a: Lin, b: Lin) -> Lin:
+    if not b.is_const or b.const == 0:
+        raise Unknown("division by an index expression")
+    return a.scale(1 / b.const)
+
+
+def _lin_floordiv(a: Lin, b: Lin) -> Lin:
+    if not b.is_const:
+        raise Unknown("floor division by an index expression")
+    return floordiv(a, b.const)
+
+
+def _lin_rem(a: Lin, b: Lin) -> Lin:
+    if not b.is_const:
+        raise Unknown("remainder by an index expression")
+    return remainder(a, b.const)
+
+
+def _safe(f):
+    def g(x, y):
+        try:
+            return f(x, y)
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return float("nan")
+    return g
+
+
+def _cast_out(v: V, dtype) -> V:
+    if v.kind == "piece":
+        return V("piece", _pieces((c, _cast_number(x, dtype)) for c, x in v.data), v.shape)
+    return v
+
+
+@handles("add")
+def _add(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, lambda a, b: a + b, _safe(lambda x, y: x + y), "add"), dtype)
+
+
+@handles("sub")
+def _sub(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, lambda a, b: a - b, _safe(lambda x, y: x - y), "sub"), dtype)
+
+
+@handles("rsub")
+def _rsub(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, lambda a, b: b - a, _safe(lambda x, y: y - x), "rsub"), dtype)
+
+
+@handles("mul")
+def _mul(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, _lin_mul, _safe(lambda x, y: x * y), "mul"), dtype)
+
+
+@handles("div")
+def _div(w, node, shape, dtype):
+    mode = node.kwargs.get("rounding_mode")
+    if mode == "floor":
+        return _cast_out(_binary(w, node, _lin_floordiv, _safe(lambda x, y: math.floor(x / y)), "div"), dtype)
+    if mode is not None:
+        a = w.value(node.args[0])
+        if a.kind == "opaque":
+            return a
+        raise Unknown(f"division with rounding_mode={mode!r}")
+    return _cast_out(_binary(w, node, _lin_div, _safe(lambda x, y: x / y), "div"), dtype)
+
+
+@handles("floor_divide")
+def _floor_divide(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, _lin_floordiv, _safe(lambda x, y: x // y), "floor_divide"), dtype)
+
+
+@handles("remainder")
+def _remainder(w, node, shape, dtype):
+    return _cast_out(_binary(w, node, _lin_rem, _safe(lambda x, y: x % y), "remainder"), dtype)
+
+
+@handles("neg")
+def _neg(w, node, shape, dtype):
+    return _scale_value(w.value(node.args[0]), -1)
+
+
+@handles("abs")
+def _abs(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    if v.kind == "opaque":
+        return v
+    if v.kind == "lin":
+        return V("lin", absolute(v.data), ())
+    return V("piece", _pieces((c, abs(x)) for c, x in _as_pieces(v)), ())
+
+
+# ------------------------------------------------------------------ comparisons and logic
+
+_CMP = {"lt": lambda x, y: x < y, "le": lambda x, y: x <= y, "gt": lambda x, y: x > y,
+        "ge": lambda x, y: x >= y, "eq": lambda x, y: x == y, "ne": lambda x, y: x != y}
+
+
+def _compare(op):
+    def handler(w, node, shape, dtype):
+        a, b = w.value(node.args[0]), w.value(node.args[1])
+        o = _opaque_of(a, b)
+        if o is not None:
+            return V("bool", o.data, ())
+        la, lb = _as_lin(a), _as_lin(b)
+        if la is not None and lb is not None:
+            return V("bool", atom(la - lb, op), ())
+        if a.kind == "lin" or b.kind == "lin":
+            raise Unknown("an index expression compared with mask values")
+        out = []
+        for ca, xa in _as_pieces(a):
+            for cb, xb in _as_pieces(b):
+                if _CMP[op](xa, xb):
+                    out.append(and_(ca, cb))
+        return V("bool", or_(*out), ())
+    return handler
+
+
+for _op in _CMP:
+    _HANDLERS[_op] = _compare(_op)
+
+
+def _bools(w, node):
+    return [as_bool(w.value(a)) for a in node.args[:2]]
+
+
+@handles("logical_and", "bitwise_and")
+def _and(w, node, shape, dtype):
+    if dtype != torch.bool:
+        raise Unknown("bitwise and of integers")
+    return V("bool", and_(*_bools(w, node)), ())
+
+
+@handles("logical_or", "bitwise_or")
+def _or(w, node, shape, dtype):
+    if dtype != torch.bool:
+        raise Unknown("bitwise or of integers")
+    return V("bool", or_(*_bools(w, node)), ())
+
+
+@handles("logical_xor", "bitwise_xor")
+def _xor(w, node, shape, dtype):
+    if dtype != torch.bool:
+        raise Unknown("bitwise xor of integers")
+    a, b = _bools(w, node)
+    return V("bool", or_(and_(a, not_(b)), and_(not_(a), b)), ())
+
+
+@handles("logical_not", "bitwise_not")
+def _not(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    if dtype != torch.bool:
+        raise Unknown("bitwise not of integers")
+    return V("bool", not_(as_bool(v)), ())
+
+
+def _select_values(cond, a: V, b: V, dtype) -> V:
+    if dtype == torch.bool:
+        return V("bool", or_(and_(cond, as_bool(a)), and_(not_(cond), as_bool(b))), ())
+    o = _opaque_of(a, b)
+    if o is not None:
+        return o
+    pa, pb = _as_pieces(a), _as_pieces(b)
+    return V("piece", _pieces([(and_(cond, c), _cast_number(x, dtype)) for c, x in pa] +
+                              [(and_(not_(cond), c), _cast_number(x, dtype)) for c, x in pb]), ())
+
+
+@handles("where")
+def _where(w, node, shape, dtype):
+    cond = as_bool(w.value(node.args[0]))
+    return _select_values(cond, w.value(node.args[1]), w.value(node.args[2]), dtype)
+
+
+@handles("masked_fill")
+def _masked_fill(w, node, shape, dtype):
+    cond = as_bool(w.value(node.args[1]))
+    return _select_values(cond, w.value(node.args[2]), w.value(node.args[0]), dtype)
+
+
+# =========================================================================== counting
+
+def _floor_div(r, c: int):
+    return torch.div(r, c, rounding_mode="floor") if isinstance(r, torch.Tensor) else r // c
+
+
+def _ceil_div(r, c: int):
+    return -_floor_div(-r, c)
+
+
+class Counter:
+    """Counts the pairs a formula over (i = var 1, j = var 0) keeps, all rows at once."""
+
+    def __init__(self, tq: int, tk: int):
+        self.tq, self.tk = tq, tk
+        self.i = torch.arange(tq, dtype=torch.int64)
+        self.unknown: list = []  # atoms it could not solve, counted as True (an upper bound)
+
+    def eval(self, lin: Lin):
+        """An index expression without j, for every row (int or length-Tq tensor)."""
+        out = int(lin.const)
+        for k, c in lin.terms:
+            c = int(c)
+            if k[0] == "v":
+                if k[1] != 1:
+                    raise Unknown("mask depends on the key index inside an expression")
+                t = self.i
+            elif k[0] == "fd":
+                t = _floor_div(self.eval(k[1]), k[2])
+            else:
+                t = self.eval(k[1])
+                t = t.abs() if isinstance(t, torch.Tensor) else abs(t)
+            out = out + c * t
+        return out
+
+    def solve(self, lin: Lin, op: str, rhs) -> list:
+        """The j with ``lin(i, j) op rhs`` (op le or ge), as a list of intervals (lo, hi)."""
+        jt = [(k, c) for k, c in lin.terms if 0 in (Lin(((k, c),)).vars())]
+        rest = Lin(tuple(kc for kc in lin.terms if kc not in jt), lin.const)
+        r = rhs - self.eval(rest)
+        if not jt:
+            ok = (r >= 0) if op == "le" else (r <= 0)
+            return [self._rows(ok)]
+        if len(jt) > 1:
+            raise Unknown("mask compares a sum of several functions of the key index")
+        key, c = jt[0]
+        c = int(c)
+        if (c > 0) == (op == "le"):
+            return self._term(key, "le", _floor_div(r, c) if c > 0 else _floor_div(-r, -c))
+        return self._term(key, "ge", _ceil_div(r, c) if c > 0 else _ceil_div(-r, -c))
+
+    def _term(self, key, op, v) -> list:
+        if key == ("v", 0):
+            return [(-_BIG, v)] if op == "le" else [(v, _BIG)]
+        if key[0] == "fd":
+            e, c = key[1], key[2]
+            return self.solve(e, "le", c * v + c - 1) if op == "le" else self.solve(e, "ge", c * v)
+        e = key[1]
+        if op == "le":
+            return self.intersect(self.solve(e, "le", v), self.solve(-e, "le", v))
+        return self.solve(e, "ge", v) + self.solve(-e, "ge", v)
+
+    def _rows(self, ok):
+        if isinstance(ok, torch.Tensor):
+            return (torch.where(ok, -_BIG, _BIG), torch.where(ok, _BIG, -_BIG))
+        return (-_BIG, _BIG) if ok else (_BIG, -_BIG)
+
+    def intersect(self, a: list, b: list) -> list:
+        out = [(_max(x[0], y[0]), _min(x[1], y[1])) for x in a for y in b]
+        out = [iv for iv in out if not _surely_empty(iv)]
+        if len(out) > _MAX_INTERVALS:
+            raise Unknown("mask formula too wide")
+        return out
+
+    def intervals(self, f) -> list:
+        kind = f[0]
+        if kind == "const":
+            return [(-_BIG, _BIG)] if f[1] else []
+        if kind == "leaf":
+            return [(-_BIG, _BIG)]  # an upper bound: the formula is monotone in its leaves
+        if kind == "atom":
+            try:
+                return self._atom(f[1], f[2])
+            except Unknown as e:  # this comparison only: True, an upper bound (the formula is in NNF)
+                self.unknown.append(("unrecognised", str(e)))
+                return [(-_BIG, _BIG)]
+        if kind == "and":
+            out = [(-_BIG, _BIG)]
+            for g in f[1]:
+                out = self.intersect(out, self.intervals(g))
+                if not out:
+                    break
+            return out
+        out = []
+        for g in f[1]:
+            out += self.intervals(g)
+            if len(out) > _MAX_INTERVALS:
+                raise Unknown("mask formula too wide")
+        return out
+
+    def _atom(self, lin, op) -> list:
+        if op in ("le", "ge"):
+            return self.solve(lin, op, 0)
+        if op == "eq":
+            return self.intersect(self.solve(lin, "le", 0), self.solve(lin, "ge", 0))
+        return self.solve(lin, "le", -1) + self.solve(lin, "ge", 1)
+
+    def count(self, f) -> int:
+        ivs = self.intervals(f)
+        if not ivs:
+            return 0
+        tq, tk = self.tq, self.tk
+        lo = torch.stack([torch.as_tensor(a, dtype=torch.int64).expand(tq) for a, _ in ivs], 1).clamp(0, tk)
+        hi = torch.stack([torch.as_tensor(b, dtype=torch.int64).expand(tq) for _, b in ivs], 1).clamp(-1, tk - 1)
+        if len(ivs) == 1:
+            return int((hi - lo + 1).clamp_min(0).sum())
+        empty = lo > hi
+        lo, hi = lo.masked_fill(empty, tk), hi.masked_fill(empty, -1)
+        lo, order = lo.sort(dim=1)
+        hi = hi.gather(1, order)
+        prev = torch.full((tq,), -1, dtype=torch.int64)
+        total = 0
+        for k in range(lo.shape[1]):
+            start = torch.maximum(lo[:, k], prev + 1)
+            total += int((hi[:, k] - start + 1).clamp_min(0).sum())
+            prev = torch.maximum(prev, hi[:, k])
+        return total
+
+
+def _max(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return max(a, b)
+
+
+def _min(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return min(a, b)
+
+
+def _surely_empty(iv) -> bool:
+    lo, hi = iv
+    return not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor) and lo > hi
+
+
+@dataclasses.dataclass
+class MaskCount:
+    """The pairs a mask keeps: ``pairs`` (exact when ``exact``, else an upper bound), ``dense``
+    (Tq*Tk), and the leaves it could not know (``(kind, detail)``: inputs / unrecognised)."""
+    pairs: int
+    dense: int
+    unknown: list
+
+    @property
+    def exact(self) -> bool:
+        return not self.unknown
+
+
+def count_kept(formula, tq: int, tk: int) -> MaskCount:
+    """Count the (query, key) pairs ``formula`` keeps (vars: 1 = query index, 0 = key index)."""
+    unknown = [(lf[1], lf[2]) for lf in leaves(formula)]
+    if not bool_vars(formula) <= {0, 1}:
+        return MaskCount(tq * tk, tq * tk, unknown + [("unrecognised", "mask varies over batch or heads")])
+    counter = Counter(tq, tk)
+    try:
+        pairs = counter.count(formula)
+    except Unknown as e:
+        return MaskCount(tq * tk, tq * tk, unknown + counter.unknown + [("unrecognised", str(e))])
+    return MaskCount(pairs, tq * tk, unknown + counter.unknown)
+
+
+def pairs_from_tensor(mask: torch.Tensor, tq: int, tk: int, rows: int = 4096):
+    """The (query, key) pairs a real mask tensor keeps (bool: True; float, additive: above MASKED_AT),
+    per (batch, head) entry of its leading dims (their mean: an int when they agree).  Rows are read
+    ``rows`` at a time, so a long mask costs at most ``rows x Tk`` booleans more.  For recorders that
+    see mask values (eager), and to check the graph pass."""
+    m = mask.detach()
+    if m.dim() < 2:
+        m = m.reshape(1, -1)
+    lead = math.prod(m.shape[:-2])
+    total = 0
+    for start in range(0, tq, rows):
+        stop = min(tq, start + rows)
+        block = m[..., start:stop, :] if m.shape[-2] != 1 else m
+        keep = block if block.dtype == torch.bool else (block > MASKED_AT)  # nan and -inf: masked
+        total += int(keep.expand(*keep.shape[:-2], stop - start, tk).sum())
+    return total // lead if total % lead == 0 else total / lead
+
+
+# =========================================================================== the graph pass
+
+_SAVED: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+_SAVED_LOCK = threading.Lock()
+
+
+def _mask_arg(node, spec):
+    pos, name, _, _ = spec
+    if pos is not None and len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name)
+
+
+def _causal(node, spec) -> bool:
+    pos = spec[2]
+    v = node.args[pos] if len(node.args) > pos else node.kwargs.get(_CAUSAL_NAME, False)
+    return bool(v) if isinstance(v, (bool, int)) else False
+
+
+def _linked(gm, cid) -> dict:
+    """What the forward graph of the same compile read of its outputs, when ``gm`` is its backward."""
+    if cid is None:
+        return {}
+    with _SAVED_LOCK:
+        entry = _SAVED.get(cid)
+    if entry is None:
+        return {}
+    outputs, values = entry
+    saved = [n.name for n in gm.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")]
+    if not saved or not set(saved) <= outputs:
+        return {}
+    return values
+
+
+def _remember(gm, cid, walker) -> None:
+    """A forward graph: keep what the walk read of its outputs for its backward (always replacing what
+    an earlier graph of the same compile id left, so a stale entry is never read)."""
+    if cid is None:
+        return
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if any(p.startswith("tangents") for p in placeholders):
+        return  # a backward graph: it reads, the forward writes
+    out = next((n for n in reversed(gm.graph.nodes) if n.op == "output"), None)
+    names, values = set(), {}
+    for a in _inductor.tree_leaves(out.args if out is not None else ()):
+        if isinstance(a, torch.fx.Node):
+            names.add(a.name)
+            got = walker.memo.get(a)
+            if got is not None and got.kind != "opaque":
+                values[a.name] = got
+    with _SAVED_LOCK:
+        _SAVED[cid] = (names, values)
+        _SAVED.move_to_end(cid)
+        while len(_SAVED) > 256:
+            _SAVED.popitem(last=False)
+
+
+def _q_k(node, spec):
+    qi = spec[3]
+    q, k = node.args[qi], node.args[qi + 1]
+    qv, kv = q.meta.get("val"), k.meta.get("val")
+    return qv, kv
+
+
+def _attention_module():
+    return sys.modules.get("graphmfu.rules.attention")
+
+
+def with_pairs(cost: Cost, bh: int, tq: int, tk: int, pairs: int) -> Cost:
+    """``cost`` of an SDPA node (rules/attention.py) with ``flops`` counting ``pairs`` kept (query, key)
+    pairs per (batch, head), ``flops_dense`` unchanged; vector FLOPs 5 per kept score."""
+    att = _attention_module()
+    per_score = getattr(att, "VECTOR_PER_SCORE", 5)
+    dense = tq * tk
+    if dense <= 0:
+        return cost
+    unit = cost.flops_dense // dense  # matrix FLOPs of one pair, all batches and heads
+    old_pairs = cost.flops // unit if unit else dense
+    matrix = {k: v // dense * pairs for k, v in cost.matrix_dense}
+    vector = dict(cost.vector)
+    if len(vector) == 1:
+        (k, v), = vector.items()
+        vector[k] = v - per_score * bh * (old_pairs - pairs)
+    return Cost.of(matrix, dense=dict(cost.matrix_dense), vector=vector, read=cost.bytes_read,
+                   written=cost.bytes_written)
+
+
+def mask_count(walker: Walker, node, spec) -> MaskCount | None:
+    """What the mask of SDPA ``node`` keeps, or None when it has no mask."""
+    mask = _mask_arg(node, spec)
+    if not isinstance(mask, torch.fx.Node):
+        return None
+    qv, kv = _q_k(node, spec)
+    tq, tk = _int_of(qv.shape[-2]), _int_of(kv.shape[-2])
+    v = walker.value(mask)
+    try:
+        f = kept(v)
+    except Unknown as e:
+        f = leaf("unrecognised", str(e))
+    if _causal(node, spec):
+        f = and_(f, atom(var(0) - var(1), "le"))  # PyTorch's is_causal: top-left, j <= i
+    return count_kept(f, tq, tk)
+
+
+@REGISTRY.graph_pass
+def masked_attention(gm, records) -> None:
+    """Count the pairs every SDPA's ``attn_mask`` keeps (module docstring); flag what it cannot know."""
+    with _inductor.real_tensors():  # analyze() runs graph passes inside its fake mode
+        _masked_attention(gm, records)
+
+
+def _masked_attention(gm, records) -> None:
+    cid = _inductor.compile_id()
+    walker = Walker(_linked(gm, cid))
+    by_name = {r.name: r for r in records}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        spec = _SDPA.get(op_name(node.target))
+        if spec is None:
+            continue
+        rec = by_name.get(node.name)
+        if rec is None or rec.cost is None:
+            continue
+        try:
+            mc = mask_count(walker, node, spec)
+        except Exception as e:  # noqa: BLE001 - this node is flagged, the graph's analysis goes on
+            mc = MaskCount(0, 0, [("unrecognised", f"{type(e).__name__}: {e}")])
+        if mc is None:
+            continue
+        _apply(rec, node, spec, mc)
+    _remember(gm, cid, walker)
+
+
+def _apply(rec, node, spec, mc: MaskCount) -> None:
+    kinds = {k for k, _ in mc.unknown}
+    if mc.dense:
+        qv, _ = _q_k(node, spec)
+        bh = math.prod(_int_of(s) for s in qv.shape[:-2])
+        tq, tk = _int_of(qv.shape[-2]), _int_of(_q_k(node, spec)[1].shape[-2])
+        if mc.pairs != mc.dense or rec.cost.flops != rec.cost.flops_dense:
+            rec.cost = with_pairs(rec.cost, bh, tq, tk, mc.pairs)
+            if rec.cost_expr:
+                rec.cost_expr = {**rec.cost_expr, "flops": str(rec.cost.flops),
+                                 "vector_flops": str(rec.cost.vector_flops)}
+                rec.note = "; ".join(filter(None, (rec.note, "attn_mask pairs counted at the compile-time sizes")))
+    if not mc.unknown:
+        return
+    if mc.dense and mc.pairs < mc.dense:
+        flag = UPPER_BOUND
+    else:
+        flag = INPUTS if kinds == {"inputs"} else UNRECOGNISED
+    rec.flag(flag)
+    details = sorted({f"{k}: {d}" for k, d in mc.unknown})
+    rec.note = f"{rec.note} ({'; '.join(details[:3])})"
