@@ -584,7 +584,7 @@ def _convert(v: V, dtype) -> V:
 
 
 @handles("clone", "alias", "contiguous", "lift_fresh_copy", "detach", "_to_copy", "convert_element_type", "to",
-         "device_put", "view_as_real_copy", "alias_copy", "detach_copy", "type_as")
+         "device_put", "alias_copy", "detach_copy", "type_as")
 def _same(w, node, shape, dtype):
     return _convert(w.value(node.args[0]), dtype)
 
