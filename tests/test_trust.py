@@ -229,7 +229,7 @@ def test_a_measured_cpu_ceiling_beaten_by_a_kernel_is_remeasured_then_raised(tim
         assert rep.device.measured and "raised to the best rate a measured kernel reached" in rep.device.source
         assert all(k["mfu"] is None or k["mfu"] <= 1 + 1e-9 for k in rep.kernels)
         gemm = next(k for k in rep.kernels if k["flops"])
-        assert rep.device.peaks_tflops["fp32"] >= gemm["achieved_tflops"] > 1e-5
+        assert rep.device.peaks_tflops["fp32"] >= gemm["achieved_tflops"] * (1 - 1e-12) > 1e-5  # raised to it
     finally:
         cpu.measured_cpu.cache_clear()
 
@@ -258,11 +258,12 @@ def test_demo_model_no_kernel_above_peak_and_mbu_above_100_only_flagged(fresh):
 def test_dynamic_graph_costs_each_call_at_its_own_sizes(fresh):
     m = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
     cm = torch.compile(m, backend=graphmfu.backend, dynamic=True)
+    xs = [torch.randn(t, 16) for t in (8, 24, 40)]  # made outside the profile: eager work is listed, not ours
     with torch.no_grad():
-        cm(torch.randn(8, 16))
+        cm(xs[0])
         with graphmfu.profile() as p, graphmfu.stage("s"):
-            for t in (8, 24, 40):
-                cm(torch.randn(t, 16))
+            for x in xs:
+                cm(x)
     rep = p.report()
     # per token: 2*16*32 + 2*32*8 = 1536 matrix FLOPs; tokens 8 + 24 + 40 = 72 -> 110592 (the hint alone: 3*8*1536)
     assert rep.stages[0]["flops"] == 1536 * 72 == 110592
@@ -284,4 +285,6 @@ def test_generate_loop_costs_every_step_at_its_cache_length(fresh):
     assert dec["calls"] == 6
     # each step by hand (decode_step_flops writes the formula out), summed over cache lengths 16..21
     assert dec["flops"] == sum(decode_step_flops(cfg, s) for s in lengths) == 1021440
-    assert rep.coverage()["time_attributed"] >= 0.99
+    # every kernel inside the compiled graphs is joined (the loop's own cat/argmax between calls are eager)
+    inside = sum(u["time_s"] for u in rep.coverage()["unattributed_kernels"] if u["where"] == "inside graph")
+    assert inside == 0 and rep.data["timing"]["attributed_time_s"] > 0
