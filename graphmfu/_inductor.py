@@ -808,3 +808,12 @@ def real_tensors():
     from torch.utils._python_dispatch import _disable_current_modes
 
     return _disable_current_modes()
+
+
+def is_fake(t) -> bool:
+    """Is ``t`` a FakeTensor (shapes only, no values)?"""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, FakeTensor)

@@ -369,6 +369,8 @@ class OpInfo:
     flag: str | None = None  # a Flag name every node of this op carries
     split_bytes: Callable | None = None  # (node, kernels_of, me, tensor_bytes, inputs) -> (written, not read):
     # bytes of one kernel when Inductor lowers one node of this op into several kernels
+    values: Callable | None = None  # (args, kwargs, cost) -> (cost, [Flag]): the cost refined from the real
+    # argument values a recorder sees (eager: an attention mask's kept pairs); flags when values are not real
 
 
 class RuleRegistry:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from graphmfu import _inductor
-from graphmfu.cost import ZERO, ensure_builtin_rules, event_name, nbytes, op_name, tensors
+from graphmfu.cost import REGISTRY, ZERO, ensure_builtin_rules, event_name, nbytes, op_name, tensors
 from graphmfu.nodes import shapes, spec_of
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord
 from graphmfu.registry import Registry
@@ -79,6 +79,14 @@ class Recorder(_inductor.dispatch_mode_base()):
 
     def _record(self, func, args, kwargs, out) -> OpRecord:
         name, cost, note, inputs, outputs, out_bytes, flags = self._describe(func, args, kwargs, out)
+        refine = REGISTRY.info(func).values
+        if refine is not None and cost is not None:  # from real values, not memoized: a mask's kept pairs
+            try:
+                cost, more = refine(args, kwargs, cost)
+                flags = [*flags, *more]
+            except Exception as e:  # noqa: BLE001 - as a failing rule: the recording's failure
+                if self.failure is None:
+                    self.failure = f"op e{len(self.ops)} ({name}): {type(e).__name__}: {e}"
         in_bw, module = self.tagger.backward_module()
         if module is None:
             module = self.last_bw_module if in_bw else _inductor.tracked_module(self.tracker)

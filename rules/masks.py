@@ -1286,3 +1286,34 @@ def _apply(rec, node, spec, mc: MaskCount) -> None:
     rec.flag(flag)
     details = sorted({f"{k}: {d}" for k, d in mc.unknown})
     rec.note = f"{rec.note} ({'; '.join(details[:3])})"
+
+
+# ----------------------------------------------------------------- recorders that see real values (eager)
+
+def _values_refiner(name: str, spec):
+    mask_pos, mask_kw, _, q_pos = spec
+
+    def refine(args, kwargs, cost):
+        """An eager SDPA with a real mask: count the pairs it keeps.  A mask without values (meta or fake
+        tensors: the fast planning path) is counted dense and flagged."""
+        mask = kwargs.get(mask_kw)
+        if mask is None and mask_pos is not None and len(args) > mask_pos:
+            mask = args[mask_pos]
+        if not isinstance(mask, torch.Tensor):
+            return cost, []
+        q, k = args[q_pos], args[q_pos + 1]
+        if mask.device.type == "meta" or _inductor.is_fake(mask):
+            return cost, [INPUTS]
+        tq, tk = int(q.shape[-2]), int(k.shape[-2])
+        bh = math.prod(int(s) for s in q.shape[:-2])
+        pairs = pairs_from_tensor(mask, tq, tk)
+        return with_pairs(cost, bh, tq, tk, pairs), []
+
+    return refine
+
+
+for _name, _spec in _SDPA.items():
+    _ns, _op, _overload = _name.split(".")
+    _target = getattr(getattr(getattr(torch.ops, _ns), _op, None), _overload, None)
+    if _target is not None:
+        REGISTRY.declare(_target, values=_values_refiner(_name, _spec))

@@ -422,3 +422,25 @@ def test_random_masks_match_brute_force(seed):
         assert (node.flags == ["mask_unrecognised"]) == (node.cost.flops == node.cost.flops_dense)
         return
     assert node.cost.flops == truth
+
+
+def test_eager_recorder_counts_a_real_mask_and_both_compare_sides_agree():
+    """The eager side sees the mask's values at dispatch time: its kept pairs are counted (cost.OpInfo.values),
+    so compare's eager and compiled FLOPs agree on a masked attention."""
+    import torch.nn.functional as F
+
+    class A(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(32, 32)
+
+        def forward(self, x):
+            t = x.shape[1]
+            mask = torch.arange(t)[:, None] >= torch.arange(t)[None, :]
+            q = self.q(x).view(1, t, 4, 8).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    cmp = graphmfu.compare(A(), torch.randn(1, 16, 32), warmup=1, iters=1)
+    s = cmp.stages[0]
+    # q projection 2*16*32*32 = 32768; causal pairs 16*17/2 = 136 per head, 4 heads, QK^T and PV: 2*2*136*8*4 = 17408
+    assert s["eager"]["flops"] == s["compiled"]["flops"] == 32768 + 17408 and s["flops_match"]
