@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.graphmfu-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q "transformers==5.23.*"
 	$(BIN)/python -m pip install -q "setuptools>=64" numpy sympy networkx tabulate pytest hypothesis
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@

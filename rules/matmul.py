@@ -1,7 +1,7 @@
 """Matrix products: mm, addmm, bmm, baddbmm, matmul/linear (where they survive),
 _scaled_mm (fp8), _int_mm (int8 x int8 -> int32) and grouped mm.  ``2*m*n*k``
 matrix FLOPs; a bias add or ``beta*C`` is vector work (one add per output element)."""
-from graphmfu.cost import Cost, dtype_name, io_bytes, prod, rule
+from graphmfu.cost import REGISTRY, Cost, dtype_name, io_bytes, prod, rule
 import torch
 
 aten = torch.ops.aten
@@ -105,3 +105,43 @@ def grouped_mm(a, b, offs=None, bias=None, out_dtype=None, *, out):
 def scaled_grouped_mm(a, b, scale_a, scale_b, offs=None, bias=None, scale_result=None,
                       out_dtype=None, use_fast_accum=False, *, out):
     return _gemm(_grouped(a, b, offs), a, (a, b, scale_a, scale_b, offs, bias, scale_result), out)
+
+
+# ----------------------------------------------------------------- library custom ops (opaque to ATen)
+
+def _grouped_fallback(a, b, offs, *, out):
+    # transformers' MoE experts outside bf16 under torch.compile: a loop of mm over the expert groups of
+    # the rows of a [S, K] (sorted by expert, offs = group ends) against b [E, K, N]: every row meets
+    # one expert, 2*S*K*N.  Bytes as _grouped_mm: a, all of b, offs read; out written.
+    return _gemm(2 * a.shape[0] * a.shape[1] * b.shape[2], a, (a, b, offs), out)
+
+
+def _grouped_fallback_backward(a, b, offs, grad_out, *, out):
+    # grad_a = grad_out @ b[e]^T (2*S*N*K) and grad_b[e] = a^T @ grad_out (2*K*S*N): 2x forward
+    return _gemm(2 * 2 * a.shape[0] * a.shape[1] * b.shape[2], a, (a, b, offs, grad_out), out)
+
+
+LIBRARY_OPS = {  # "namespace::op" -> rule; registered once the library has defined the op
+    "transformers::grouped_mm_fallback": _grouped_fallback,
+    "transformers::grouped_mm_fallback_backward": _grouped_fallback_backward,
+}
+
+
+def register_library_ops() -> list:
+    """Register the rules of LIBRARY_OPS whose op exists now (a library defines its custom ops when it
+    is imported: transformers' MoE ops with transformers.integrations.moe).  Idempotent; returns the
+    names registered by this call.  Runs when the rules load; call it again if the library was
+    imported after graphmfu loaded its rules."""
+    done = []
+    for name, fn in LIBRARY_OPS.items():
+        ns, op = name.split("::")
+        packet = getattr(getattr(torch.ops, ns), op, None)  # None until the library defines it
+        if packet is None or REGISTRY.lookup(packet) is not None:
+            continue
+        fn.__qualname__ = f"{fn.__name__}[{name}]"
+        REGISTRY.register(packet, fn)
+        done.append(name)
+    return done
+
+
+register_library_ops()

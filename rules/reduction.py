@@ -119,6 +119,16 @@ if hasattr(prims, "_low_memory_max_pool_offsets_to_indices"):
         return Cost.of(vector={"int": 4 * offsets.numel}, read=r, written=w)
 
 
+if hasattr(prims, "prepare_softmax_online"):
+    # Inductor's post-grad pass (CUDA/XPU with Triton, config.online_softmax) replaces the amax and sum
+    # of a softmax by one online pass: (max, sum of exp(x - max)) per row, keepdim.  Per input element:
+    # compare, subtract, exp, add = 4 (the subtract and exp it feeds stay separate nodes, counted there).
+    @rule(prims.prepare_softmax_online)
+    def prepare_softmax_online(x, dim, *, out):
+        r, w = io_bytes((x,), out)
+        return Cost.of(vector={dtype_name(x.dtype): 4 * x.numel}, read=r, written=w)
+
+
 def adaptive(*args, out, **kwargs):
     x = tensors(args)[0]
     o = tensors(out)[0]
