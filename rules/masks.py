@@ -216,28 +216,25 @@ def leaf(kind: str, detail: str):
     return ("leaf", kind, detail, False)
 
 
-def and_(*xs):
+def _junction(kind: str, absorbing, identity, xs):
+    """``and`` (absorbing FALSE, identity TRUE) or ``or`` (the dual), flattened and deduplicated."""
     out = []
     for x in xs:
-        if x == FALSE:
-            return FALSE
-        if x == TRUE:
+        if x == absorbing:
+            return absorbing
+        if x == identity:
             continue
-        out.extend(x[1] if x[0] == "and" else (x,))
+        out.extend(x[1] if x[0] == kind else (x,))
     out = list(dict.fromkeys(out))
-    return TRUE if not out else out[0] if len(out) == 1 else ("and", tuple(out))
+    return identity if not out else out[0] if len(out) == 1 else (kind, tuple(out))
+
+
+def and_(*xs):
+    return _junction("and", FALSE, TRUE, xs)
 
 
 def or_(*xs):
-    out = []
-    for x in xs:
-        if x == TRUE:
-            return TRUE
-        if x == FALSE:
-            continue
-        out.extend(x[1] if x[0] == "or" else (x,))
-    out = list(dict.fromkeys(out))
-    return FALSE if not out else out[0] if len(out) == 1 else ("or", tuple(out))
+    return _junction("or", TRUE, FALSE, xs)
 
 
 def not_(x):
