@@ -286,10 +286,11 @@ DECOMPOSED = REGISTRY.flag(
 # softmax as one node, or (after Inductor's decompositions, as in every captured graph) its exp
 _SOFTMAX = {"aten._softmax.default", "aten._safe_softmax.default", "aten.softmax.int", "aten.exp.default"}
 _MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
-# ops that may sit between a score matmul and its softmax (scaling, masking, casts, layout)
+# ops that may sit between a score matmul and its softmax (scaling, masking, casts, layout, and tanh:
+# Gemma2's logit softcap, cap * tanh(scores / cap))
 _PASS = {"view", "_unsafe_view", "reshape", "expand", "clone", "permute", "transpose", "unsqueeze", "squeeze",
          "mul", "div", "add", "where", "masked_fill", "native_dropout", "_to_copy", "convert_element_type",
-         "getitem", "sub", "exp", "sum", "amax"}
+         "getitem", "sub", "exp", "sum", "amax", "tanh"}
 
 
 @REGISTRY.graph_pass

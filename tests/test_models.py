@@ -17,8 +17,8 @@ dense 1024 pairs per sequence; rules/masks.py reads SDPA attn_mask graphs):
   gemma3 layer 0 (window 8): 228, layer 1 (is_causal): 528: right.
   whisper (decoder self causal, encoder and cross dense), clip (text causal, vision dense), vit: right.
   gemma2 (eager attention, transformers has no SDPA for it: bmm, *scale, /cap, tanh, *cap, + mask,
-    softmax, bmm): counted 1024 for 228 (layer 0) and 528 (layer 1); nothing flagged (the
-    decomposed-attention pass stops at tanh).
+    softmax, bmm): counted 1024 for 228 (layer 0) and 528 (layer 1), flagged decomposed_attention
+    (the pass looks through tanh, the softcap).
   deepseek_v3 (MLA, Dqk 24 != Dv 16: CPU SDPA takes the math path, bmm + softmax): 1024 for 528,
     flagged decomposed_attention.
   bert (padding: sequence 2 has 20 real tokens): 2 * 1024 counted for 1024 + 32*20 = 1664 pairs,
@@ -350,11 +350,9 @@ def test_attention_effective_by_hand(name, training):
 
 
 DECOMPOSED = [(m, t) for m in ("gemma2", "deepseek_v3") for t in (False, True)]
-SOFTCAP = pytest.mark.xfail(strict=True, reason="rules/attention.py: the decomposed-attention pass does not walk "
-                                                "through tanh (Gemma2's logit softcap between Q@K^T and softmax)")
 
 
-@pytest.mark.parametrize("name,training", _params(DECOMPOSED, {"gemma2": SOFTCAP}))
+@pytest.mark.parametrize("name,training", _params(DECOMPOSED, {}))
 def test_decomposed_attention_is_flagged(name, training):
     """Attention that survives only as bmm + softmax is counted dense and must say so (one flag per layer)."""
     assert analysis(name, training).coverage()["decomposed_attention"] == H.L
