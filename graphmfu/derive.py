@@ -108,9 +108,9 @@ def kernel_static(k: KernelRecord, dev: DeviceSpec) -> dict:
             "intensity": None if math.isinf(p.intensity) else p.intensity}
 
 
-def _kernel_ops(g: GraphRecord, k: KernelRecord) -> tuple[str, bool]:
-    """(the origin op when the kernel has exactly one, whether every origin has a rule)."""
-    recs = {r.name: r for r in g.nodes}
+def _kernel_ops(recs: dict, k: KernelRecord) -> tuple[str, bool]:
+    """(the origin op when the kernel has exactly one, whether every origin has a rule); ``recs``: the
+    graph's ops by name."""
     ops = [recs[n] for n in k.nodes if n in recs]
     return (ops[0].op if len(ops) == 1 else ""), all(r.known for r in ops)
 
@@ -157,14 +157,15 @@ def observed_rates(record: Record, cache_mb: float | None, min_time_s: float = 2
     return out
 
 
-def kernel_row(g: GraphRecord, k: KernelRecord, launches: list[dict], dev: DeviceSpec) -> dict:
+def kernel_row(g: GraphRecord, k: KernelRecord, launches: list[dict], dev: DeviceSpec,
+               recs: dict | None = None) -> dict:
     """One measured kernel (a graph's kernel in one stage, over all its calls there — for a dynamic graph,
     each call costed at its own sizes): what it moved and computed, its time, and its utilisation."""
     calls = [(k.cost_at(r.get("sizes")), r["calls"]) for r in launches]
     cost = sum((c.map(lambda v, n=n: v * n) for c, n in calls), Cost())
     p = place(cost, dev)
     n, t = sum(r["calls"] for r in launches), sum(r["time_s"] for r in launches)
-    op, known = _kernel_ops(g, k)
+    op, known = _kernel_ops(recs if recs is not None else {r.name: r for r in g.nodes}, k)
     first = launches[0]
     row = {"name": k.name, "op": op, "graph": g.id, "phase": k.phase or g.phase, "index": k.index, "nodes": k.nodes,
            "module": k.module, "stage": first["stage"], "calls": n, "launches": sum(r["launches"] for r in launches),
@@ -309,7 +310,8 @@ def views(record: Record, dev: DeviceSpec) -> dict:
         groups: dict = defaultdict(list)  # a kernel in a stage, over all call sizes
         for r in t.launches:
             groups[(r["graph"], r["kernel"], r["stage"])].append(r)
-        kernels = sorted((kernel_row(gmap[gid], gmap[gid].kernels[ki], rs, dev)
+        recs = {gid: {r.name: r for r in gmap[gid].nodes} for gid in {gid for gid, _, _ in groups}}
+        kernels = sorted((kernel_row(gmap[gid], gmap[gid].kernels[ki], rs, dev, recs[gid])
                           for (gid, ki, _), rs in groups.items()), key=lambda r: -r["time_s"])
         data["kernels"] = kernels
         data["module_times"] = module_tree(kernels, lambda rs: kernel_sum(rs, dev))

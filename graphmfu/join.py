@@ -271,6 +271,7 @@ def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
     ATen ops outside every call (eager work around the graphs).  Views and ops that launch no kernel
     of their own are never kernels; an op enclosing a matched site is a wrapper, not a kernel."""
     in_eager_call = {id(e): c for c in calls if c.nested for e in c.sites}
+    cpu_ranges = {id(c.range) for c in calls if c.cpu and c.range is not None}
     enclosing = set()  # ops with a matched site inside them
     site_events = {id(e): e for c in calls for e in c.sites}
     for sid in matched:
@@ -288,17 +289,16 @@ def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
         if hit is not None:
             call, kernel = hit
             if call.cpu and not info.no_kernel:
-                m = _measured(e)
+                m = _measured(e, "inside graph")
                 _assign(m, call, kernel, "op" if kernel.extern else "name")
-                m.where = "inside graph"
                 out.append(m)
                 taken.add(id(e))
             continue
         if info.view or id(e) in enclosing or any(id(a) in taken or id(a) in matched for a in _ancestors(e)):
             continue
-        parent = e.cpu_parent
+        parent = _parent(e)
         if parent is not None and parent.name.startswith(INDUCTOR_CALL):  # an unmatched launch site
-            if any(c.range is parent and c.cpu for c in calls):
+            if id(parent) in cpu_ranges:
                 out.append(_measured(e, "inside graph"))
                 taken.add(id(e))
             continue

@@ -132,12 +132,11 @@ class ProfileSession:
         return self.registry.record(join.timing([(t[0], t[1]) for t in self._traces], notes, self.cuda))
 
     def _nothing_joined(self) -> str:
-        if self._traces and all(t[3] == 0 for t in self._traces) or not self._traces and self._own:
+        if (self._traces and all(t[3] == 0 for t in self._traces)) or (not self._traces and self._own):
             return ("graphmfu.profile() recorded no events: another torch.profiler ran inside it and took the "
                     "profiling session over; profile with one profiler (pass its arguments to graphmfu.profile(), "
                     "or use graphmfu.attach(prof) inside your own)")
-        ranges = any(e.name.startswith(join.INDUCTOR_CALL) for t in [self.prof] for e in _events(t))
-        if ranges:
+        if any(e.name.startswith(join.INDUCTOR_CALL) for e in _events(self.prof)):
             return ("the profiled model was compiled without graphmfu's backend: use "
                     "torch.compile(model, backend=graphmfu.backend)")
         return ("no graphmfu-compiled graph ran inside graphmfu.profile(); compile with backend=graphmfu.backend, "
