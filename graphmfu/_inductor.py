@@ -146,30 +146,41 @@ _TAGGED: dict = {}  # Inductor's class -> its tagging subclass (a memo; holds no
 class CallTagger:
     """The compiled graphs of one capture registry.  While at least one profile session of that
     registry runs (``enable``/``disable`` nest), each call of such a graph opens a profiler range
-    ``graphmfu::graph <key>`` (kernel names repeat across graphs; the range tells them apart).
-    Otherwise the objects are Inductor's own: zero overhead.  A graph that cannot be tagged runs
-    untagged and is not joined (the report says so)."""
+    ``graphmfu::graph <key>`` (kernel names repeat across graphs; the range tells them apart); while a
+    meter step runs (``attach``/``detach``), each call is reported to the meter (``call_begin(key,
+    values)`` before, ``call_end(token)`` after).  Otherwise the objects are Inductor's own: zero
+    overhead.  A graph that cannot be tagged runs untagged and is not joined (the report says so).
+
+    Per call, a dynamic graph's size symbols are read from its inputs (``size_args``) and each probe
+    (``(name, fn)``: ``fn(inputs) -> int``, e.g. the unmasked (query, key) pairs of an input-dependent
+    mask) is evaluated; the values travel with the call (range name ``<key>|s0=24,pairs_x=900``, the
+    meter's ``values``) and the cost formulas are evaluated with them.  A probe that fails gives no
+    value (the cost stays at its hint, with its note)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._compiled: list = []  # weak references
         self._active = 0
+        self._on = False
+        self.meters: list = []  # meters in a step now (read without the lock by the tagging call)
 
     @property
     def active(self) -> bool:
         return self._active > 0
 
-    def add(self, compiled, key: str, size_args=()) -> None:
+    def add(self, compiled, key: str, size_args=(), probes=()) -> None:
         """Remember a compiled graph; ``size_args`` ([input index, dim or None, symbol]) say where each
-        call's size symbols are read, so a dynamic graph's calls carry their sizes in the range name."""
+        call's size symbols are read, ``probes`` ([(name, fn)]) what else is evaluated per call."""
         import weakref
 
         try:
             compiled._graphmfu_key = key
             compiled._graphmfu_sizes = tuple(tuple(a) for a in size_args)
+            compiled._graphmfu_probes = tuple(probes)
+            compiled._graphmfu_tagger = self
             with self._lock:
                 self._compiled.append(weakref.ref(compiled))
-                if self._active:  # compiled inside a profiled block: tag it now
+                if self._on:  # compiled inside a profiled block or a meter step: tag it now
                     compiled.__class__ = _tagging_class(_base_class(type(compiled)))
         except (TypeError, AttributeError):
             pass
@@ -177,14 +188,29 @@ class CallTagger:
     def enable(self) -> None:
         with self._lock:
             self._active += 1
-            if self._active == 1:
-                self._swap(True)
+            self._update()
 
     def disable(self) -> None:
         with self._lock:
             self._active = max(self._active - 1, 0)
-            if self._active == 0:
-                self._swap(False)
+            self._update()
+
+    def attach(self, meter) -> None:
+        """Report every call to ``meter`` until ``detach``."""
+        with self._lock:
+            self.meters = [*self.meters, meter]  # replaced, never mutated: the tagging call reads it unlocked
+            self._update()
+
+    def detach(self, meter) -> None:
+        with self._lock:
+            self.meters = [m for m in self.meters if m is not meter]
+            self._update()
+
+    def _update(self) -> None:
+        on = self._active > 0 or bool(self.meters)
+        if on != self._on:
+            self._on = on
+            self._swap(on)
 
     def _swap(self, on: bool) -> None:
         alive = []
@@ -199,16 +225,27 @@ class CallTagger:
         self._compiled[:] = alive
 
 
-def _call_sizes(inputs, size_args) -> str:
-    """``s0=24,s1=512``: the size symbols' values in one call's inputs (Inductor passes a list)."""
-    out = []
+def call_values(inputs, size_args, probes=()) -> dict:
+    """``{"s0": 24, "pairs_x": 900}``: the size symbols' values in one call's inputs (Inductor passes a
+    list) and the probes' values; what cannot be read is left out."""
+    out = {}
     for i, d, name in size_args:
         try:
             x = inputs[i]
-            out.append(f"{name}={int(x if d is None else x.shape[d])}")
+            out[name] = int(x if d is None else x.shape[d])
         except (IndexError, TypeError, AttributeError):
             continue
-    return ",".join(out)
+    for name, fn in probes:
+        try:
+            out[name] = int(fn(inputs))
+        except Exception:  # noqa: BLE001 - a probe never breaks the call
+            continue
+    return out
+
+
+def _call_sizes(inputs, size_args, probes=()) -> str:
+    """``s0=24,s1=512``: :func:`call_values` as a range-name suffix."""
+    return ",".join(f"{k}={v}" for k, v in call_values(inputs, size_args, probes).items())
 
 
 def parse_call_range(name: str) -> tuple[str, dict | None]:
@@ -230,14 +267,24 @@ def _tagging_class(cls):
         base_call = cls.__call__
 
         def __call__(self, *args, **kwargs):
-            key = getattr(self, "_graphmfu_key", None)
-            if key is None:
+            tagger = getattr(self, "_graphmfu_tagger", None)
+            if tagger is None:
                 return base_call(self, *args, **kwargs)
-            sizes = getattr(self, "_graphmfu_sizes", ())
-            if sizes and args:
-                key = key + "|" + _call_sizes(args[0], sizes)
-            with torch.profiler.record_function(CALL_RANGE + key):
+            key = self._graphmfu_key
+            sizes, probes = self._graphmfu_sizes, self._graphmfu_probes
+            values = call_values(args[0], sizes, probes) if (sizes or probes) and args else None
+            meters = tagger.meters
+            tokens = [m.call_begin(key, values) for m in meters] if meters else None
+            try:
+                if tagger._active:
+                    name = key + ("|" + ",".join(f"{k}={v}" for k, v in values.items()) if values else "")
+                    with torch.profiler.record_function(CALL_RANGE + name):
+                        return base_call(self, *args, **kwargs)
                 return base_call(self, *args, **kwargs)
+            finally:
+                if tokens is not None:
+                    for m, t in zip(meters, tokens):
+                        m.call_end(t)
 
         sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
                                           "_graphmfu_base": cls})
