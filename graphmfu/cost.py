@@ -314,7 +314,7 @@ def cost_from_formulas(formulas: Mapping, sizes: Mapping[str, int]) -> Cost:
     subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
 
     def ev(text):
-        r = _formula(text).xreplace(subs)
+        r = sympy.sympify(_formula(text).xreplace(subs))  # a bare Symbol comes back as a plain int
         try:
             return int(r) if r.is_integer else float(r)
         except TypeError as e:  # free symbols left
