@@ -30,13 +30,13 @@ from functools import cached_property
 from pathlib import Path
 
 from graphmfu import render
-from graphmfu.derive import graph_calls, module_tree, top_stage
+from graphmfu.derive import graph_calls, module_tree, roofline_point, top_stage
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec
 from graphmfu.record import Record
 from graphmfu.render import Section, ms, num, pct
 from graphmfu.report import Report
-from graphmfu.roofline import rate, utilisation
+from graphmfu.roofline import rate, roofs, utilisation
 
 SCHEMA = "graphmfu.compare/1"
 SIDES = ("eager", "compiled")
@@ -92,7 +92,8 @@ def _module_rows(rep: Report, stage_names: list[str]) -> dict:
                                                       "k_bytes", "mem_time_s")}
         u = utilisation(a["t_matrix_s"], a["k_bytes"], a["t_min_s"], a["time_s"], rep.device)
         return {"time_s": a["time_s"], "kernels": a["kernels"], **{f: a[f] for f in _FIELDS}, "mfu": u["mfu"],
-                "mbu": u["mbu"], "memory_bound_share": rate(a["mem_time_s"], a["time_s"]) or 0.0}
+                "mbu": u["mbu"], "sol": u["sol"], "t_min_s": a["t_min_s"], "t_matrix_s": a["t_matrix_s"],
+                "memory_bound_share": rate(a["mem_time_s"], a["time_s"]) or 0.0}
 
     out = {}
     for st in stage_names:
@@ -115,7 +116,7 @@ def _stage_side(row: dict, static: dict, events_s, clean_s) -> dict:
 
 def _empty_side() -> dict:
     return {"time_s": 0.0, "kernels": 0, "flops": 0, "flops_dense": 0, "vector_flops": 0, "bytes": 0, "mfu": None,
-            "mbu": None, "memory_bound_share": 0.0}
+            "mbu": None, "sol": None, "t_min_s": 0.0, "t_matrix_s": 0.0, "memory_bound_share": 0.0}
 
 
 class Comparison:
@@ -238,6 +239,75 @@ class Comparison:
 
     def coverage(self) -> dict:
         return self.data["coverage"]
+
+    # ---------------------------------------------------------------- roofline, frames
+    def roofline_view(self, by: str = "module", stage: str | None = None, color: str | None = None,
+                      depth: int | None = 2, top: int = 5) -> dict:
+        """Eager → compiled per module on one roofline: for each module of the partition at ``depth`` (rows
+        at that depth, and shallower modules with no children), an eager point (hollow) and a compiled point
+        with an arrow between them; per-iteration numbers of the module table (intensity = all FLOPs /
+        bytes, y = all FLOPs / time).  The ``top`` modules by compiled time are labelled."""
+        if by != "module":
+            raise GraphMFUError(f"Comparison.plot_roofline(by={by!r}): a comparison is drawn per module (by='module')")
+        if color not in (None, "module", "stage"):
+            raise GraphMFUError(f"plot_roofline(color={color!r}): use 'module' or 'stage'")
+        names = self.doc["conditions"]["stages"]
+        if stage is not None and stage not in names:
+            raise GraphMFUError(f"plot_roofline(stage={stage!r}): no such stage; stages: {', '.join(names)}")
+        rows = [m for m in self.data["modules"] if stage is None or m["stage"] == stage]
+        if color is None:
+            color = "stage" if len({m["stage"] for m in rows}) > 1 else "module"
+        paths = {(m["stage"], m["module"]) for m in rows}
+
+        def leaf(m):  # no child module in the same stage
+            return not any(st == m["stage"] and p.startswith(m["module"] + ".") for st, p in paths) if m["module"] \
+                else len(paths) == 1
+        keep = [m for m in rows if m["module"] and (m["depth"] == depth or (depth is None or m["depth"] < depth)
+                                                     and leaf(m))] if depth != 0 else [m for m in rows if not m["module"]]
+        points, arrows, compiled = [], [], []
+        for m in keep:
+            grp = m["stage"] if color == "stage" else (m["module"].split(".")[0] if m["module"] else "(root)")
+            pair = []
+            for side in SIDES:
+                r = m[side]
+                p = roofline_point({**r, "module": m["module"], "stage": m["stage"]}, self.device,
+                                   f"{m['module'] or '(root)'} [{m['stage']}] {side}", grp)
+                p.update(mfu=r["mfu"], mbu=r["mbu"], sol=r["sol"], side=side)  # the module table's numbers
+                ok = p["intensity"] is not None and p["tflops"] and p["time_s"] > 0
+                pair.append(len(points) if ok else None)
+                if ok:
+                    points.append(p)
+            if None not in pair:
+                arrows.append(tuple(pair))
+            if pair[1] is not None:
+                compiled.append(pair[1])
+        labelled = sorted(compiled, key=lambda i: -points[i]["time_s"])[:top]
+        nodes = [n for side in SIDES for n in self.reports[side].nodes]
+        matrix = {dt for n in nodes for dt, f in n.get("flops_by_dtype", {}).items() if f}
+        vector = {dt for n in nodes for dt, f in n.get("vector_flops_by_dtype", {}).items() if f} or {"fp32"}
+        drawn = {i for a in arrows for i in a}
+        no_flops = [m for m in keep if not (m["compiled"]["flops"] + m["compiled"]["vector_flops"])
+                    and m["compiled"]["time_s"] > 0]
+        return {"by": "module", "stage": stage, "color": color, "measured": True, "device": self.device.name,
+                "dram_gbps": self.device.dram_gbps, "roofs": roofs(self.device, matrix, vector), "points": points,
+                "arrows": arrows, "labelled": labelled, "label_by": "largest compiled time", "unpaired": len(points) - len(drawn),
+                "left_out": {"no_flops": {"count": len(no_flops), "time_s": sum(m["compiled"]["time_s"]
+                                                                                for m in no_flops)},
+                             "no_bytes": {"count": 0, "time_s": 0.0}}}
+
+    def plot_roofline(self, path=None, by: str = "module", stage: str | None = None, color: str | None = None,
+                      depth: int | None = 2, top: int = 5, title: str | None = None):
+        """Eager → compiled per module on a roofline (``roofline_view``); ``path`` as ``Report.plot_roofline``."""
+        from graphmfu.render.roofline import plot
+
+        return plot(self.roofline_view(by, stage, color, depth, top), path, title)
+
+    def to_pandas(self, table: str | None = None):
+        """A table of ``table_rows`` (stages, modules, slower, kernels.eager, kernels.compiled) as a DataFrame,
+        the eager/compiled sides as dotted columns (``eager.time_s``)."""
+        from graphmfu.render import frame
+
+        return frame(self.table_rows(table))
 
     # ---------------------------------------------------------------- tables
     def _stage_section(self) -> Section:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from graphmfu.cost import REGISTRY, Cost, ensure_builtin_rules
 from graphmfu.hardware import DeviceSpec
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord, Record
-from graphmfu.roofline import matrix_time_s, place, rate, utilisation
+from graphmfu.roofline import matrix_time_s, place, rate, roofs, utilisation
 
 SCHEMA = "graphmfu.report/1"
 _SUMS = ("flops", "flops_dense", "vector_flops", "bytes_read", "bytes_written", "t_min_s",
@@ -340,5 +340,104 @@ def top_stage(stage: str | None) -> str | None:
     return stage.split("/", 1)[0] if stage else None
 
 
+# --------------------------------------------------------------------------- roofline plots
+
+
+def roofline_point(row: dict, dev: DeviceSpec, label: str, group: str, time_s: float | None = None,
+                   t_matrix_s: float | None = None) -> dict:
+    """A row (kernel, module, node, stage side) as a roofline point: x = intensity (all FLOPs / bytes, as
+    ``roofline.place``), y = achieved FLOP/s (all FLOPs / time), MFU/MBU/SOL from ``roofline.utilisation``.
+    ``time_s`` defaults to the row's measured time; a static row is placed at its ``t_min_s``."""
+    flops_all = row["flops"] + row["vector_flops"]
+    nbytes = row["bytes"] if "bytes" in row else row["bytes_read"] + row["bytes_written"]
+    measured = time_s is None and "time_s" in row
+    t = row["time_s"] if measured else (time_s if time_s is not None else row["t_min_s"])
+    if t_matrix_s is None:
+        t_matrix_s = row.get("t_matrix_s")
+    if t_matrix_s is None:
+        t_matrix_s = sum(f / (dev.matrix_tflops(dt) * 1e12) for dt, f in row.get("flops_by_dtype", {}).items())
+    t_min = row.get("t_min_s", 0.0)
+    u = utilisation(t_matrix_s, nbytes, t_min, t, dev)
+    return {"label": label, "group": group, "module": row.get("module", ""), "stage": row.get("stage"),
+            "flops": row["flops"], "vector_flops": row["vector_flops"], "bytes": nbytes, "time_s": t,
+            "t_min_s": t_min, "lost_s": max(t - t_min, 0.0), "measured": measured,
+            "intensity": flops_all / nbytes if nbytes else None,
+            "tflops": rate(flops_all, t * 1e12) if flops_all else None, "bound": row.get("bound"), **u}
+
+
+def _cut(module: str, depth: int | None) -> str:
+    parts = module.split(".") if module else []
+    return ".".join(parts if depth is None else parts[:depth]) or "(root)"
+
+
+def roofline_view(data: dict, dev: DeviceSpec, by: str = "kernel", stage: str | None = None,
+                  color: str | None = None, depth: int | None = 2, top: int = 5) -> dict:
+    """What a roofline plot of a derived document draws: ``roofs`` (compute units present, the DRAM roof),
+    ``points`` (measured kernels or modules at their time; nodes, and every row of a static report, at
+    t_min), ``labelled`` (indices of the top offenders: most time lost to the roofline, or most t_min when
+    static) and ``left_out`` (rows with no FLOPs or no bytes, which a FLOP/byte plot cannot place)."""
+    from graphmfu.errors import GraphMFUError
+
+    if by not in ("kernel", "node", "module"):
+        raise GraphMFUError(f"plot_roofline(by={by!r}): use 'kernel', 'node' or 'module'")
+    if color not in (None, "module", "stage"):
+        raise GraphMFUError(f"plot_roofline(color={color!r}): use 'module' or 'stage'")
+    timed = bool(data.get("kernels"))
+    stages = sorted({s["name"] for s in data.get("stages", [])})
+    if stage is not None and stage not in stages:
+        raise GraphMFUError(f"plot_roofline(stage={stage!r}): no such stage in this report"
+                            + (f"; stages: {', '.join(stages)}" if stages else " (it has no timing: profile it)"))
+    if by == "kernel" and not timed:
+        by = "node"  # a static report has no measured kernels: its nodes, at t_min
+    kernels = [k for k in data.get("kernels", []) if stage is None or in_stage(k["stage"], stage)]
+    if color is None:
+        color = "stage" if by == "kernel" and len({k["stage"] for k in kernels}) > 1 else "module"
+    rows = []
+    if by == "kernel":
+        for k in kernels:
+            g = (k["stage"] or "(no stage)") if color == "stage" else _cut(k["module"], 1)
+            rows.append(roofline_point(k, dev, f"{k['name']} [{k['module'] or 'root'}]", g))
+    elif by == "module" and timed:
+        groups = by_depth(kernels, depth)
+        for mod, ks in groups.items():
+            r = {**kernel_sum(ks, dev), "module": mod}
+            rows.append(roofline_point(r, dev, mod or "(root)", stage or "all stages" if color == "stage"
+                                       else _cut(mod, 1)))
+    elif by == "module":
+        for mod, ns in by_depth(data["nodes"], depth).items():
+            r = {**node_sum(ns), "module": mod}
+            r["flops_by_dtype"] = _dtype_sum(ns)
+            rows.append(roofline_point(r, dev, mod or "(root)", _cut(mod, 1)))
+    else:
+        for n in data["nodes"]:
+            if n.get("recompute"):
+                continue
+            g = (n.get("stage") or n["phase"]) if color == "stage" else _cut(n["module"], 1)
+            rows.append(roofline_point(n, dev, f"{n['name']} {n['op']} [{n['module'] or 'root'}]", g,
+                                       time_s=n["t_min_s"]))
+    points = [r for r in rows if r["intensity"] is not None and r["tflops"] and r["time_s"] > 0]
+    no_flops = [r for r in rows if not (r["flops"] + r["vector_flops"]) and r["time_s"] > 0]
+    no_bytes = [r for r in rows if r["intensity"] is None and (r["flops"] + r["vector_flops"])]
+    key = (lambda r: r["lost_s"]) if any(r["measured"] for r in points) else (lambda r: r["time_s"])
+    order = sorted(range(len(points)), key=lambda i: -key(points[i]))
+    matrix = {dt for n in data["nodes"] for dt, f in n.get("flops_by_dtype", {}).items() if f}
+    vector = {dt for n in data["nodes"] for dt, f in n.get("vector_flops_by_dtype", {}).items() if f} or {"fp32"}
+    return {"by": by, "stage": stage, "color": color, "measured": any(r["measured"] for r in points),
+            "device": dev.name, "dram_gbps": dev.dram_gbps, "roofs": roofs(dev, matrix, vector),
+            "points": points, "labelled": order[:top],
+            "left_out": {"no_flops": {"count": len(no_flops), "time_s": sum(r["time_s"] for r in no_flops)},
+                         "no_bytes": {"count": len(no_bytes), "time_s": sum(r["time_s"] for r in no_bytes)}}}
+
+
+def _dtype_sum(nodes: list[dict]) -> dict:
+    out: dict = defaultdict(float)
+    for n in nodes:
+        if not n.get("recompute"):
+            for dt, f in n.get("flops_by_dtype", {}).items():
+                out[dt] += f
+    return dict(out)
+
+
 __all__ = ["views", "module_tree", "by_depth", "node_row", "node_sum", "kernel_row", "kernel_sum", "kernel_static",
-           "stage_row", "in_stage", "graph_calls", "top_stage", "SCHEMA", "FLAGS", "kernel_flags", "observed_rates"]
+           "stage_row", "in_stage", "graph_calls", "top_stage", "SCHEMA", "FLAGS", "kernel_flags", "observed_rates",
+           "roofline_point", "roofline_view"]

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from graphmfu import render
-from graphmfu.derive import SCHEMA, by_depth, kernel_sum, node_sum, views
+from graphmfu.derive import SCHEMA, by_depth, kernel_sum, node_sum, roofline_view, views
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, get_device
 from graphmfu.record import RECORD_SCHEMA, Record
@@ -41,9 +41,16 @@ class Report:
         """The derived document: every table of this record on this device (docs/report-schema.md)."""
         return views(self.record, self.device)
 
-    def on(self, device) -> "Report":
-        """The same record placed on another device's roofline (a DeviceSpec, name or alias)."""
-        return Report(self.record, get_device(device))
+    def on(self, device=None, ceilings: str | None = None) -> "Report":
+        """The same record placed on another device's roofline (a DeviceSpec, name or alias; None: this
+        report's device).  ``ceilings="calibrated"``: against the ceilings ``graphmfu calibrate`` measured
+        on that device (its user cache), ``"datasheet"``: the table's figures."""
+        dev = self.device if device is None else get_device(device)
+        if ceilings is not None:
+            from graphmfu.calibrate import ceilings_for
+
+            dev = ceilings_for(dev, ceilings)
+        return Report(self.record, dev)
 
     def select(self, *, phase: str | None = None, graphs=None) -> "Report":
         """The report of some of its graphs' nodes: those of ``phase`` and/or graph ids ``graphs``."""
@@ -239,6 +246,29 @@ class Report:
     def __str__(self) -> str:
         return self.summary()
 
+    # ---------------------------------------------------------------- plots and frames
+    def roofline_view(self, by: str = "kernel", stage: str | None = None, color: str | None = None,
+                      depth: int | None = 2, top: int = 5) -> dict:
+        """What ``plot_roofline`` draws (``derive.roofline_view``): roofs, points, labelled offenders."""
+        return roofline_view(self.data, self.device, by=by, stage=stage, color=color, depth=depth, top=top)
+
+    def plot_roofline(self, path=None, by: str = "kernel", stage: str | None = None, color: str | None = None,
+                      depth: int | None = 2, top: int = 5, title: str | None = None):
+        """A log-log roofline: one roof per compute unit present and DRAM; ``by`` kernel (measured; a
+        static report falls back to nodes at t_min), module (cut to ``depth``) or node; points sized by
+        time, coloured by ``color`` (module or stage), the ``top`` offenders labelled.  ``path`` ending
+        .png/.svg/.pdf (matplotlib), .html (plotly, self-contained), .txt; None returns terminal text."""
+        from graphmfu.render.roofline import plot
+
+        return plot(self.roofline_view(by, stage, color, depth, top), path, title)
+
+    def to_pandas(self, table: str | None = None):
+        """A derived table (``table_rows`` names: nodes, kernels, stages, modules, ...) as a pandas DataFrame;
+        nested fields flattened to dotted columns, as in the CSV."""
+        from graphmfu.render import frame
+
+        return frame(self.table_rows(table))
+
     # ---------------------------------------------------------------- files
     def to_dict(self) -> dict:
         """The document ``.json`` holds: the derived tables, and the record they derive from."""
@@ -252,7 +282,8 @@ class Report:
 
     def save(self, path, **options) -> Path:
         """Write ``.json`` (record + device + derived tables), ``.csv`` (``table=`` nodes, kernels, ...;
-        or ``r.kernels.csv``), ``.md`` or ``.txt``."""
+        or ``r.kernels.csv``), ``.md``, ``.txt``, ``.html`` (one self-contained page), ``.png``/``.svg``
+        (the roofline; ``by=``, ``stage=``)."""
         return render.write(self, path, **options)
 
     @classmethod

@@ -70,3 +70,17 @@ def utilisation(t_matrix_s: float, nbytes: float, t_min_s: float, time_s: float,
     MBU = bytes / DRAM bandwidth / time taken;  SOL = roofline t_min / time taken."""
     return {"mfu": rate(t_matrix_s, time_s), "mbu": rate(nbytes / (dev.dram_gbps * 1e9), time_s),
             "sol": rate(t_min_s, time_s)}
+
+
+def roofs(dev: DeviceSpec, matrix_dtypes=(), vector_dtypes=("fp32",)) -> list[dict]:
+    """The compute ceilings a roofline plot draws: one per unit the work runs on (the matrix peak of each
+    matrix dtype present, dtypes sharing a peak merged; the vector pipes), each with its ridge point
+    (FLOP/byte where it meets the DRAM roof).  Peaks are the ones ``place``/``utilisation`` price work at."""
+    bw = dev.dram_gbps * 1e9
+    units: dict = {}  # peak TFLOP/s -> names
+    for dt in sorted(set(matrix_dtypes)):
+        units.setdefault(dev.matrix_tflops(dt), []).append(f"{dt} matmul")
+    for dt in sorted({"fp64" if d == "fp64" else "fp32" for d in vector_dtypes}):
+        units.setdefault(dev.vector_tflops(dt), []).append(f"{dt} vector")
+    return [{"name": " = ".join(names), "tflops": peak, "ridge": peak * 1e12 / bw}
+            for peak, names in sorted(units.items(), key=lambda kv: -kv[0])]

@@ -63,6 +63,17 @@ def write(doc, path, **options) -> Path:
     return p
 
 
+def frame(rows: list[dict]):
+    """Rows as a pandas DataFrame (nested dicts flattened to dotted columns, as the CSV does)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise GraphMFUError("to_pandas() needs pandas: pip install pandas") from None
+    from graphmfu.render.csv import flat
+
+    return pd.DataFrame.from_records([flat(r, lists=False) for r in rows])
+
+
 # --------------------------------------------------------------------------- number formats
 
 
