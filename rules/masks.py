@@ -67,6 +67,62 @@ UPPER_BOUND = REGISTRY.flag(
     "part known from sizes, an upper bound (exact when the inputs mask nothing)")
 
 MASKED_AT = -1e4  # an additive mask value at or below this (or -inf) masks the pair out
+
+
+class _Bias:
+    """A finite float whose value this pass does not know: a learned additive bias (T5's relative
+    position buckets read from a table by ``embedding``) or the attention scores themselves (the
+    decomposed form: ``scores + mask``).  It keeps its pair; comparing or branching on it is unknown."""
+
+    def __repr__(self):
+        return "BIAS"
+
+    def _unknown(self, *a):
+        raise Unknown("a comparison or cast of unknown finite values (a bias or the scores)")
+
+    __bool__ = __lt__ = __le__ = __gt__ = __ge__ = __int__ = __float__ = __abs__ = __index__ = _unknown
+
+    def __eq__(self, o):
+        return o is self
+
+    def __hash__(self):
+        return 0x5b1a5
+
+
+BIAS = _Bias()
+
+
+def _masked_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and (math.isnan(x) or x <= MASKED_AT)
+
+
+def _bias_arith(name, x, y):
+    """``x <name> y`` where one side is BIAS: BIAS where the result is some finite unknown value, a
+    masked value stays masked (finfo.min or -inf plus a finite bias is still masked)."""
+    other = y if x is BIAS else x
+    if name == "add":
+        if other is BIAS or (isinstance(other, (int, float)) and not isinstance(other, bool)
+                             and math.isfinite(other) and other > MASKED_AT):
+            return BIAS
+        if _masked_number(other):
+            return other
+    elif name == "sub" and x is not BIAS:  # masked - finite stays masked; finite - BIAS is BIAS
+        if _masked_number(x):
+            return x
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+            return BIAS
+    elif name == "sub":
+        if y is BIAS or (isinstance(y, (int, float)) and not isinstance(y, bool) and math.isfinite(y)):
+            return BIAS
+    elif name in ("mul", "div"):
+        if isinstance(other, (int, float)) and not isinstance(other, bool) and math.isfinite(other) and other != 0 \
+                and (name == "mul" or x is BIAS):
+            return BIAS
+        if name == "mul" and other == 0 and not isinstance(other, bool):
+            return 0.0
+    raise Unknown(f"{name} of unknown finite values (a bias or the scores) with {other!r}")
+
+
 _MAX_INTERVALS = 64  # per row, before giving up (a formula this wide is not a mask pattern)
 _MAX_PIECES = 64
 _MAX_NODES = 4000  # nodes walked per graph
@@ -334,6 +390,10 @@ def _normalise(v: V) -> V:
 def _cast_number(x, dtype):
     if dtype is None:
         return x
+    if x is BIAS:
+        if dtype.is_floating_point:
+            return BIAS
+        raise Unknown("unknown finite values (a bias or the scores) cast to an integer or bool")
     if dtype == torch.bool:
         return bool(x)
     if not dtype.is_floating_point and not dtype.is_complex:
@@ -391,7 +451,7 @@ def kept(v: V):
         if v.kind == "lin":
             raise Unknown("a float bias that varies with the indices (not a mask)")
         pieces = _as_pieces(v)
-        return or_(*(c for c, x in pieces if not (math.isnan(x) or x <= MASKED_AT)))
+        return or_(*(c for c, x in pieces if x is BIAS or not (math.isnan(x) or x <= MASKED_AT)))
     return as_bool(v)
 
 
@@ -647,6 +707,8 @@ def _view(w, node, shape, dtype):
         if v.kind == "opaque" or node.args[1] == v.dtype:
             return v
         raise Unknown("a bit-cast view")
+    if v.kind == "piece" and not v.vars():
+        return v  # the same values everywhere a condition does not vary: any reshape keeps them
     src = [(len(v.shape) - 1 - d, s) for d, s in enumerate(v.shape) if s != 1]
     dst = [(len(shape) - 1 - d, s) for d, s in enumerate(shape) if s != 1]
     if [s for _, s in src] != [s for _, s in dst]:
@@ -713,6 +775,34 @@ def _pad(w, node, shape, dtype):
                               [(not_(inside), _cast_number(value, dtype))]), shape)
 
 
+@handles("embedding")
+def _embedding(w, node, shape, dtype):
+    if dtype is None or not dtype.is_floating_point:
+        raise Unknown("an embedding of non-float values")
+    return _scalar_value(BIAS)  # rows of a table: a learned bias (T5's relative positions), finite
+
+
+@handles("tanh")
+def _tanh(w, node, shape, dtype):
+    v = w.value(node.args[0])
+    if v.kind == "opaque":
+        return v
+    if v.kind == "lin":
+        raise Unknown("tanh of an index expression")
+    return V("piece", _pieces((c, BIAS if x is BIAS else math.tanh(x)) for c, x in _as_pieces(v)), ())
+
+
+@handles("amax")
+def _amax(w, node, shape, dtype):
+    # softmax's row maximum (decomposed form): finite where its row keeps a pair, and only subtracted
+    v = w.value(node.args[0])
+    if v.kind == "opaque":
+        return v
+    if v.kind == "lin" or not any(x is BIAS for _, x in _as_pieces(v)):
+        raise Unknown("a maximum of known values")
+    return _scalar_value(BIAS)
+
+
 @handles("index")
 def _index(w, node, shape, dtype):
     src = w.value(node.args[0])
@@ -740,7 +830,10 @@ def _binary(w, node, fn_lin, fn_num, name):
         for cb, xb in pb:
             c = and_(ca, cb)
             if c != FALSE:
-                out.append((c, fn_num(xa, xb)))
+                if xa is BIAS or xb is BIAS:
+                    out.append((c, _bias_arith("sub", xb, xa) if name == "rsub" else _bias_arith(name, xa, xb)))
+                else:
+                    out.append((c, fn_num(xa, xb)))
     return V("piece", _pieces(out), ())
 
 
@@ -749,7 +842,8 @@ def _scale_value(v: V, s):
         return V("lin", v.data.scale(s), v.shape, v.dtype)
     if v.kind == "opaque":
         return v
-    return V("piece", _pieces((c, x * s) for c, x in _as_pieces(v)), v.shape, v.dtype)
+    return V("piece", _pieces((c, _bias_arith("mul", x, s) if x is BIAS else x * s) for c, x in _as_pieces(v)),
+             v.shape, v.dtype)
 
 
 def _lin_mul(a: Lin, b: Lin) -> Lin:
@@ -871,6 +965,8 @@ def _compare(op):
         out = []
         for ca, xa in _as_pieces(a):
             for cb, xb in _as_pieces(b):
+                if xa is BIAS or xb is BIAS:
+                    raise Unknown("a comparison of unknown finite values (a bias or the scores)")
                 if _CMP[op](xa, xb):
                     out.append(and_(ca, cb))
         return V("bool", or_(*out), ())
@@ -1259,6 +1355,7 @@ def _masked_attention(gm, records) -> None:
         if mc is None:
             continue
         _apply(rec, node, spec, mc)
+    _decomposed(gm, records, walker, cid)
     _remember(gm, cid, walker)
 
 
@@ -1314,3 +1411,130 @@ for _name, _spec in _SDPA.items():
     _target = getattr(getattr(getattr(torch.ops, _ns), _op, None), _overload, None)
     if _target is not None:
         REGISTRY.declare(_target, values=_values_refiner(_name, _spec))
+
+
+# ----------------------------------------------------------------- attention in decomposed form
+#
+# rules/attention.py's pass (it runs first: rule files load in name order) flags a softmax (or its
+# exp) between two matmuls ``decomposed_attention``: eager attention, SDPA's math path.  Here the
+# softmax's input is read with the score matmul's output standing for unknown finite values (BIAS):
+# ``scores * scale (+ tanh softcap) + mask`` keeps the pairs the mask keeps.  When that count is
+# exact the two matmuls' ``flops`` count the kept pairs (``flops_dense`` unchanged) and the flag is
+# replaced by a note; otherwise the flag stays (plus the mask's own flag).  The backward of the same
+# compile scales its matmuls of that module whose operands are score-shaped (the forward remembers
+# the module's count under Dynamo's compile id, as for saved masks).
+
+_DECOMP: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
+_MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
+
+
+def _matmul_near(node, up: bool, depth: int = 10):
+    att = _attention_module()
+    passing = getattr(att, "_PASS", set())
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for m in (n.all_input_nodes if up else list(n.users)):
+                if m.op != "call_function":
+                    continue
+                if op_name(m.target) in _MATMUL:
+                    return m
+                if _short(m.target) in passing:
+                    nxt.append(m)
+        frontier = nxt
+    return None
+
+
+def _scale_matrix(rec, pairs: int, dense: int) -> bool:
+    """``rec``'s matrix ``flops`` at ``pairs`` of ``dense`` score pairs (flops_dense unchanged)."""
+    if rec is None or rec.cost is None or dense <= 0:
+        return False
+    c = rec.cost
+    if any(v % dense for _, v in c.matrix_dense):
+        return False
+    rec.cost = Cost.of({k: v // dense * pairs for k, v in c.matrix_dense}, dense=dict(c.matrix_dense),
+                       vector=dict(c.vector), read=c.bytes_read, written=c.bytes_written)
+    return True
+
+
+def _drop_flag(rec, name: str, note: str) -> None:
+    if name in rec.flags:
+        rec.flags.remove(name)
+        flag = REGISTRY.flags.get(name)
+        if flag is not None:
+            rec.note = "; ".join(p for p in rec.note.split("; ") if p != flag.note)
+    rec.note = "; ".join(filter(None, (rec.note, note)))
+
+
+def _decomposed(gm, records, walker, cid) -> None:
+    flag = "decomposed_attention"
+    by_name = {r.name: r for r in records}
+    backward = any(n.op == "placeholder" and n.name.startswith("tangents") for n in gm.graph.nodes)
+    if backward:
+        _decomposed_backward(gm, records, cid)
+        return
+    found = {}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for rec in records:
+        if flag not in rec.flags or rec.name not in nodes:
+            continue
+        node = nodes[rec.name]
+        score, pv = _matmul_near(node, up=True), _matmul_near(node, up=False)
+        sv = score.meta.get("val") if score is not None else None
+        if pv is None or not isinstance(sv, torch.Tensor) or sv.dim() < 2:
+            continue
+        try:
+            tq, tk = _int_of(sv.shape[-2]), _int_of(sv.shape[-1])
+            walker.memo[score] = V("piece", ((TRUE, BIAS),), walker._shape(score), sv.dtype)
+            mc = count_kept(kept(walker.value(node.args[0])), tq, tk)
+        except Exception as e:  # noqa: BLE001 - this attention stays flagged, the analysis goes on
+            mc = MaskCount(0, 0, [("unrecognised", f"{type(e).__name__}: {e}")])
+        if not mc.dense:
+            continue
+        if mc.pairs != mc.dense or mc.exact:
+            ok = _scale_matrix(by_name.get(score.name), mc.pairs, mc.dense)
+            ok = _scale_matrix(by_name.get(pv.name), mc.pairs, mc.dense) and ok
+            if not ok:
+                continue
+        if mc.exact:
+            _drop_flag(rec, flag, f"decomposed attention: mask read, {mc.pairs} of {mc.dense} pairs kept "
+                                  f"(matmuls {score.name}, {pv.name})")
+        else:
+            rec.flag(UPPER_BOUND if mc.pairs < mc.dense else
+                     INPUTS if {k for k, _ in mc.unknown} == {"inputs"} else UNRECOGNISED)
+            details = sorted({f"{k}: {d}" for k, d in mc.unknown})
+            rec.note = f"{rec.note} ({'; '.join(details[:3])})"
+        found[rec.module] = (tq, tk, mc.pairs, mc.dense, mc.exact)
+    if cid is not None:
+        with _SAVED_LOCK:
+            _DECOMP[cid] = found
+            _DECOMP.move_to_end(cid)
+            while len(_DECOMP) > 256:
+                _DECOMP.popitem(last=False)
+
+
+def _decomposed_backward(gm, records, cid) -> None:
+    with _SAVED_LOCK:
+        found = _DECOMP.get(cid) if cid is not None else None
+    if not found:
+        return
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for rec in records:
+        got = found.get(rec.module)
+        if got is None or rec.op not in _MATMUL or rec.name not in nodes:
+            continue
+        tq, tk, pairs, dense, exact = got
+        node = nodes[rec.name]
+        shapes = [getattr(a.meta.get("val"), "shape", None) for a in (*node.all_input_nodes, node)]
+        try:
+            score_shaped = any(sh is not None and len(sh) >= 2 and
+                               sorted((_int_of(sh[-2]), _int_of(sh[-1]))) == sorted((tq, tk)) for sh in shapes)
+        except Unknown:
+            continue
+        if score_shaped and pairs != dense:
+            _scale_matrix(rec, pairs, dense)
+    for rec in records:
+        got = found.get(rec.module)
+        if got is not None and got[4] and "decomposed_attention" in rec.flags:
+            _drop_flag(rec, "decomposed_attention", "decomposed attention: the forward's mask read")
