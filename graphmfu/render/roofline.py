@@ -233,7 +233,7 @@ def plotly_figure(view: dict, title: str | None = None):
         title={"text": _title(view, title), "font": {"size": 14}},
         xaxis={"type": "log", "title": "arithmetic intensity (FLOP / byte)", "range": [math.log10(x0), math.log10(x1)]},
         yaxis={"type": "log", "title": "achieved FLOP/s" if view["measured"] else "FLOP/s at roofline t_min",
-               "range": [math.log10(y0), math.log10(y1)]},
+               "range": [math.log10(y0), math.log10(y1)], "exponentformat": "SI"},
         legend={"title": {"text": view["color"]}}, template="plotly_white", height=600,
         margin={"b": 80 + 15 * len(notes(view))})
     if foot:
