@@ -53,6 +53,7 @@ class Measured:
     stage: str | None = None  # innermost stage
     sizes: dict | None = None  # a dynamic graph's size symbols in this call
     op: object = dataclasses.field(default=None, repr=False, compare=False)  # launching CPU FunctionEvent
+    linked: int | None = None  # a device kernel: the profiler id of the CPU op enclosing its launch (CUPTI)
 
     @property
     def time_s(self) -> float:
@@ -145,7 +146,8 @@ def gpu_kernels(prof, events) -> list[Measured]:
         if name.startswith("graphmfu::"):
             continue  # GPU-side copies of our own ranges
         op = op_by_corr.get(linked)
-        out.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start, op=op))
+        out.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else start, op=op,
+                            linked=linked))
     return out
 
 
@@ -361,6 +363,40 @@ def _join_by_order(kernels: list[Measured], call: _Call, notes: list) -> None:
     flush([e for e in expected[pos:] if e.extern])
 
 
+# --------------------------------------------------------------------------- per-event attribution
+
+
+def event_keys(measured: list[Measured]) -> dict[tuple, Measured]:
+    """Each measured kernel under the key that names its event in the profiler's exported trace.
+
+    A device kernel is ``("device", linked id, name, n)``: the profiler id of the CPU op that launched
+    it (the trace's ``"External id"`` of the kernel event), its name and its place among that op's
+    kernels of that name in start order (a CUDA-graph launch replays many kernels from one op).  A
+    kernel timed on the CPU is its own CPU event: ``("host", id, name, 0)`` (the event's ``"External
+    id"``).  Which (graph, kernel, call, sizes) each one is stays on the ``Measured``."""
+    out: dict[tuple, Measured] = {}
+    seen: dict[tuple, int] = {}
+    for m in sorted(measured, key=lambda m: m.start_us):
+        if m.linked is not None:
+            base = ("device", m.linked, m.name)
+        elif m.op is not None and m.op.name == m.name:
+            base = ("host", m.op.id, m.name)
+        else:
+            continue
+        n = seen[base] = seen.get(base, -1) + 1
+        out[(*base, n)] = m
+    return out
+
+
+def site_groups(measured: list[Measured]) -> dict[tuple, list[Measured]]:
+    """Joined kernels per call of a graph kernel (``(graph, kernel, call)``), in start order: a launch
+    site can run several device kernels (a split-K GEMM and its reduce, attention and its reduction)."""
+    out: dict[tuple, list] = {}
+    for m in sorted((m for m in measured if m.graph is not None), key=lambda m: m.start_us):
+        out.setdefault((m.graph, m.kernel, m.call), []).append(m)
+    return out
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -468,4 +504,4 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
 
 
 __all__ = ["Measured", "join", "timing", "stage_of", "busy_us", "cpu_events", "stage_ranges", "gpu_kernels",
-           "STAGE_RANGE", "INDUCTOR_CALL"]
+           "event_keys", "site_groups", "STAGE_RANGE", "INDUCTOR_CALL"]

@@ -36,7 +36,7 @@ class ProfileSession:
         self._own = prof is None
         self._running = False
         self._user_ready = None
-        self._traces: list = []  # (measured, stage ranges, notes) per completed trace
+        self._traces: list = []  # (measured, stage ranges, notes, event count, profiler) per completed trace
         self._calls: dict = {}  # graph key -> calls seen in earlier traces (call indices stay distinct)
 
     # ---------------------------------------------------------------- the block
@@ -114,7 +114,7 @@ class ProfileSession:
                 m.call += self._calls.get(by_id[m.graph], 0)
                 top[by_id[m.graph]] = max(top.get(by_id[m.graph], 0), m.call + 1)
         self._calls.update(top)
-        self._traces.append((measured, stages, notes, len(events)))
+        self._traces.append((measured, stages, notes, len(events), getattr(prof, "profiler", None)))
 
     # ---------------------------------------------------------------- results
     def record(self):
@@ -146,7 +146,10 @@ class ProfileSession:
         """The Report of the graphs compiled so far, with every kernel of this session timed.  On a
         measured CPU, a ceiling that a measured kernel beat is re-measured (and raised if still beaten):
         the device's source says so."""
-        rec = self.record()
+        return self._placed(self.record(), device)
+
+    @staticmethod
+    def _placed(rec, device) -> Report:
         dev = device_for((g.device for g in rec.graphs), device)
         if dev.measured:
             from graphmfu.derive import observed_rates
@@ -154,6 +157,57 @@ class ProfileSession:
 
             dev = raise_ceiling(dev, observed_rates(rec, dev.cache_mb))
         return Report(rec, dev)
+
+    # ---------------------------------------------------------------- the annotated trace
+    def export_chrome_trace(self, path, device=None) -> dict:
+        """Write the profiler's Chrome trace (torch.profiler's ``export_chrome_trace``; Perfetto,
+        chrome://tracing, HTA) with graphmfu's numbers in it: every joined kernel event's ``args`` get
+        ``kernel_flop``/``kernel_num_gb`` and graphmfu's fields (costs, MFU, MBU, SOL, bound, module,
+        nodes, stage, graph key), plus a stage track, MFU/MBU counter tracks per stage and
+        ``distributedInfo``.  A path ending in ``.gz`` is gzipped.  Returns the summary written under
+        the trace's ``graphmfu`` key (how many joined kernel events were found and annotated).
+
+        The profiler exports its current trace: with a schedule, the last completed cycle.  That
+        cycle is what gets annotated, with a Report of that cycle alone; to keep every cycle, call
+        this from ``on_trace_ready`` (``graphmfu.profile(schedule=..., on_trace_ready=lambda prof:
+        p.export_chrome_trace(f"trace_{prof.step_num}.json.gz"))``)."""
+        import os
+        import tempfile
+
+        from graphmfu.render import trace as trace_render
+
+        if self.prof is None:
+            raise GraphMFUError("export_chrome_trace() called before the profiled block ran; use "
+                                "'with graphmfu.profile() as p: ...' then p.export_chrome_trace(path)")
+        if not self._traces and not self._own and not self._running:
+            self._join(self.prof)  # an attached profiler without a schedule: its one trace
+        current = getattr(self.prof, "profiler", None)
+        if not self._traces or self._traces[-1][4] is not current:
+            raise GraphMFUError("export_chrome_trace(): the profiler holds no joined trace (the block ended "
+                                "before a schedule cycle recorded, or inside one that never completed); export "
+                                "after a completed cycle, or from on_trace_ready")
+        measured, stages, notes = self._traces[-1][:3]
+        if not any(m.graph is not None for m in measured):
+            raise GraphMFUError(self._nothing_joined())
+        rep = self._placed(self.registry.record(join.timing([(measured, stages)], list(notes), self.cuda)), device)
+        fd, tmp = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        try:
+            self.prof.export_chrome_trace(tmp)
+            data = trace_render.read(tmp)
+        finally:
+            os.unlink(tmp)
+        summary = trace_render.annotate(data, rep, measured, stages, trace=len(self._traces) - 1,
+                                        traces=len(self._traces))
+        trace_render.retitle(data, path)
+        trace_render.write(data, path)
+        if summary["annotated_kernel_events"] < summary["joined_kernel_events"]:
+            import warnings
+
+            warnings.warn(f"graphmfu: {summary['joined_kernel_events'] - summary['annotated_kernel_events']} of "
+                          f"{summary['joined_kernel_events']} joined kernel events were not found in the exported "
+                          f"trace and carry no graphmfu fields", stacklevel=2)
+        return summary
 
 
 def _events(prof) -> list:
