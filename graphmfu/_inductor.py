@@ -163,6 +163,7 @@ class CallTagger:
         self._active = 0
         self._on = False
         self.meters: list = []  # meters in a step now (read without the lock by the tagging call)
+        self.frames: dict = {}  # graph key -> "file:function" of the Python frame it was compiled from
 
     @property
     def active(self) -> bool:
@@ -178,7 +179,10 @@ class CallTagger:
             compiled._graphmfu_sizes = tuple(tuple(a) for a in size_args)
             compiled._graphmfu_probes = tuple(probes)
             compiled._graphmfu_tagger = self
+            frame = frame_name()
             with self._lock:
+                if frame is not None:
+                    self.frames[key] = frame
                 self._compiled.append(weakref.ref(compiled))
                 if self._on:  # compiled inside a profiled block or a meter step: tag it now
                     compiled.__class__ = _tagging_class(_base_class(type(compiled)))
@@ -223,6 +227,19 @@ class CallTagger:
                 base = _base_class(type(obj))
                 obj.__class__ = _tagging_class(base) if on else base
         self._compiled[:] = alive
+
+
+def frame_name() -> str | None:
+    """``/path/torch/optim/adam.py:step``: the Python function Dynamo is compiling now (None outside a
+    Dynamo compile, e.g. a backward compiled lazily at its first call, or when this torch hides it)."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        code = tx.f_code
+        return f"{code.co_filename}:{code.co_name}"
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def call_values(inputs, size_args, probes=()) -> dict:

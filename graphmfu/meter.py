@@ -1,0 +1,398 @@
+"""``graphmfu.meter()``: MFU, MBU, TFLOP/s and tokens/s for every step, with no profiler.
+
+    meter = graphmfu.meter(model=model)
+    for batch in loader:
+        with meter.step(tokens=batch.numel()):
+            loss = model(batch); loss.backward(); opt.step(); opt.zero_grad()
+    print(meter.summary())
+
+What a step measures (device-free, :class:`Step`): its time (CUDA events on a GPU, ``perf_counter`` on
+the CPU), how often each compiled graph ran and with which size symbols (a call counter: the
+registry's call tagger reports every graph call to the meters attached to it), and the time spent in
+graph calls (events around each call).  What it derives (:func:`row`, one function of a step, the
+graphs and a device): FLOPs and bytes of the graphs that ran, each call costed at its own sizes (the
+symbolic costs of dynamic graphs: varying batch, sequence and KV-cache length are exact), MFU/HFU/MBU/
+SOL through ``roofline.utilisation`` (the one definition), tokens/s, FLOPs per token beside 2ND / 6ND.
+
+Outside a step nothing is attached: the compiled graphs are Inductor's own objects.  Inside, each
+graph call costs a dict update and, with ``graph_time=True`` (default), two events.  Steps are
+finalised without synchronising: a step's numbers are computed once its end event has completed
+(at a later step's start, or when ``records``/``summary()`` is read, which waits).
+
+FLOPs come from compiled graphs only; work outside them (an eager optimizer, the loss in eager mode,
+data loading) is time without FLOPs, shown as ``graph_time_share`` < 1 and ``outside_graphs_s``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from graphmfu.cost import Cost, cost_from_formulas
+from graphmfu.errors import GraphMFUError
+from graphmfu.hardware import DeviceSpec, get_device
+from graphmfu.registry import DEFAULT, Registry
+from graphmfu.roofline import matrix_time_s, place, rate, utilisation
+
+
+@dataclasses.dataclass
+class Step:
+    """What one meter step measured (no device in it)."""
+    step: int
+    step_s: float
+    graph_s: float | None  # time inside compiled graph calls (None: graph_time=False)
+    stage_s: dict  # forward | backward | optimizer | inference -> seconds in that kind of graph call
+    calls: dict  # (graph key, ((symbol, value), ...)) -> number of calls
+    tokens: int | None = None
+    samples: int | None = None
+    processed: int | None = None  # tokens computed (speculative decoding: drafted + verified)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallCost:
+    """One graph call's cost at its sizes (device-free)."""
+    stage: str
+    kernels: tuple  # Cost per kernel (bytes = the kernel's own traffic)
+    total: Cost  # model work: recomputed forward FLOPs excluded
+    recompute: Cost  # FLOPs of recomputed forward nodes (activation checkpointing): HFU only
+    attention: Cost  # attention ops (matrix FLOPs of Q@K^T and P@V, effective and dense)
+    kv_bytes: int  # key and value bytes read by the attention ops (decode: the KV cache)
+
+
+class Meter:
+    """Per-step numbers of the graphs compiled with ``graphmfu.backend`` (or into ``registry``).
+
+    ``device``: the ceilings (name, alias, DeviceSpec; default: the current GPU, else measured CPU).
+    ``model`` / ``params``: N for 2ND/6ND (:func:`graphmfu.params.active_params`: without embeddings,
+    active experts only).  ``on_record(row)``: called with each finalised step's row.  ``print_every``:
+    print a one-line row every N steps (to stderr).  ``graph_time``: events around every graph call
+    (``graph_time_share``); off leaves one event pair per step.  ``sync``: finalise each step at its
+    end (a synchronisation per step) instead of lazily."""
+
+    def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
+                 top_k: int | None = None, num_experts: int | None = None, on_record: Callable | None = None,
+                 print_every: int = 0, graph_time: bool = True, cuda: bool | None = None, sync: bool = False,
+                 file=None):
+        self.registry = registry or DEFAULT
+        self.cuda = torch.cuda.is_available() if cuda is None else bool(cuda)
+        self.device = device if isinstance(device, DeviceSpec) else get_device(device if device is not None else
+                                                                              ("cuda" if self.cuda else "cpu"))
+        if params is None and model is not None:
+            from graphmfu.params import active_params
+
+            params = active_params(model, top_k=top_k, num_experts=num_experts)
+        self.params = params
+        self.on_record = on_record
+        self.print_every = int(print_every)
+        self.graph_time = graph_time
+        self.sync = sync
+        self.file = file
+        self.steps: list[Step] = []  # finalised steps
+        self._rows: list[dict] = []
+        self._pending: list = []
+        self._costs: dict = {}  # (key, values) -> CallCost
+        self._attention = None
+        self._lock = threading.Lock()
+        self._open = None  # the step being measured
+        self._events: list = []  # a pool of CUDA timing events
+        self._n = 0
+
+    # ---------------------------------------------------------------- measuring
+    @contextlib.contextmanager
+    def step(self, tokens: int | None = None, samples: int | None = None, processed: int | None = None):
+        """Measure one step.  ``tokens``: tokens this step produced or trained on (speculative decoding:
+        the accepted ones, with ``processed`` the tokens computed: goodput MFU beside raw MFU);
+        ``samples``: sequences/images."""
+        if self._open is not None:
+            raise GraphMFUError("meter.step() is already open: steps do not nest (close the previous "
+                                "'with meter.step():' block first)")
+        self._drain(block=False)
+        st = _Open(self._n, tokens, samples, processed)
+        self._n += 1
+        self._open = st
+        st.start = self._mark()
+        self.registry.tagger.attach(self)
+        try:
+            yield st
+        finally:
+            self.registry.tagger.detach(self)
+            st.end = self._mark()
+            self._open = None
+            self._pending.append(st)
+            self._drain(block=self.sync or not self.cuda)
+
+    def call_begin(self, key: str, values: dict | None):
+        """The call tagger's report of a compiled graph call starting (any thread)."""
+        st = self._open
+        if st is None:
+            return None
+        sizes = tuple(values.items()) if values else ()
+        with self._lock:
+            st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
+        return (st, key, sizes, self._mark()) if self.graph_time else None
+
+    def call_end(self, token) -> None:
+        if token is not None:
+            st, key, sizes, start = token
+            st.spans.append((key, sizes, start, self._mark()))
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        ev = self._events.pop() if self._events else torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def _elapsed(self, a, b) -> float:
+        return (b - a) if not self.cuda else a.elapsed_time(b) / 1e3
+
+    def _drain(self, block: bool) -> None:
+        while self._pending:
+            st = self._pending[0]
+            if self.cuda and not block and not st.end.query():
+                return
+            if self.cuda:
+                st.end.synchronize()
+            self._pending.pop(0)
+            self._finish(st)
+
+    def _finish(self, st) -> None:
+        stage_s: dict = {}
+        graph_s = None
+        if self.graph_time:
+            graph_s = 0.0
+            for key, sizes, a, b in st.spans:
+                dt = self._elapsed(a, b)
+                graph_s += dt
+                stage = self.cost(key, sizes).stage
+                stage_s[stage] = stage_s.get(stage, 0.0) + dt
+        step = Step(st.index, self._elapsed(st.start, st.end), graph_s, stage_s, dict(st.calls), st.tokens,
+                    st.samples, st.processed)
+        if self.cuda:  # events back to the pool
+            self._events.extend([st.start, st.end] + [e for _, _, a, b in st.spans for e in (a, b)])
+        self.steps.append(step)
+        r = self.row(step)
+        self._rows.append(r)
+        if self.on_record is not None:
+            self.on_record(r)
+        if self.print_every and (step.step + 1) % self.print_every == 0:
+            print(line(r), file=self.file or sys.stderr)
+
+    # ---------------------------------------------------------------- costs (device-free)
+    def cost(self, key: str, sizes: tuple) -> CallCost:
+        """The cost of one call of graph ``key`` at ``sizes`` (memoized)."""
+        c = self._costs.get((key, sizes))
+        if c is None:
+            g = self._graph(key)
+            if self._attention is None:
+                self._attention = _attention_events()
+            c = self._costs[(key, sizes)] = call_cost(g, dict(sizes), self.registry.tagger.frames.get(key),
+                                                      self._attention)
+        return c
+
+    def _graph(self, key: str):
+        for g in self.registry.graphs:
+            if g.key == key:
+                return g
+        g = self.registry.retired.get(key)
+        if g is None:
+            raise GraphMFUError(f"graph {key} ran in a meter step but is not in the meter's registry (compiled "
+                                f"into another registry? pass graphmfu.meter(registry=...))")
+        return g
+
+    # ---------------------------------------------------------------- views
+    @property
+    def records(self) -> list[dict]:
+        """One row per finished step (waits for steps still running on the GPU)."""
+        self._drain(block=True)
+        return list(self._rows)
+
+    def row(self, step: Step, device: DeviceSpec | None = None) -> dict:
+        return row(step, self.cost, device or self.device, self.params)
+
+    def on(self, device) -> list[dict]:
+        """The same steps placed on another device's ceilings."""
+        dev = device if isinstance(device, DeviceSpec) else get_device(device)
+        self._drain(block=True)
+        return [row(s, self.cost, dev, self.params) for s in self.steps]
+
+    def summary(self, skip: int = 1) -> str:
+        """A table of the steps, and their mean after ``skip`` warm-up steps."""
+        from tabulate import tabulate
+
+        rows = self.records
+        if not rows:
+            return "graphmfu meter: no step finished yet"
+        cols = [("step", "step", "{}"), ("step_s", "ms", "{:.3f}"), ("tflops", "TFLOP/s", "{:.4g}"),
+                ("mfu", "MFU", "{:.2%}"), ("hfu", "HFU", "{:.2%}"), ("mbu", "MBU", "{:.2%}"),
+                ("tokens_per_s", "tok/s", "{:.1f}"), ("flops_per_token", "FLOP/tok", "{:.4g}"),
+                ("flops_vs_nd", "÷ND", "{:.3f}"), ("graph_time_share", "in graphs", "{:.1%}")]
+
+        def fmt(r, k, f):
+            v = r.get(k)
+            if v is None:
+                return "-"
+            return f.format(v * 1e3 if k == "step_s" else v)
+
+        body = [[fmt(r, k, f) for k, _, f in cols] for r in rows]
+        tail = rows[skip:] or rows
+        mean = {k: _mean([r.get(k) for r in tail]) for k, _, _ in cols}
+        mean["step"] = f"mean {len(tail)}"
+        body.append([mean["step"]] + [fmt(mean, k, f) for k, _, f in cols[1:]])
+        head = (f"graphmfu meter — {self.device.name}, {len(rows)} step(s)"
+                + (f", N = {self.params:,} parameters (active, without embeddings)" if self.params else ""))
+        return head + "\n" + tabulate(body, headers=[h for _, h, _ in cols], disable_numparse=True)
+
+
+class _Open:
+    """A step being measured."""
+
+    def __init__(self, index, tokens, samples, processed):
+        self.index, self.tokens, self.samples, self.processed = index, tokens, samples, processed
+        self.calls: dict = {}
+        self.spans: list = []
+        self.start = self.end = None
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+# --------------------------------------------------------------------------- costs of one call
+
+
+def _stage(phase: str, frame: str | None) -> str:
+    if phase == "backward":
+        return "backward"
+    if frame and ("/torch/optim/" in frame.replace("\\", "/")):
+        return "optimizer"
+    return phase  # forward | inference
+
+
+def _at(rec_cost, sym, sizes: dict) -> Cost:
+    return cost_from_formulas(sym, sizes) if (sym and sizes) else rec_cost
+
+
+def _attention_events() -> frozenset:
+    """The profiler names of the ops whose rule lives in rules/attention.py (SDPA, flash, efficient,
+    cuDNN, flex ...): the attention the meter reports separately."""
+    from graphmfu.cost import REGISTRY, ensure_builtin_rules, event_name, op_name
+
+    ensure_builtin_rules()
+    return frozenset(event_name(op_name(op)) for op in REGISTRY.ops()
+                     if REGISTRY.lookup(op).origin.split(":")[0].endswith("rules.attention"))
+
+
+def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozenset | None = None) -> CallCost:
+    """One call of graph ``g`` with size/probe ``values`` (missing symbols take their hints)."""
+    attention_ops = _attention_events() if attention_ops is None else attention_ops
+    sizes = {**g.hints, **values} if (g.hints or values) else {}
+    kernels = tuple(k.cost_at(sizes) for k in g.kernels)
+    recompute, attention, kv = Cost(), Cost(), 0
+    node_total = Cost()
+    for n in g.nodes:
+        if n.cost is None:
+            continue
+        c = _at(n.cost, n.sym, sizes)
+        if n.recompute:
+            recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
+            continue
+        node_total = node_total + c
+        if n.event in attention_ops:
+            attention = attention + Cost(c.matrix, c.matrix_dense)
+            kv += _kv_bytes(n, sizes)
+    total = sum(kernels, Cost()) if kernels else node_total
+    return CallCost(_stage(g.phase, frame), kernels, total, recompute, attention, kv)
+
+
+def _kv_bytes(n, sizes: dict) -> int:
+    """Bytes of the key and value inputs of an attention op (its 2nd and 3rd tensor inputs)."""
+    from graphmfu.cost import evaluate, itemsize
+    import sympy
+
+    out = 0
+    subs = {sympy.Symbol(k): v for k, v in sizes.items()}
+    for shape, dtype in n.inputs[1:3]:
+        numel = 1
+        for d in shape:
+            numel *= evaluate(sympy.sympify(d), subs) if isinstance(d, str) else d
+        out += int(numel) * itemsize(getattr(torch, dtype) if isinstance(dtype, str) and hasattr(torch, dtype)
+                                     else torch.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- the row (device-dependent)
+
+
+def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) -> dict:
+    """Everything about one step on ``dev``: the one derivation of a meter row."""
+    total, recompute, attention = Cost(), Cost(), Cost()
+    t_min, kv, calls = 0.0, 0, 0
+    stages: set = set()
+    for (key, sizes), n in step.calls.items():
+        c = cost(key, sizes)
+        stages.add(c.stage)
+        calls += n
+        for _ in range(n):
+            total = total + c.total
+            recompute = recompute + c.recompute
+            attention = attention + c.attention
+        kv += n * c.kv_bytes
+        t_min += n * sum(place(k, dev).t_min_s for k in c.kernels)
+    t = step.step_s
+    u = utilisation(matrix_time_s(total, dev), total.bytes, t_min, t, dev)
+    training = "backward" in stages
+    out = {"step": step.step, "step_s": t, "graph_calls": calls,
+           "flops": total.flops, "flops_dense": total.flops_dense, "flops_recompute": recompute.flops,
+           "vector_flops": total.vector_flops, "bytes": total.bytes,
+           "attention_flops": attention.flops, "attention_flops_dense": attention.flops_dense,
+           "kv_bytes": kv, "tflops": rate(total.flops, t) and total.flops / t / 1e12,
+           "mfu": u["mfu"], "hfu": rate(matrix_time_s(total, dev) + matrix_time_s(recompute, dev), t),
+           "mbu": u["mbu"], "sol": u["sol"], "device": dev.name,
+           "graph_s": step.graph_s, "graph_time_share": rate(step.graph_s, t) if step.graph_s is not None else None,
+           "outside_graphs_s": (t - step.graph_s) if step.graph_s is not None else None,
+           **{f"{k}_s": v for k, v in sorted(step.stage_s.items())},
+           "tokens": step.tokens, "samples": step.samples,
+           "tokens_per_s": rate(step.tokens, t) if step.tokens else None,
+           "samples_per_s": rate(step.samples, t) if step.samples else None,
+           "flops_per_token": rate(total.flops, step.tokens) if step.tokens else None,
+           "params": params, "training": training}
+    if params and step.tokens:
+        nd = (6 if training else 2) * params * step.tokens
+        out.update({"nd_flops": nd, "nd_rule": "6ND" if training else "2ND", "flops_vs_nd": total.flops / nd})
+    else:
+        out.update({"nd_flops": None, "nd_rule": None, "flops_vs_nd": None})
+    if step.processed and step.tokens is not None and u["mfu"] is not None:
+        out["goodput_mfu"] = u["mfu"] * step.tokens / step.processed
+    return out
+
+
+def line(r: dict) -> str:
+    """One printable line of a row."""
+    parts = [f"step {r['step']}", f"{r['step_s'] * 1e3:.2f} ms"]
+    if r.get("tflops") is not None:
+        parts.append(f"{r['tflops']:.2f} TFLOP/s")
+    for k in ("mfu", "hfu", "mbu"):
+        if r.get(k) is not None:
+            parts.append(f"{k.upper()} {r[k]:.1%}")
+    if r.get("tokens_per_s"):
+        parts.append(f"{r['tokens_per_s']:.0f} tok/s")
+    if r.get("flops_vs_nd"):
+        parts.append(f"FLOPs = {r['flops_vs_nd']:.3f}×{r['nd_rule']}")
+    if r.get("graph_time_share") is not None:
+        parts.append(f"{r['graph_time_share']:.0%} in graphs")
+    return "graphmfu meter: " + " | ".join(parts)
+
+
+def meter(device=None, **kwargs) -> Meter:
+    """``graphmfu.meter()``: see :class:`Meter`."""
+    return Meter(device, **kwargs)
+
+
+__all__ = ["Meter", "Step", "meter", "row", "call_cost"]

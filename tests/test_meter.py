@@ -1,0 +1,202 @@
+"""graphmfu.meter(): per-step numbers from call counters and per-call symbolic costs (CPU).
+
+Hand counts: minimal_llama with d=64, hd=16, kv heads 2 (kv*hd = 32), ffn=128, vocab=100, 2 layers.
+Per token per layer the projections cost 2*(d*d [q] + d*32 [k] + d*32 [v] + d*d [o]) = 2*12288 and the
+MLP 3 * 2*d*ffn = 2*24576: 73728; two layers 147456; the head 2*d*vocab = 12800; 160256 per token.
+Causal attention over T tokens: per (batch, head) T(T+1)/2 pairs, 2 products of 2*hd FLOPs each.
+Training = forward + backward, backward = 2 x forward for every matmul here (the embedding output
+needs its gradient, so every projection computes both gradients) and for attention."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphmfu
+from examples.minimal_llama import Llama, LlamaConfig, decode_step_flops
+from graphmfu.errors import GraphMFUError
+from graphmfu.meter import Meter, row
+from graphmfu.params import active_params
+from graphmfu.registry import Registry
+
+CFG = LlamaConfig(dim=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=100)
+PER_TOKEN = 2 * (2 * (64 * 64 + 64 * 32) + 3 * 64 * 128) * 2 + 2 * 64 * 100
+assert PER_TOKEN == 160256
+
+
+def _attention(batch, t, layers=2, heads=4, hd=16):
+    return layers * batch * heads * (t * (t + 1) // 2) * 2 * (2 * hd)
+
+
+def _model():
+    torch.manual_seed(0)
+    return Llama(CFG)
+
+
+def test_training_loop_each_step_equals_hand_count():
+    reg = Registry()
+    m = _model()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    step = torch.compile(m, backend=graphmfu.Backend(registry=reg), dynamic=False)
+    meter = graphmfu.meter(registry=reg, model=m)
+    shapes = [(2, 16), (2, 16), (2, 16)]
+    for b, t in shapes:
+        x = torch.randint(0, CFG.vocab, (b, t))
+        with meter.step(tokens=x.numel()):
+            step(x).float().pow(2).mean().backward()
+            opt.step()  # eager optimizer: time outside graphs, no FLOPs
+            opt.zero_grad()
+    rows = meter.records
+    assert len(rows) == 3
+    for r, (b, t) in zip(rows, shapes):
+        fwd = b * t * PER_TOKEN + _attention(b, t)
+        assert fwd == 2 * 16 * 160256 + 2 * 2 * 4 * 136 * 64  # 5128192 + 139264
+        assert r["flops"] == 3 * fwd == 15802368
+        dense = 3 * (b * t * PER_TOKEN + 2 * b * 4 * t * t * 2 * 32)
+        assert r["flops_dense"] == dense
+        assert r["attention_flops"] == 3 * _attention(b, t)
+        assert r["flops_recompute"] == 0
+        assert r["training"] and r["nd_rule"] == "6ND"
+        assert r["params"] == sum(p.numel() for p in m.parameters()) - m.embed.weight.numel() == 80448
+        assert r["nd_flops"] == 6 * 80448 * b * t
+        assert r["flops_per_token"] == r["flops"] / (b * t)
+        assert r["tokens_per_s"] == pytest.approx(b * t / r["step_s"])
+        assert set(k for k in r if k.endswith("_s")) >= {"step_s", "forward_s", "backward_s", "graph_s",
+                                                         "outside_graphs_s"}
+        assert 0 < r["graph_time_share"] < 1 and r["outside_graphs_s"] > 0  # the eager optimizer
+        assert r["forward_s"] + r["backward_s"] == pytest.approx(r["graph_s"])
+        assert r["graph_calls"] == 2
+
+
+def test_compiled_optimizer_is_its_own_stage():
+    reg = Registry()
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    fwd = torch.compile(m, backend=graphmfu.Backend(registry=reg))
+    ostep = torch.compile(opt.step, backend=graphmfu.Backend(registry=reg))
+    meter = Meter(registry=reg)
+    x = torch.randint(0, CFG.vocab, (1, 8))
+    for _ in range(2):
+        with meter.step(tokens=8):
+            fwd(x).sum().backward()
+            ostep()
+            opt.zero_grad()
+    r = meter.records[-1]
+    assert r["optimizer_s"] > 0 and r["graph_calls"] == 3
+    assert r["flops"] == 3 * (8 * PER_TOKEN + _attention(1, 8))  # SGD adds vector FLOPs only
+    assert r["vector_flops"] > 0
+
+
+def test_serving_loop_varying_batch_and_cache_each_step_own_hand_count():
+    reg = Registry()
+    m = _model().eval()
+    step = torch.compile(m.step, backend=graphmfu.Backend(registry=reg), dynamic=True)
+    meter = graphmfu.meter(registry=reg)
+    hd = CFG.dim // CFG.heads
+    plan = [(1, 7), (2, 9), (3, 12), (1, 30), (4, 5)]  # (batch, cache length) per step
+    with torch.no_grad():
+        for b, s in plan:
+            caches = [(torch.randn(b, CFG.kv_heads, s, hd), torch.randn(b, CFG.kv_heads, s, hd))
+                      for _ in range(CFG.layers)]
+            tok = torch.randint(0, CFG.vocab, (b, 1))
+            with meter.step(tokens=b):
+                step(tok, caches)
+    rows = meter.records
+    for r, (b, s) in zip(rows, plan):
+        assert r["flops"] == decode_step_flops(CFG, s, b), (b, s)
+        assert not r["training"]
+        # decode: every new token's key/value rows are read with the cache: k, v of [b, kv, s+1, hd] fp32
+        assert r["kv_bytes"] == CFG.layers * 2 * b * CFG.kv_heads * (s + 1) * hd * 4
+    assert len({r["flops"] for r in rows}) == len(plan)
+
+
+def test_nothing_attached_outside_a_step_and_steps_do_not_nest():
+    reg = Registry()
+    m = _model()
+    f = torch.compile(m, backend=graphmfu.Backend(registry=reg))
+    x = torch.randint(0, CFG.vocab, (1, 4))
+    f(x)
+    meter = Meter(registry=reg)
+    compiled = [ref() for ref in reg.tagger._compiled]
+    base = {type(c) for c in compiled}
+    assert all("_graphmfu_base" not in t.__dict__ for t in base)  # Inductor's own classes
+    with meter.step():
+        assert all("_graphmfu_base" in type(c).__dict__ for c in compiled)
+        with pytest.raises(GraphMFUError, match="do not nest"):
+            with meter.step():
+                pass
+        f(x)
+    assert {type(c) for c in compiled} == base
+    assert reg.tagger.meters == []
+    f(x)  # a call outside any step is not counted
+    assert [r["graph_calls"] for r in meter.records] == [1]
+
+
+def test_callback_printing_goodput_and_another_device():
+    reg = Registry()
+    m = _model().eval()
+    f = torch.compile(m, backend=graphmfu.Backend(registry=reg))
+    seen, lines = [], []
+
+    class F:
+        def write(self, s):
+            lines.append(s)
+
+    meter = graphmfu.meter(registry=reg, on_record=seen.append, print_every=2, file=F())
+    x = torch.randint(0, CFG.vocab, (1, 5))
+    with torch.no_grad():
+        for _ in range(4):
+            with meter.step(tokens=3, processed=5):  # speculative: 5 computed, 3 accepted
+                f(x)
+    assert [r["step"] for r in seen] == [0, 1, 2, 3]
+    assert sum("graphmfu meter: step" in s for s in lines) == 2
+    r = meter.records[-1]
+    assert r["goodput_mfu"] == pytest.approx(r["mfu"] * 3 / 5)
+    h = meter.on("h100-sxm")[-1]
+    assert h["flops"] == r["flops"] and h["device"] != r["device"]
+    # the one MFU definition: matrix FLOPs at the fp32 (tf32-less) peak over the step time
+    dev = graphmfu.get_device("h100-sxm")
+    assert h["mfu"] == pytest.approx(r["flops"] / (dev.matrix_tflops("fp32") * 1e12) / r["step_s"])
+    assert "mean 3" in meter.summary()
+
+
+def test_active_params_dense_tied_and_moe():
+    m = _model()
+    assert active_params(m) == 80448
+    tied = _model()
+    tied.head.weight = tied.embed.weight  # tied LM head: counted once, as the Linear's
+    assert active_params(tied) == 80448
+
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(8, 16, 32))  # 8 experts x 512
+
+    class MoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 16)
+            self.router = torch.nn.Linear(16, 8, bias=False)  # 128
+            self.experts = Experts()
+            self.shared_expert = torch.nn.Linear(16, 16, bias=False)  # 256
+
+    moe = MoE()
+    with pytest.raises(GraphMFUError, match="top_k"):
+        active_params(moe)
+    assert active_params(moe, top_k=2, num_experts=8) == 128 + 256 + 8 * 512 * 2 // 8
+
+
+def test_meter_row_is_a_function_of_step_and_device():
+    """row() derives everything from the stored step: the same step on two devices differs only in
+    the device-dependent fields."""
+    reg = Registry()
+    m = _model().eval()
+    f = torch.compile(m, backend=graphmfu.Backend(registry=reg))
+    meter = Meter(registry=reg)
+    with torch.no_grad(), meter.step(tokens=4):
+        f(torch.randint(0, CFG.vocab, (1, 4)))
+    s = meter.records and meter.steps[-1]
+    a = row(s, meter.cost, graphmfu.get_device("h100-sxm"))
+    b = row(s, meter.cost, graphmfu.get_device("a100-80gb"))
+    same = {k for k in a if a[k] == b[k]}
+    assert {"flops", "bytes", "step_s", "kv_bytes", "tokens_per_s"} <= same
+    assert a["mfu"] < b["mfu"]  # a slower peak: the same time is a larger share of it
