@@ -19,6 +19,7 @@ from graphmfu.comparison import Comparison
 from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, device_for as _device_for, get_device, known_devices
+from graphmfu.meter import Meter, meter
 from graphmfu.profile import ProfileSession, attach, profile
 from graphmfu.record import Record
 from graphmfu.registry import DEFAULT as _DEFAULT, Registry
@@ -27,7 +28,7 @@ from graphmfu.stage import stage
 
 __version__ = "0.1.0"
 __all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
-           "ProfileSession", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
+           "ProfileSession", "meter", "Meter", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
            "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
 
