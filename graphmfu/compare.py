@@ -21,6 +21,7 @@ from graphmfu.comparison import Comparison
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import device_for
 from graphmfu.profile import ProfileSession
+from graphmfu.progress import progress
 from graphmfu.registry import Registry
 from graphmfu.stage import open_stages, stage
 
@@ -110,7 +111,8 @@ class _Timer:
         return out
 
 
-def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str, step=None) -> None:
+def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool, side: str, step=None,
+          bar=None, what: str = "") -> None:
     for _ in range(iters):
         for name, fn in stage_fns.items():
             def call(fn=fn):
@@ -130,6 +132,8 @@ def _loop(stage_fns: dict, model, iters: int, timer: _Timer | None, staged: bool
                 timer.run(name, call) if timer else call()
         if step is not None:
             step()
+        if bar is not None:
+            bar.update(1, f"{side}: {what}")
 
 
 def _schedule(iters: int) -> dict:
@@ -167,45 +171,52 @@ def compare(model, *args, stages=None, warmup: int = 3, iters: int = 5, mode: st
     fns = normalise_stages(args, kwargs, stages, training)
     cuda = _is_cuda(model, args, kwargs)
     events, clean_s = {}, {}
+    with progress(total=warmup + max(warmup, 1) + 2 * (1 + iters + (iters if clean else 0)) + 1,
+                  desc="graphmfu compare") as bar:
+        # ---- eager: one recorded call per stage (outside the profile), then the same profile as compiled
+        _loop(fns, model, warmup, None, False, "eager", bar=bar, what="warm-up")
+        e_registry = Registry()
+        for name, fn in fns.items():
+            eager.record(model, lambda fn=fn: fn(model), name, e_registry, "cuda" if cuda else "cpu")
+        bar.update(1, "eager: recorded ops")
+        e_report, events["eager"], clean_s["eager"] = _profiled(fns, model, e_registry, cuda, iters, clean, "eager",
+                                                                device, bar)
 
-    # ---- eager: one recorded call per stage (outside the profile), then the same profile as compiled
-    _loop(fns, model, warmup, None, False, "eager")
-    e_registry = Registry()
-    for name, fn in fns.items():
-        eager.record(model, lambda fn=fn: fn(model), name, e_registry, "cuda" if cuda else "cpu")
-    e_report, events["eager"], clean_s["eager"] = _profiled(fns, model, e_registry, cuda, iters, clean, "eager",
-                                                            device)
-
-    # ---- compiled
-    c_registry = Registry()
-    compiled = torch.compile(model, backend=Backend(mode=mode, registry=c_registry))
-    _loop(fns, compiled, max(warmup, 1), None, False, "compiled")
-    if not c_registry.graphs:
-        raise GraphMFUError("compare: the compiled side produced no graph"
-                            + (f" ({c_registry.failures[0]})" if c_registry.failures else
-                               " (torch.compile fell back to running the model eagerly)")
-                            + "; the model fails under torch.compile: run it with "
-                              "torch.compile(model, fullgraph=True) to see why")
-    c_report, events["compiled"], clean_s["compiled"] = _profiled(fns, compiled, c_registry, cuda, iters, clean,
-                                                                  "compiled", device)
+        # ---- compiled
+        c_registry = Registry()
+        compiled = torch.compile(model, backend=Backend(mode=mode, registry=c_registry))
+        _loop(fns, compiled, max(warmup, 1), None, False, "compiled", bar=bar, what="warm-up (compiles)")
+        c_report, events["compiled"], clean_s["compiled"] = _compiled_side(fns, compiled, c_registry, cuda, iters,
+                                                                           clean, device, bar)
     dev = device_for((g.device for g in c_registry.graphs), device)
     return Comparison.of(e_report, c_report, dev,
                          {"warmup": warmup, "iters": iters, "mode": mode, "training": training, "cuda": cuda,
                           "profiler": "CPU+CUDA" if cuda else "CPU", "stages": list(fns)}, events, clean_s)
 
 
-def _profiled(fns, model, registry, cuda: bool, iters: int, clean: bool, side: str, device):
+def _compiled_side(fns, compiled, registry, cuda: bool, iters: int, clean: bool, device, bar):
+    if not registry.graphs:
+        raise GraphMFUError("compare: the compiled side produced no graph"
+                            + (f" ({registry.failures[0]})" if registry.failures else
+                               " (torch.compile fell back to running the model eagerly)")
+                            + "; the model fails under torch.compile: run it with "
+                              "torch.compile(model, fullgraph=True) to see why")
+    return _profiled(fns, compiled, registry, cuda, iters, clean, "compiled", device, bar)
+
+
+def _profiled(fns, model, registry, cuda: bool, iters: int, clean: bool, side: str, device, bar=None):
     """One side's profile (warm-up iteration, then ``iters`` recorded ones with CUDA events), its report,
     the event times, and the times of ``iters`` unprofiled iterations."""
     timer = _Timer(cuda)
     with ProfileSession(registry=registry, cuda=cuda, **_schedule(iters)) as session:
-        _loop(fns, model, 1, None, True, side, step=_settle(session.prof.step, cuda))
-        _loop(fns, model, iters, timer, True, side, step=session.prof.step)
+        _loop(fns, model, 1, None, True, side, step=_settle(session.prof.step, cuda), bar=bar,
+              what="profiler warm-up")
+        _loop(fns, model, iters, timer, True, side, step=session.prof.step, bar=bar, what="profiled")
     events = timer.mean_s()
     report = session.report(device)
     unprofiled = _Timer(cuda)
     if clean:
-        _loop(fns, model, iters, unprofiled, False, side)
+        _loop(fns, model, iters, unprofiled, False, side, bar=bar, what="no profiler")
     return report, events, unprofiled.mean_s() if clean else {}
 
 
