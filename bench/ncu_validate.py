@@ -8,14 +8,13 @@
 2. ncu --clock-control none --set roofline (+ DRAM bytes read/write) --csv --page raw with NVTX
    filtering on BENCHMARK, running this script's --ncu-target mode (same model, same compile,
    one iteration in the range).
-3. Per Inductor kernel: graphmfu FLOPs vs ncu tensor-pipe ops, graphmfu bytes vs ncu DRAM bytes,
-   graphmfu time (torch profiler) vs ncu duration; the GPU kernels are matched in launch order
-   (names checked).
+3. Per Inductor kernel, through graphmfu.ncu (the import `graphmfu ncu report.json ncu.csv` runs):
+   graphmfu FLOPs vs ncu tensor-pipe ops, graphmfu bytes vs ncu DRAM bytes, graphmfu time (torch
+   profiler) vs ncu duration; the GPU kernels are matched in launch order (names checked).  The
+   same import from the saved report alone (kernel-sequence alignment) must give the same rows.
 4. The decode step again under mode="reduce-overhead" (CUDA graphs): joined by order.
 """
 import argparse
-import csv
-import io
 import json
 import os
 import subprocess
@@ -29,7 +28,8 @@ import torch  # noqa: E402
 
 import graphmfu  # noqa: E402
 from examples.minimal_llama import build, parse_args  # noqa: E402
-from graphmfu.join import join  # noqa: E402
+from graphmfu import ncu as ncu_import  # noqa: E402
+from graphmfu.join import join, stage_of  # noqa: E402
 
 
 def model_args(a):
@@ -65,44 +65,6 @@ def ncu_target(a):
     run_benchmark(steps)
 
 
-TENSOR_PREFIX = "sm__ops_path_tensor_src_"
-
-
-def parse_ncu(text):
-    rows = list(csv.reader(io.StringIO(text)))
-    start = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
-    head = rows[start]
-    out = []
-    for r in rows[start + 1:]:
-        if len(r) != len(head) or not r[0].strip().isdigit():
-            continue  # the units row
-        d = dict(zip(head, r))
-
-        def num(k):
-            v = d.get(k, "").replace(",", "").strip()
-            return float(v) if v else 0.0
-
-        tcols = [k for k in head if k.startswith(TENSOR_PREFIX) and k.endswith(".sum") and "sparsity" not in k]
-        out.append({"name": d["Kernel Name"], "tensor_ops": sum(num(k) for k in tcols),
-                    "tensor_cols": [k for k in tcols if num(k)],
-                    "dram_bytes": num("dram__bytes_read.sum") + num("dram__bytes_write.sum"),
-                    "dram_read": num("dram__bytes_read.sum"),
-                    "dram_write": num("dram__bytes_write.sum"),
-                    # stores reaching L2 from the SMs (32-byte sectors): L2 is write-back, so an output that
-                    # fits in it is not in DRAM when the kernel ends; this is the write side it did move
-                    "l2_write": num("lts__t_sectors_srcunit_tex_op_write.sum") * 32,
-                    "time_s": num("gpu__time_duration.sum") * 1e-9, "nvtx": d.get(
-                        "thread Domain:Push/Pop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg_Type:Msg", "")})
-    return out
-
-
-def norm(name: str) -> str:
-    """Kernel names as the profiler and ncu both spell them: no 'void ', no template args or
-    parameters, no inline namespaces (the two demangle templates differently)."""
-    n = name.removeprefix("void ").split("<")[0].split("(")[0]
-    return n.replace("::fusion::", "::")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
@@ -123,7 +85,9 @@ def main():
     rep = p.report()
     rep.save(Path(a.out) / "ncu_validate_graphmfu.json")
     graphs = {g.id: g for g in graphmfu.registry.DEFAULT.graphs}
-    measured, _, _ = join(p.prof, list(graphs.values()), cuda=True)
+    measured, stage_ranges, _ = join(p.prof, list(graphs.values()), cuda=True)
+    for m in measured:
+        m.stage = stage_of(m, stage_ranges)
     # ncu profiles kernels, not memsets/memcpys
     measured = sorted((m for m in measured if not m.name.startswith(("Memset", "Memcpy"))), key=lambda m: m.start_us)
     print(f"graphmfu on {torch.cuda.get_device_name()}, torch {torch.__version__}: d 4096, ffn 11008, 32 q / "
@@ -151,47 +115,41 @@ def main():
     except subprocess.TimeoutExpired:
         print(f"ncu did not finish in {a.ncu_timeout} s")
         return 1
-    (Path(a.out) / "ncu_validate_raw.csv").write_text(r.stdout)
+    raw = Path(a.out) / "ncu_validate_raw.csv"
+    raw.write_text(r.stdout)
     if r.returncode:
         print("ncu failed:", r.stderr[-2000:])
         return 1
-    ncu = parse_ncu(r.stdout)
-    print(f"ncu: {len(ncu)} kernels in BENCHMARK; graphmfu measured {len(measured)} GPU kernels")
+    table = ncu_import.join(rep, raw, measured=measured)
+    n_ncu = len(ncu_import.parse(raw))
+    print(f"ncu: {n_ncu} kernels in BENCHMARK; graphmfu measured {len(measured)} GPU kernels; "
+          f"{len(table.unmatched)} ncu kernel(s) unmatched")
+    aligned = ncu_import.join(Path(a.out) / "ncu_validate_graphmfu.json", raw)
+    key = ("graph", "index", "stage", "flops", "hw_flops", "bytes", "dram_read", "dram_write", "l2_write", "ncu_time_s")
+    same = sorted(tuple(x[k] for k in key) for x in table.rows) == sorted(tuple(x[k] for k in key) for x in aligned.rows)
+    print(f"graphmfu ncu report.json ncu.csv (alignment, no session): {len(aligned.rows)} rows, "
+          f"{'the same' if same else 'DIFFERENT'} as the launch-order join")
+    print(aligned.table())
+    (Path(a.out) / "ncu_import_table.txt").write_text(aligned.table() + "\n")
 
-    # ---- 3. per Inductor kernel
-    agg = {}
-    j = 0
-    for m in measured:
-        while j < len(ncu) and norm(ncu[j]["name"]) != norm(m.name):
-            j += 1  # a kernel ncu saw that the profiler did not (should not happen)
-        if j == len(ncu):
-            break
-        key = (m.graph, m.kernel, m.stage)
-        e = agg.setdefault(key, {"gpu": [], "ncu_ops": 0.0, "ncu_bytes": 0.0, "ncu_read": 0.0, "ncu_t": 0.0,
-                                 "gm_t": 0.0, "ncu_write": 0.0, "ncu_l2w": 0.0})
-        e["ncu_read"] += ncu[j]["dram_read"]
-        e["ncu_write"] += ncu[j]["dram_write"]
-        e["ncu_l2w"] += ncu[j]["l2_write"]
-        e["gpu"].append(m.name)
-        e["ncu_ops"] += ncu[j]["tensor_ops"]
-        e["ncu_bytes"] += ncu[j]["dram_bytes"]
-        e["ncu_t"] += ncu[j]["time_s"]
-        e["gm_t"] += m.time_s
-        j += 1
+    # ---- 3. per Inductor kernel (the table of earlier runs, from the import's rows, in launch order)
     rows = []
     from tabulate import tabulate
 
-    for (gid, idx, _), e in agg.items():
-        if gid is None:
-            continue
-        k = graphs[gid].kernels[idx]
-        f, b, br, bw = k.cost.flops, k.cost.bytes, k.cost.bytes_read, k.cost.bytes_written
-        rows.append([k.name[:40], k.module or "(root)", f"{f:.4g}", f"{e['ncu_ops']:.4g}",
-                     "-" if not f else f"{e['ncu_ops'] / f:.4f}", f"{b / 1e6:.2f}", f"{e['ncu_bytes'] / 1e6:.2f}",
-                     "-" if not b else f"{e['ncu_bytes'] / b:.3f}", f"{br / 1e6:.2f}", f"{e['ncu_read'] / 1e6:.2f}",
-                     "-" if not br else f"{e['ncu_read'] / br:.3f}", f"{bw / 1e6:.2f}", f"{e['ncu_write'] / 1e6:.2f}",
-                     f"{e['ncu_l2w'] / 1e6:.2f}", "-" if not bw else f"{e['ncu_l2w'] / bw:.3f}",
-                     f"{e['gm_t'] * 1e6:.1f}", f"{e['ncu_t'] * 1e6:.1f}"])
+    graphs = {g.id: g for g in rep.record.graphs}
+    for x in table.rows:
+        k = graphs[x["graph"]].kernels[x["index"]]
+        f, b, br, bw = x["flops"], x["bytes"], x["bytes_read"], x["bytes_written"]
+        gm_t = sum(m.time_s for m in measured if (m.graph, m.kernel, m.stage) == (x["graph"], x["index"], x["stage"])
+                   and not m.name.startswith(("Memset", "Memcpy")))
+        l2w = x["l2_write"] or 0.0
+        rows.append([k.name[:40], k.module or "(root)", f"{f:.4g}", f"{x['hw_flops']:.4g}",
+                     "-" if not f else f"{x['hw_flops'] / f:.4f}", f"{b / 1e6:.2f}",
+                     f"{(x['dram_read'] + x['dram_write']) / 1e6:.2f}",
+                     "-" if not b else f"{(x['dram_read'] + x['dram_write']) / b:.3f}", f"{br / 1e6:.2f}",
+                     f"{x['dram_read'] / 1e6:.2f}", "-" if not br else f"{x['dram_read'] / br:.3f}", f"{bw / 1e6:.2f}",
+                     f"{x['dram_write'] / 1e6:.2f}", f"{l2w / 1e6:.2f}", "-" if not bw else f"{l2w / bw:.3f}",
+                     f"{gm_t * 1e6:.1f}", f"{x['ncu_time_s'] * 1e6:.1f}"])
     print(tabulate(rows, headers=["kernel", "module", "gm FLOPs", "ncu tensor", "ratio", "gm MB", "ncu DRAM MB",
                                   "ratio", "gm read MB", "ncu read MB", "ratio", "gm write MB", "ncu DRAM write MB",
                                   "ncu L2 write MB", "ratio", "gm us", "ncu us"],
