@@ -42,6 +42,13 @@ def _size_args(gm) -> list:
     return out
 
 
+def probes_of(gm) -> list:
+    """``[(symbol, hint, fn)]`` a graph pass left on ``gm`` (``_graphmfu_probes``): values evaluated per
+    call from the call's real inputs (``fn(inputs) -> int``), e.g. an input-dependent mask's kept pairs."""
+    got = getattr(gm, "_graphmfu_probes", None)
+    return list(got) if isinstance(got, (list, tuple)) else []
+
+
 def _graph_device(example_inputs) -> str:
     for x in example_inputs:
         if isinstance(x, torch.Tensor):
@@ -59,8 +66,11 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints, tf32)
         kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints, phase)
+        # values read per call besides the sizes (rules/masks.py: the pairs an input-dependent mask
+        # keeps), with the value used without a call (dense, or the size-only bound) as their hint
+        probe_hints = {name: int(hint) for name, hint, _ in probes_of(gm)}
         g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
-                        {str(k): int(v) for k, v in hints.items()}, source, kernels, tf32,
+                        {**{str(k): int(v) for k, v in hints.items()}, **probe_hints}, source, kernels, tf32,
                         size_args=_size_args(gm) if hints else [], compile_id=compile_id)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
@@ -101,7 +111,8 @@ class Backend:
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")
             g = record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
             if g is not None:
-                self.registry.tagger.add(compiled, g.key, g.size_args)
+                probes = [(name, fn) for name, _, fn in probes_of(post_gm)]
+                self.registry.tagger.add(compiled, g.key, g.size_args, probes)
 
         try:
             return _inductor.compile_with_inner_hook(gm, example_inputs, on_graph, config)

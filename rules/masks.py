@@ -1338,6 +1338,7 @@ def masked_attention(gm, records) -> None:
 def _masked_attention(gm, records) -> None:
     cid = _inductor.compile_id()
     walker = Walker(_linked(gm, cid))
+    probes = Probes(gm)
     by_name = {r.name: r for r in records}
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -1354,13 +1355,20 @@ def _masked_attention(gm, records) -> None:
             mc = MaskCount(0, 0, [("unrecognised", f"{type(e).__name__}: {e}")])
         if mc is None:
             continue
-        _apply(rec, node, spec, mc)
+        _apply(rec, node, spec, mc, probes)
     _decomposed(gm, records, walker, cid)
+    probes.attach()
     _remember(gm, cid, walker)
 
 
-def _apply(rec, node, spec, mc: MaskCount) -> None:
+def _apply(rec, node, spec, mc: MaskCount, probes: "Probes | None" = None) -> None:
     kinds = {k for k, _ in mc.unknown}
+    if mc.unknown and probes is not None and not _causal(node, spec):
+        try:
+            if probes.per_call(rec, node, spec, mc):
+                return
+        except Exception:  # noqa: BLE001 - no probe: the node is counted (and flagged) as below
+            pass
     if mc.dense:
         qv, _ = _q_k(node, spec)
         bh = math.prod(_int_of(s) for s in qv.shape[:-2])
@@ -1380,6 +1388,183 @@ def _apply(rec, node, spec, mc: MaskCount) -> None:
     rec.flag(flag)
     details = sorted({f"{k}: {d}" for k, d in mc.unknown})
     rec.note = f"{rec.note} ({'; '.join(details[:3])})"
+
+
+# ----------------------------------------------------------------- per call: the real mask (profile())
+
+_HEAVY = ("mm", "bmm", "addmm", "baddbmm", "matmul", "convolution", "_scaled_dot_product", "_flash_attention",
+          "_efficient_attention", "_grouped_mm", "_scaled_mm")
+_MAX_PROBE_NODES = 300
+
+
+def kept_total(mask: torch.Tensor, lead: int, tq: int, tk: int, rows: int = 4096) -> int:
+    """The (query, key) pairs a real mask keeps, summed over the ``lead`` (batch x heads) entries of the
+    attention it broadcasts to: the mask's own leading entries counted once each, times how often
+    broadcasting repeats them.  Rows are read ``rows`` at a time (at most ``rows x Tk`` more booleans)."""
+    m = mask.detach()
+    if m.dim() < 2:
+        m = m.reshape(1, -1)
+    own = math.prod(m.shape[:-2])
+    mq, mk = m.shape[-2], m.shape[-1]
+    if lead % own or (mq not in (1, tq)) or (mk not in (1, tk)):
+        raise ValueError(f"mask of shape {tuple(m.shape)} does not broadcast to ({lead} entries, {tq}, {tk})")
+    total = 0
+    for start in range(0, mq, rows):
+        block = m[..., start:start + rows, :]
+        keep = block if block.dtype == torch.bool else (block > MASKED_AT)  # nan and -inf: masked
+        total += int(keep.sum())
+    return total * (lead // own) * (tq // mq) * (tk // mk)
+
+
+class Probes:
+    """Input-dependent masks of one graph, counted per call.  The node's cost keeps the kept pairs as a
+    symbol ``pairs_<mask node>`` (its hint: the count known without values, dense or the size-only
+    bound); a probe ``fn(inputs) -> int`` runs the graph's small mask subgraph on a call's real inputs
+    and counts what it keeps.  ``attach`` leaves ``[(symbol, hint, fn)]`` on the GraphModule as
+    ``_graphmfu_probes`` for the capture layer (capture.py), which tags compiled calls with them."""
+
+    def __init__(self, gm):
+        self.gm = gm
+        self.items: list = []  # (symbol, hint, fn)
+        self.by_key: dict = {}
+        self._placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self._sizes = None
+
+    def attach(self) -> None:
+        try:
+            self.gm._graphmfu_probes = list(self.items)
+        except (AttributeError, TypeError):
+            pass
+
+    # --------------------------------------------------------------- the mask's subgraph
+    def _subgraph(self, mask_node):
+        need, stack = set(), [mask_node]
+        while stack:
+            n = stack.pop()
+            if n in need:
+                continue
+            need.add(n)
+            if len(need) > _MAX_PROBE_NODES:
+                return None
+            if n.op == "call_function":
+                name = op_name(n.target)
+                if any(name.split(".")[1 if name.startswith(("aten.", "prims.")) else 0].startswith(h)
+                       for h in _HEAVY):
+                    return None  # not a mask computation worth re-running per call
+            elif n.op not in ("placeholder", "get_attr"):
+                return None
+            stack.extend(n.all_input_nodes)
+        g = torch.fx.Graph()
+        env, used = {}, []
+        index = {n: i for i, n in enumerate(self._placeholders)}
+        for n in self.gm.graph.nodes:
+            if n not in need:
+                continue
+            if n.op == "placeholder":
+                env[n] = g.placeholder(n.name)
+                used.append(index[n])
+            else:
+                env[n] = g.node_copy(n, lambda a: env[a])
+        g.output(env[mask_node])
+        return torch.fx.GraphModule(self.gm, g), used
+
+    def _size_reader(self):
+        """[(input index, dim or None, symbol)] of the graph's size symbols (as capture's size_args)."""
+        if self._sizes is None:
+            out, seen = [], set()
+            for i, node in enumerate(self._placeholders):
+                val = node.meta.get("val")
+                dims = [(None, val)] if isinstance(val, torch.SymInt) else (
+                    list(enumerate(val.shape)) if isinstance(val, torch.Tensor) else [])
+                for d, size in dims:
+                    expr = _inductor.sym_value(size) if isinstance(size, torch.SymInt) else None
+                    if getattr(expr, "is_Symbol", False) and str(expr) not in seen:
+                        seen.add(str(expr))
+                        out.append((i, d, expr))
+            self._sizes = out
+        return self._sizes
+
+    def _ints(self, exprs, inputs):
+        """Sizes (ints or sympy expressions of the graph's symbols) for one call."""
+        if all(isinstance(e, int) for e in exprs):
+            return exprs
+        subs = {}
+        for i, d, sym in self._size_reader():
+            x = inputs[i]
+            subs[sym] = int(x if d is None else x.shape[d])
+        return [int(e) if isinstance(e, int) else int(e.xreplace(subs)) for e in exprs]
+
+    # --------------------------------------------------------------- one SDPA node
+    def per_call(self, rec, node, spec, mc: MaskCount) -> bool:
+        """Give SDPA ``node`` (record ``rec``) a per-call pair count; False when its mask cannot be probed."""
+        import sympy
+
+        mask = _mask_arg(node, spec)
+        qv, kv = _q_k(node, spec)
+        exprs = [_sym_or_int(x) for x in (*qv.shape[:-2], qv.shape[-2], kv.shape[-2])]
+        lead_e, tq_e, tk_e = sympy.Mul(*exprs[:-2]) if len(exprs) > 2 else 1, exprs[-2], exprs[-1]
+        lead_e = int(lead_e) if getattr(lead_e, "is_Integer", False) or isinstance(lead_e, int) else lead_e
+        key = (mask.name, str(lead_e), str(tq_e), str(tk_e))
+        name = self.by_key.get(key)
+        if name is None:
+            sub = self._subgraph(mask)
+            if sub is None:
+                return False
+            module, used = sub
+            name = f"pairs_{mask.name}" if not any(k[0] == mask.name for k in self.by_key) else \
+                f"pairs_{mask.name}_{node.name}"
+            hint = mc.pairs * math.prod(_int_of(s) for s in qv.shape[:-2])
+            dims = (lead_e, tq_e, tk_e)
+
+            def probe(inputs, module=module, used=used, dims=dims, hint=hint):
+                try:
+                    lead, tq, tk = self._ints(list(dims), inputs)
+                    with torch.no_grad():
+                        m = module(*[inputs[i] for i in used])
+                    return kept_total(m, lead, tq, tk)
+                except Exception:  # noqa: BLE001 - never break the call: the count without values
+                    return hint
+
+            self.by_key[key] = name
+            self.items.append((name, hint, probe))
+        self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
+        return True
+
+    @staticmethod
+    def _symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e) -> None:
+        import sympy
+
+        from graphmfu.cost import symbolic_cost
+
+        att = _attention_module()
+        per_score = getattr(att, "VECTOR_PER_SCORE", 5)
+        base = symbolic_cost(rec.sym) if rec.sym else rec.cost
+        pairs = sympy.Symbol(name)
+        dense = lead_e * tq_e * tk_e
+        matrix = {k: sympy.simplify(sympy.sympify(v) / dense) * pairs for k, v in base.matrix_dense}
+        vector = dict(base.vector)
+        if len(vector) == 1:
+            (k, v), = vector.items()
+            vector[k] = sympy.expand(v - per_score * (dense - pairs))
+        sym = Cost.of(matrix, dense=dict(base.matrix_dense), vector=vector, read=base.bytes_read,
+                      written=base.bytes_written)
+        qv, _ = _q_k(node, spec)
+        bh = math.prod(_int_of(s) for s in qv.shape[:-2])
+        tq, tk = _int_of(qv.shape[-2]), _int_of(_q_k(node, spec)[1].shape[-2])
+        rec.cost = with_pairs(rec.cost, bh, tq, tk, mc.pairs)
+        rec.sym, rec.cost_expr = sym.formulas(), sym.as_strings()
+        kinds = {k for k, _ in mc.unknown}
+        rec.flag(UPPER_BOUND if mc.pairs < mc.dense else INPUTS if kinds == {"inputs"} else UNRECOGNISED)
+        details = sorted({f"{k}: {d}" for k, d in mc.unknown})
+        rec.note = (f"{rec.note} ({'; '.join(details[:3])}); counted per call from the real mask "
+                    f"{_mask_arg(node, spec).name} under profile() (symbol {name}; without values: {mc.pairs * bh})")
+
+
+def _sym_or_int(x):
+    if isinstance(x, torch.SymInt):
+        e = _inductor.sym_value(x)
+        return int(e) if getattr(e, "is_Integer", False) else e
+    return int(x)
 
 
 # ----------------------------------------------------------------- recorders that see real values (eager)

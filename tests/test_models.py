@@ -10,22 +10,21 @@ MoE experts by hand (FlopCounterMode sees none of the routed experts: on CPU the
 attention nodes' dense and effective FLOPs against the hand count of the (query, key) pairs each
 mask keeps.
 
-Effective attention today (flops / flops_dense of the attention nodes, inference, per layer; T = 32,
-dense 1024 pairs per sequence; rules/masks.py reads SDPA attn_mask graphs):
-  llama qwen2 qwen3 mixtral qwen3_moe gpt2: is_causal=True SDPA, 528/1024 pairs: right.
-  mistral (window 8: 36 + 24*8 = 228 pairs): mask tensor read, 228: right.
-  gemma3 layer 0 (window 8): 228, layer 1 (is_causal): 528: right.
-  whisper (decoder self causal, encoder and cross dense), clip (text causal, vision dense), vit: right.
-  gemma2 (eager attention, transformers has no SDPA for it: bmm, *scale, /cap, tanh, *cap, + mask,
-    softmax, bmm): counted 1024 for 228 (layer 0) and 528 (layer 1), flagged decomposed_attention
-    (the pass looks through tanh, the softcap).
-  deepseek_v3 (MLA, Dqk 24 != Dv 16: CPU SDPA takes the math path, bmm + softmax): 1024 for 528,
-    flagged decomposed_attention.
-  bert (padding: sequence 2 has 20 real tokens): 2 * 1024 counted for 1024 + 32*20 = 1664 pairs,
-    flagged mask_inputs (the mask is an input: data to analyze()).
-  t5 (attn_mask = where(causal, position_bias, finfo.min) in the decoder, position_bias alone in the
-    encoder): decoder self 256 counted for 136, flagged mask_unrecognised (encoder and cross: dense, right).
-Those are ``xfail(strict=True)`` below (issue 10 part 2 fixes mask counting and flips them)."""
+Effective attention (flops / flops_dense of the attention nodes, inference, per layer; T = 32,
+dense 1024 pairs per sequence; rules/masks.py reads attn_mask graphs):
+  llama qwen2 qwen3 mixtral qwen3_moe gpt2: is_causal=True SDPA, 528/1024 pairs.
+  mistral (window 8: 36 + 24*8 = 228 pairs): mask tensor read, 228.
+  gemma3 layer 0 (window 8): 228, layer 1 (is_causal): 528.
+  whisper (decoder self causal, encoder and cross dense), clip (text causal, vision dense), vit.
+  gemma2 (eager attention: bmm, *scale, /cap, tanh, *cap, + mask, softmax, bmm) and deepseek_v3 (MLA,
+    Dqk 24 != Dv 16: the CPU SDPA takes the math path, bmm + softmax): the mask added to the scores is
+    read, 228 / 528 (the backward's matmuls of the same module likewise).
+  t5: where(causal, position_bias, finfo.min) in the decoder (136 of 256), position_bias alone in the
+    encoder (dense): a bias read from a table keeps its pairs.
+  bert (padding: sequence 2 has 20 real tokens): the mask is an input, so analyze() counts 2 * 1024
+    (flagged mask_inputs, the note says it is counted per call); under profile() each call is counted
+    from its real mask: 1024 + 32*20 = 1664.
+"""
 from __future__ import annotations
 
 import copy
@@ -327,22 +326,19 @@ def test_attention_dense_by_hand(name, training):
     assert got == hand
 
 
-def _masked_dense(why):
-    return pytest.mark.xfail(strict=True, reason=f"masked attention counted dense: issue 10 part 2 ({why})")
-
-
-EFFECTIVE_WRONG = {
-    "bert": _masked_dense("padding mask is an input: analyze() has no values (test_bert_padding_per_call counts "
-                          "it per call)"),
-}
-
-
-@pytest.mark.parametrize("name,training", _params(ATTENTION_CASES, EFFECTIVE_WRONG))
+@pytest.mark.parametrize("name,training", _params(ATTENTION_CASES))
 def test_attention_effective_by_hand(name, training):
-    """Effective FLOPs: only the (query, key) pairs the mask keeps (causal, sliding window, padding)."""
+    """Effective FLOPs: only the (query, key) pairs the mask keeps (causal, sliding window, T5's causal
+    mask around its relative bias, decomposed attention's added mask).  BERT's padding mask is an input:
+    analyze() has no values, so it is counted dense, flagged and says it is counted per call
+    (test_bert_padding_counted_per_call checks the per-call count)."""
     rep = analysis(name, training)
     spec = attention_hand(name)
-    got = {m: _sum(ns, "flops") for m, ns in attention_nodes(rep, training, spec).items()}
+    nodes = attention_nodes(rep, training, spec)
+    got = {m: _sum(ns, "flops") for m, ns in nodes.items()}
+    if name == "bert":
+        spec = {m: (dense, dense, hq, dqk, dv) for m, (_, dense, hq, dqk, dv) in spec.items()}
+        assert all("mask_inputs" in n["flags"] and "per call" in n["note"] for ns in nodes.values() for n in ns)
     hand = {m: attention_flops(kept, hq, dqk, dv, training) for m, (kept, _, hq, dqk, dv) in spec.items()}
     assert got == hand
 
@@ -396,3 +392,28 @@ def test_backend_matches_analyze(fresh, name, training):
     uncounted = _sum(n for n in rep.nodes if n["op"] in UNCOUNTED)
     assert rep.totals["flops_dense"] - uncounted - _sum(_experts(rep)) == pytest.approx(reference(name, training),
                                                                                        rel=1e-3)
+
+
+def test_bert_padding_counted_per_call(fresh):
+    """BERT's padding mask is an input: analyze() counts it dense (flagged, the note names the mask);
+    under graphmfu.profile() each call is counted from its real mask: two calls with different padding."""
+    model, x = case("bert").model, _inputs("bert", False)
+    cm = torch.compile(model, backend=fresh.backend)
+    short = x["attention_mask"].clone()
+    short[0, 24:] = 0  # call 2: sequences of 24 and 20 real tokens
+    with torch.no_grad(), torch._inductor.config.patch(FAST_CODEGEN):
+        cm(**x)
+        with fresh.profile() as p:
+            cm(**x)
+            cm(**{**x, "attention_mask": short})
+    rep = p.report()
+    per_pair = H.NH * (2 * 16 + 2 * 16)  # 4 heads x (Q@K^T 2*16 + P@V 2*16) = 256 per (query, key) pair
+    # every query row sees its sequence's real keys: call 1 32*32 + 32*20 = 1664, call 2 32*24 + 32*20 = 1408
+    hand = [sum(H.T * n for n in lengths) * per_pair for lengths in ((32, 20), (24, 20))]
+    assert hand == [1664 * 256, 1408 * 256]
+    sdpa = [k for k in rep.kernels if k["name"].startswith("torch.ops.aten._scaled_dot_product")]
+    assert len(sdpa) == H.L and all(k["calls"] == 2 for k in sdpa)
+    assert sum(k["flops"] for k in sdpa) == H.L * sum(hand)
+    static = [n for n in rep.nodes if n["op"] == SDPA_FWD]
+    assert all(n["flops"] == n["flops_dense"] and "mask_inputs" in n["flags"] and "per call" in n["note"]
+               for n in static)
