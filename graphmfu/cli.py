@@ -340,7 +340,7 @@ class Run:
 
     # ---------------------------------------------------------------- routing torch.compile
     def _compile(self, original):
-        from graphmfu.capture import Backend
+        from graphmfu.capture import Backend, backend as factory
 
         run = self
 
@@ -351,7 +351,7 @@ class Run:
             if backend is None or backend == "inductor":
                 kw["backend"] = _Counted(Backend(mode=kw.pop("mode", None), options=kw.pop("options", None)), run)
                 run.routed.append(getattr(model, "__name__", type(model).__name__))
-            elif isinstance(backend, Backend):
+            elif isinstance(backend, Backend) or backend is factory:  # already graphmfu's: counted, not changed
                 kw["backend"] = _Counted(backend, run)
                 run.routed.append(getattr(model, "__name__", type(model).__name__))
             elif not isinstance(backend, _Counted):
