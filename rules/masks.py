@@ -1363,7 +1363,9 @@ def _masked_attention(gm, records) -> None:
 
 def _apply(rec, node, spec, mc: MaskCount, probes: "Probes | None" = None) -> None:
     kinds = {k for k, _ in mc.unknown}
-    if mc.unknown and probes is not None and not _causal(node, spec):
+    if (mc.unknown or rec.sym) and probes is not None and not _causal(node, spec):
+        # an input-dependent mask, or any mask of a dynamic graph (its size-only count holds at the
+        # compile-time sizes only): counted per call from the real mask
         try:
             if probes.per_call(rec, node, spec, mc):
                 return
@@ -1553,11 +1555,15 @@ class Probes:
         tq, tk = _int_of(qv.shape[-2]), _int_of(_q_k(node, spec)[1].shape[-2])
         rec.cost = with_pairs(rec.cost, bh, tq, tk, mc.pairs)
         rec.sym, rec.cost_expr = sym.formulas(), sym.as_strings()
+        where = (f"counted per call from the real mask {_mask_arg(node, spec).name} under profile() (symbol "
+                 f"{name}; without values: {mc.pairs * bh})")
+        if not mc.unknown:  # a size-only mask of a dynamic graph: exact at the compile-time sizes
+            rec.note = "; ".join(filter(None, (rec.note, f"attn_mask pairs exact at the compile-time sizes, {where}")))
+            return
         kinds = {k for k, _ in mc.unknown}
         rec.flag(UPPER_BOUND if mc.pairs < mc.dense else INPUTS if kinds == {"inputs"} else UNRECOGNISED)
         details = sorted({f"{k}: {d}" for k, d in mc.unknown})
-        rec.note = (f"{rec.note} ({'; '.join(details[:3])}); counted per call from the real mask "
-                    f"{_mask_arg(node, spec).name} under profile() (symbol {name}; without values: {mc.pairs * bh})")
+        rec.note = f"{rec.note} ({'; '.join(details[:3])}); {where}"
 
 
 def _sym_or_int(x):

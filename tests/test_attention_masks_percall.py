@@ -97,3 +97,33 @@ def test_profile_counts_each_call_from_its_real_mask(fresh):
     # static numbers (no call values) stay at the count without values: dense
     assert _sdpa(rep.nodes)[0]["flops"] == DENSE
     assert math.isclose(rep.totals["flops_dense"] - rep.totals["flops"], 0)
+
+
+class Causal(nn.Module):
+    """A causal mask built in the graph from sizes (arange, comparison, where), compiled dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(H * D, 3 * H * D)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, H, D).permute(2, 0, 3, 1, 4)
+        i = torch.arange(t)
+        mask = torch.where(i[None, :] <= i[:, None], 0.0, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, H * D)
+
+
+def test_dynamic_graph_counts_a_size_mask_at_each_calls_size(fresh):
+    torch.manual_seed(0)
+    cm = torch.compile(Causal().eval(), backend=graphmfu.backend, dynamic=True)
+    xs = [torch.randn(1, t, H * D) for t in (8, 24, 40)]
+    with torch.no_grad():
+        cm(xs[0])
+        with graphmfu.profile() as p:
+            for x in xs:
+                cm(x)
+    rep = p.report()
+    sdpa, = [k for k in rep.kernels if k["name"].startswith("torch.ops.aten._scaled_dot_product")]
+    # causal: T(T+1)/2 pairs per head: 36 + 300 + 820 = 1156, x 2 heads x 32 FLOPs = 73984
+    assert sdpa["calls"] == 3 and sdpa["flops"] == (36 + 300 + 820) * H * PER_PAIR == 73984
