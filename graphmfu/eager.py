@@ -5,7 +5,8 @@ every ATen op below autograd (``aten.mm``, not ``aten.linear``), applies the sam
 compiled capture (``nodes.apply_rule``) to its real shapes and dtypes, and takes the module from a
 module tracker (forward) or the autograd node that runs the op (backward).  The recording is one
 ``GraphRecord`` (source ``eager``, ``stage`` = the stage it is a call of) whose kernels are its ops,
-one each: an eager op is its own launch site.  The profiler join (``join.py``) then matches each
+one each: an eager op is its own launch site.  A collective (``c10d.allreduce_``...) also gets its
+``comm`` (bus bytes, group) from rules/collectives.py.  The profiler join (``join.py``) then matches each
 occurrence of the stage to it like any graph call.  As for compiled graphs, a rule that fails drops
 the recording (listed in coverage.graphs_failed); the model's run is never affected.
 """
@@ -40,6 +41,7 @@ class Recorder(_inductor.dispatch_mode_base()):
         self.failure: str | None = None
         self.last_bw_module = ""
         self._memo: dict = {}
+        self._collectives = _collectives()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -61,7 +63,9 @@ class Recorder(_inductor.dispatch_mode_base()):
         name = op_name(func)
         sargs, skw, sout = _spec(tuple(args)), _spec(kwargs), _spec(out)
         cost, note, ok = None, "", True
-        if not tensors(sout):
+        if not tensors(sout) and isinstance(skw, dict) and tensors(skw.get("out")):  # results written into out=
+            sout, skw = skw["out"], {k: v for k, v in skw.items() if k != "out"}
+        if not tensors(sout) and not (self._collectives is not None and self._collectives.is_collective(func)):
             cost, note = ZERO, "no tensor output: no work counted"
         else:
             try:
@@ -97,7 +101,25 @@ class Recorder(_inductor.dispatch_mode_base()):
                        module=module, inputs=inputs, outputs=outputs, cost=cost, output_bytes=out_bytes, note=note)
         for flag in flags:
             rec.flag(flag)
+        coll = self._collectives
+        if coll is not None and coll.is_collective(func):  # what it sends: rules/collectives.py
+            try:
+                coll.attach(rec, coll.comm_of(func, [_spec(a) for a in args]))
+            except Exception as e:  # noqa: BLE001 - as a failing rule: the recording's failure
+                if self.failure is None:
+                    self.failure = f"op e{n} ({name}): {type(e).__name__}: {e}"
         return rec
+
+
+def _collectives():
+    """The collectives rule file (rules/collectives.py, loaded with the rules), or None without it."""
+    import sys
+
+    ensure_builtin_rules()
+    mod = sys.modules.get("graphmfu.rules.collectives")
+    if mod is not None:
+        mod.register_library_ops()  # FSDP2's ops, once torch.distributed.fsdp is imported
+    return mod
 
 
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)

@@ -28,6 +28,25 @@ RECORD_SCHEMA = "graphmfu.record/1"
 
 
 @dataclasses.dataclass
+class Comm:
+    """What a collective op sends over the interconnect (rules/collectives.py), device-free.
+
+    ``size`` is the payload S in bytes as NCCL-tests names it (all_reduce: the buffer; all_gather: the
+    gathered output; reduce_scatter: the input before scattering; all_to_all: the send buffer;
+    broadcast: the buffer); ``bytes`` are the bus bytes, ``size`` times the algorithm factor of the
+    kind for ``group_size`` ranks n (all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all
+    (n-1)/n; broadcast, reduce, send/recv 1).  Bus bytes over time is NCCL-tests' busbw, comparable
+    to one direction of the link.  ``group_size`` None: the group could not be resolved (``bytes``
+    None, flagged).  ``ranks``: the group's global ranks (the link is chosen from where they run)."""
+    kind: str
+    size: Any
+    bytes: Any
+    group_size: int | None
+    group: str = ""
+    ranks: list | None = None
+
+
+@dataclasses.dataclass
 class OpRecord:
     """One ATen op: a node of a compiled graph, or one op of an eager recording."""
     graph: int
@@ -45,6 +64,7 @@ class OpRecord:
     note: str = ""
     flags: list = dataclasses.field(default_factory=list)  # names of report flags (cost.Flag)
     sym: dict | None = None  # dynamic shapes: the cost as formulas of the size symbols (Cost.to_dict, str values)
+    comm: Comm | None = None  # a collective: what it sends over the interconnect (not part of ``cost``)
 
     @property
     def known(self) -> bool:
@@ -122,7 +142,9 @@ class Timing:
     calls it sums, None when static): calls (distinct graph calls), launches (GPU
     kernels or CPU kernel events), time_s, gpu_kernels (names), joined_by.
     ``stages``: one row per stage name: calls, span_s, busy_s, launches (all kernels launched in it).
-    ``unattributed``: per (name, where, launch_op, stage): count, time_s."""
+    ``unattributed``: per (name, where, launch_op, stage): count, time_s.
+    ``exposed_comm``: one row per stage (``overlap.exposed``): comm_s (collective kernel time, union),
+    exposed_s (of it, the time no compute kernel of this rank ran), compute_s (compute kernel time, union)."""
     cuda: bool
     launches: list = dataclasses.field(default_factory=list)
     stages: list = dataclasses.field(default_factory=list)
@@ -130,6 +152,7 @@ class Timing:
     device_kernel_time_s: float = 0.0
     attributed_time_s: float = 0.0
     notes: list = dataclasses.field(default_factory=list)
+    exposed_comm: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -145,6 +168,9 @@ class Record:
     world_size: int = 1
     host: str = dataclasses.field(default_factory=socket.gethostname)
     pid: int = dataclasses.field(default_factory=os.getpid)
+    local_rank: int = dataclasses.field(default_factory=lambda: _env_int("LOCAL_RANK", 0))
+    local_world_size: int = dataclasses.field(default_factory=lambda: _env_int("LOCAL_WORLD_SIZE", 1))
+    device: str = ""  # the local device this rank ran on ("cuda:1", "cpu"), as the registry saw it
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
@@ -154,7 +180,7 @@ class Record:
     def from_dict(cls, d: dict) -> "Record":
         graphs = []
         for g in d["graphs"]:
-            nodes = [OpRecord(**{**n, "cost": _cost(n["cost"])}) for n in g["nodes"]]
+            nodes = [OpRecord(**{**n, "cost": _cost(n["cost"]), "comm": _comm(n.get("comm"))}) for n in g["nodes"]]
             kernels = [KernelRecord(**{**k, "cost": Cost.from_dict(k["cost"])}) for k in g["kernels"]]
             graphs.append(GraphRecord(**{**g, "nodes": nodes, "kernels": kernels}))
         timing = Timing(**d["timing"]) if d.get("timing") else None
@@ -164,6 +190,17 @@ class Record:
 
 def _cost(d):
     return None if d is None else Cost.from_dict(d)
+
+
+def _comm(d):
+    return None if d is None else Comm(**d)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def _plain(obj):
@@ -178,4 +215,4 @@ def _plain(obj):
     return obj
 
 
-__all__ = ["OpRecord", "KernelRecord", "GraphRecord", "Timing", "Record", "RECORD_SCHEMA"]
+__all__ = ["Comm", "OpRecord", "KernelRecord", "GraphRecord", "Timing", "Record", "RECORD_SCHEMA"]

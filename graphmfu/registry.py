@@ -81,7 +81,8 @@ class Registry:
             graphs, failures = list(self.graphs), list(self.failures)
         rank, world = _rank()
         return Record(graphs=graphs, failures=failures, timing=timing, torch=torch.__version__,
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rank=rank, world_size=world)
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rank=rank, world_size=world,
+                      device=_local_device(g.device for g in graphs))
 
 
 def _rank() -> tuple[int, int]:
@@ -90,6 +91,15 @@ def _rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _local_device(graph_devices) -> str:
+    """The device this process ran its graphs on: ``cuda:<current device>`` when any graph ran on a GPU
+    (each rank of a job drives its own), else the graphs' device (``cpu``), "" with no graph."""
+    devs = {str(d).split(":")[0] for d in graph_devices}
+    if "cuda" in devs and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return "cpu" if "cpu" in devs else (sorted(devs)[0] if devs else "")
 
 
 DEFAULT = Registry()

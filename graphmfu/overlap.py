@@ -1,0 +1,105 @@
+"""Exposed communication: collective kernel time that no compute kernel of the same rank overlaps.
+
+Pure functions over measured intervals (no profiler, no device).  A kernel is communication when
+its name says so (``is_comm``: NCCL's ``ncclDevKernel_*``/``ncclKernel_*`` on GPUs; on a CPU run, the
+c10d / functional-collective op events and gloo's ``gloo:*`` events); every other kernel is compute.
+Per stage (a kernel belongs to the innermost stage whose CPU range holds its launch, and rolls up into
+the enclosing stages, as in join.py):
+
+    comm_s    = |union of the stage's comm kernel intervals|
+    compute_s = |union of its compute kernel intervals|
+    exposed_s = |comm union minus compute union|   (communication the rank waited for)
+
+``exposed_s <= comm_s`` always; a fully overlapped all-gather (FSDP2 prefetch) has exposed 0.
+Row ``stage`` None is the whole trace.  ``exposed(traces)`` sums rows over traces (each trace in its
+own time base) and is what ``Timing.exposed_comm`` stores.
+"""
+from __future__ import annotations
+
+import re
+
+COMM_NAME = re.compile(r"^(nccl|gloo:|c10d::|_c10d_functional::|_c10d_functional_autograd::|"
+                       r"record_param_comms)", re.IGNORECASE)
+
+
+def is_comm(name: str) -> bool:
+    """Whether a kernel (or CPU kernel event) is a collective's."""
+    return bool(COMM_NAME.match(name or ""))
+
+
+def union(intervals) -> list[tuple[float, float]]:
+    """The union of [start, end] intervals as sorted disjoint intervals."""
+    out: list[list[float]] = []
+    for s, e in sorted((float(s), float(e)) for s, e in intervals if e > s):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def length(intervals) -> float:
+    return sum(e - s for s, e in union(intervals))
+
+
+def minus(a, b) -> float:
+    """Length of union(a) not covered by union(b)."""
+    ua, ub = union(a), union(b)
+    total, j = 0.0, 0
+    for s, e in ua:
+        cur = s
+        while j < len(ub) and ub[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(ub) and ub[k][0] < e:
+            if ub[k][0] > cur:
+                total += ub[k][0] - cur
+            cur = max(cur, ub[k][1])
+            k += 1
+        if cur < e:
+            total += e - cur
+    return total
+
+
+def _in_stage(stage: str | None, name: str | None) -> bool:
+    return name is None or (bool(stage) and (stage == name or stage.startswith(name + "/")))
+
+
+def stage_exposure(kernels, stage_names) -> list[dict]:
+    """``kernels``: (name, start_us, end_us, stage) of one trace; one row per stage (None: all)."""
+    rows = []
+    for name in [None, *sorted(set(stage_names))]:
+        mine = [k for k in kernels if _in_stage(k[3], name)]
+        comm = [(k[1], k[2]) for k in mine if is_comm(k[0])]
+        compute = [(k[1], k[2]) for k in mine if not is_comm(k[0])]
+        rows.append({"stage": name, "comm_s": length(comm) * 1e-6, "compute_s": length(compute) * 1e-6,
+                     "exposed_s": minus(comm, compute) * 1e-6, "comm_kernels": len(comm)})
+    return rows
+
+
+def _stage_of(t_us: float, stages) -> str | None:
+    """The innermost stage whose CPU range holds ``t_us`` (join.stage_of's rule)."""
+    best = None
+    for s in stages:
+        if s["start_us"] <= t_us <= s["end_us"] and (best is None or s["end_us"] - s["start_us"]
+                                                      < best["end_us"] - best["start_us"]):
+            best = s
+    return best["name"] if best else None
+
+
+def exposed(traces) -> list[dict]:
+    """Per-stage exposed communication summed over ``traces``: each ``(measured, stage ranges)`` as
+    ``ProfileSession`` keeps them (``join.Measured`` with ``.stage`` set, ``{"name", ...}`` ranges)."""
+    total: dict = {}
+    for measured, stages in traces:
+        ks = [(m.name, m.start_us, m.end_us, m.stage if m.stage is not None else _stage_of(m.launch_start_us, stages))
+              for m in measured]
+        for r in stage_exposure(ks, [s["name"] for s in stages]):
+            t = total.setdefault(r["stage"], {"stage": r["stage"], "comm_s": 0.0, "compute_s": 0.0, "exposed_s": 0.0,
+                                              "comm_kernels": 0})
+            for k in ("comm_s", "compute_s", "exposed_s", "comm_kernels"):
+                t[k] += r[k]
+    return list(total.values())
+
+
+__all__ = ["is_comm", "union", "length", "minus", "stage_exposure", "exposed"]
