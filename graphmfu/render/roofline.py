@@ -259,9 +259,14 @@ def write_html(view: dict, path, title: str | None = None) -> Path:
 # --------------------------------------------------------------------------- terminal
 
 
-def terminal(view: dict, title: str | None = None, width: int = 100, height: int = 30) -> str:
-    """The roofline as text for a terminal (plotext)."""
+def terminal(view: dict, title: str | None = None, width: int = 100, height: int = 30, colour: bool | None = None) -> str:
+    """The roofline as text for a terminal (plotext); ``colour`` (default: stdout is a terminal) keeps the
+    ANSI colours."""
+    import sys
+
     plt = need("plotext", "a terminal roofline")
+    if colour is None:
+        colour = sys.stdout.isatty()
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.xscale("log")
@@ -280,6 +285,8 @@ def terminal(view: dict, title: str | None = None, width: int = 100, height: int
     plt.ylabel("FLOP/s")
     text = plt.build()
     plt.clear_figure()
+    if not colour:
+        text = plt.uncolorize(text)
     top = [f"  {n}. {_offender(view['points'][i])}" for n, i in enumerate(view["labelled"], 1)]
     return text + "\n" + "\n".join(["top offenders:", *top, *notes(view)]) + "\n"
 
@@ -299,7 +306,7 @@ def plot(view: dict, path=None, title: str | None = None):
     elif ext in (".html", ".htm"):
         write_html(view, p, title)
     elif ext == ".txt":
-        p.write_text(terminal(view, title))
+        p.write_text(terminal(view, title, colour=False))
     else:
         raise GraphMFUError(f"plot_roofline: cannot draw {path}: use a .png, .svg, .pdf, .html or .txt path "
                             f"(or no path for the terminal)")
