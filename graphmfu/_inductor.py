@@ -881,3 +881,12 @@ def is_fake(t) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(t, FakeTensor)
+
+
+def register_backend(name: str, fn) -> None:
+    """Register ``fn`` as a named torch.compile backend (``backend="graphmfu"``); once per name."""
+    from torch._dynamo.backends import registry
+
+    if name in getattr(registry, "_COMPILER_FNS", {}):
+        return
+    registry.register_backend(compiler_fn=fn, name=name)
