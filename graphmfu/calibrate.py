@@ -117,7 +117,8 @@ def measure_gpu(index: int = 0, quick: bool = False, progress=None) -> dict:
         try:
             a = torch.randn(n, n, device=dev).to(fp8)
             b = torch.randn(n, n, device=dev).to(fp8).t()  # column-major, as the fp8 GEMM wants it
-            t = _best_cuda_s(lambda: scaled_mm(a, b, torch.bfloat16), reps, inner)
+            one = torch.ones((), device=dev, dtype=torch.float32)  # unit scales
+            t = _best_cuda_s(lambda: scaled_mm(a, b, one, one, torch.bfloat16), reps, inner)
             out["fp8"] = 2 * n ** 3 / t / 1e12
         except (RuntimeError, NotImplementedError):
             pass  # no fp8 GEMM on this GPU / torch: fp8 stays at the datasheet figure
