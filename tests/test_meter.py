@@ -200,3 +200,21 @@ def test_meter_row_is_a_function_of_step_and_device():
     same = {k for k in a if a[k] == b[k]}
     assert {"flops", "bytes", "step_s", "kv_bytes", "tokens_per_s"} <= same
     assert a["mfu"] < b["mfu"]  # a slower peak: the same time is a larger share of it
+
+
+def test_llama70b_flops_per_token_by_hand_and_seed_003():
+    """examples/flops_per_token.py on meta: Llama-3.3-70B shapes (d=8192, 80 layers, 64 heads of 128, 8 kv
+    heads, ffn 28672, vocab 128256).  Matrices per layer: q, o 8192^2 each, k, v 8192*1024 each, MLP
+    3 * 8192*28672; the head 8192*128256; norms (2 per layer + 1) are parameters but no matmul."""
+    from examples.flops_per_token import SEED_PER_TOKEN_TFLOP, SEED_PREFILL_TFLOP, counts
+
+    c = counts("70b", 2048)
+    matmul = 80 * (2 * 8192 ** 2 + 2 * 8192 * 1024 + 3 * 8192 * 28672) + 8192 * 128256
+    assert c["params"] == matmul + 80 * 2 * 8192 + 8192 == 69_503_033_344
+    attn = 80 * 64 * 2 * (2 * 128)  # per (query, key) pair: two products of 2*hd, all heads and layers
+    assert c["prefill"] == 2 * matmul * 2048 + attn * (2048 * 2049 // 2)
+    assert c["prefill_dense"] == 2 * matmul * 2048 + attn * 2048 * 2048
+    assert c["decode"] == c["decode_dense"] == 2 * matmul + attn * 2049
+    # seed 003's ~296 TFLOP prefill counts attention dense: within 1% of the dense count (causal: -2%)
+    assert abs(c["prefill_dense"] / 1e12 / SEED_PREFILL_TFLOP - 1) < 0.01
+    assert abs(c["decode"] / 1e12 / SEED_PER_TOKEN_TFLOP - 1) < 0.01
