@@ -17,8 +17,8 @@ recomputation of ``Q @ K^T`` is hardware work (HFU) and not counted.
 Vector FLOPs: forward 5 per score (scale, max, subtract, exp, sum) + 1 per
 output element (normalise); backward 5 per score (recompute exp: 2; dS: 2;
 scale: 1) + 2 per output element (rowsum of dO*O).
-flex_attention: the block mask is data, not shape, so ``flops`` = dense there
-(the report's notes say so)."""
+flex_attention: the block mask is data, not shape: ``flops`` = dense without values
+(flagged); under profile() each call counts the blocks the kernel runs (rules/masks.py)."""
 import torch
 
 from graphmfu import _inductor
@@ -61,6 +61,28 @@ def attention_pairs(tq, tk, causal=None, window_left=None, window_right=None, wi
         lo, hi = max(i + offset - left, 0), min(i + offset + right, tk - 1)
         if hi >= lo:
             total += hi - lo + 1
+    return total
+
+
+def varlen_pairs(cu_q, cu_k, causal=None, window_left=None, window_right=None, flash=True):
+    """(query, key) pairs of varlen attention (packed sequences, ``cu_seqlens`` offsets): the sum over
+    sequences of each one's own count; query i of sequence s sees keys of sequence s only.
+    ``flash``: flash-attention's conventions (every mask aligned bottom-right, a one-sided window bounded
+    at the sequence's key length); else mem-efficient's (``causal``: "top_left" / "bottom_right",
+    ``window_left`` = keys before the diagonal)."""
+    cu_q, cu_k = [int(x) for x in cu_q], [int(x) for x in cu_k]
+    if len(cu_q) != len(cu_k):
+        raise ValueError(f"cu_seqlens of different lengths: {len(cu_q)} and {len(cu_k)}")
+    total = 0
+    for s in range(len(cu_q) - 1):
+        lq, lk = cu_q[s + 1] - cu_q[s], cu_k[s + 1] - cu_k[s]
+        if lq <= 0 or lk <= 0:
+            continue
+        if flash:
+            c, wl, wr = _window(causal, window_left, window_right, lk)
+            total += attention_pairs(lq, lk, c, wl, wr, "bottom_right")
+        else:
+            total += attention_pairs(lq, lk, causal, window_left, window_right)
     return total
 
 
@@ -251,8 +273,9 @@ def efficient_attention_backward(grad_out, q, k, v, bias, o, cu_seqlens_q, cu_se
 
 # ----------------------------------------------------------------- flex_attention (higher-order op)
 
-FLEX = REGISTRY.flag("flex_attention", "flex_attention: block mask is data; counted dense",
-                     "flex_attention: block masks are data; its effective FLOPs are reported dense")
+FLEX = REGISTRY.flag("flex_attention", "flex_attention: block mask is data; counted dense without a profile",
+                     "flex_attention: block masks are data; effective FLOPs are dense without a profile, and "
+                     "per call at block granularity (the blocks the kernel runs) under profile()")
 
 
 def _register_flex():

@@ -127,3 +127,115 @@ def test_dynamic_graph_counts_a_size_mask_at_each_calls_size(fresh):
     sdpa, = [k for k in rep.kernels if k["name"].startswith("torch.ops.aten._scaled_dot_product")]
     # causal: T(T+1)/2 pairs per head: 36 + 300 + 820 = 1156, x 2 heads x 32 FLOPs = 73984
     assert sdpa["calls"] == 3 and sdpa["flops"] == (36 + 300 + 820) * H * PER_PAIR == 73984
+
+
+# --------------------------------------------------------------------------- varlen (cu_seqlens)
+
+
+def _rules():
+    from graphmfu.cost import ensure_builtin_rules
+
+    ensure_builtin_rules()
+    import sys
+
+    return sys.modules["graphmfu.rules.attention"]
+
+
+def test_varlen_pairs_by_hand():
+    att = _rules()
+    cu = [0, 3, 8, 12]  # sequences of 3, 5, 4 tokens
+    assert att.varlen_pairs(cu, cu) == 9 + 25 + 16 == 50
+    assert att.varlen_pairs(cu, cu, causal=True) == 6 + 15 + 10 == 31  # L(L+1)/2 each
+    # flash, causal, left window 1: each query sees itself and one key before: 2L - 1 per sequence
+    assert att.varlen_pairs(cu, cu, causal=True, window_left=1) == 5 + 9 + 7 == 21
+    # decode-like: 1 query per sequence against 3, 5, 4 keys, causal bottom-right: sees every key
+    assert att.varlen_pairs([0, 1, 2, 3], cu, causal=True) == 3 + 5 + 4 == 12
+    # mem-efficient top-left causal, Lq = 2 < Lk: rows see 1, 2 keys
+    assert att.varlen_pairs([0, 2], [0, 5], causal="top_left", flash=False) == 3
+
+
+def test_varlen_flash_counts_each_call_from_its_offsets():
+    """A graph with aten._flash_attention_forward on packed sequences (traced on fake tensors: no CPU
+    kernel is needed): without values it is counted as one packed sequence and flagged; the probe
+    counts a call's real cu_seqlens."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from graphmfu.capture import probes_of
+    from graphmfu.nodes import records_from_graph
+
+    _rules()
+    heads, d, total = 2, 16, 12
+
+    def f(q, k, v, cq, ck):
+        return torch.ops.aten._flash_attention_forward(q, k, v, cq, ck, 8, 8, 0.0, True, False)[0]
+
+    q, k, v = (torch.randn(total, heads, d, dtype=torch.float16) for _ in range(3))
+    cu = torch.tensor([0, 3, 8, 12], dtype=torch.int32)
+    gm = make_fx(f, tracing_mode="fake")(q, k, v, cu, cu.clone())
+    rec, = [r for r in records_from_graph(gm, 0, "inference") if "flash" in r.op]
+    assert "varlen_lengths" in rec.flags and "symbol pairs_" in rec.note
+    # without values: one causal sequence of 12: 78 pairs x 2 heads x (2*16 + 2*16) = 9984
+    assert rec.cost.flops == 78 * heads * 64 == 9984
+    (name, hint, probe), = probes_of(gm)
+    assert hint == 78 * heads
+    inputs = [q, k, v, cu, cu.clone()]
+    # causal per sequence: 6 + 15 + 10 = 31 pairs, x 2 heads = 62
+    assert probe(inputs) == 62
+    from graphmfu.cost import cost_from_formulas
+
+    assert cost_from_formulas(rec.sym, {name: 62}).flops == 62 * 64 == 3968
+    one = torch.tensor([0, 12], dtype=torch.int32)  # one sequence of 12: the packed count again
+    assert probe([q, k, v, one, one.clone()]) == 78 * heads
+
+
+# --------------------------------------------------------------------------- flex_attention block masks
+
+
+class Meter:
+    """The CallTagger's meter interface: the values each graph call carries."""
+
+    def __init__(self):
+        self.calls = []
+
+    def call_begin(self, key, values):
+        self.calls.append((key, values))
+        return len(self.calls)
+
+    def call_end(self, token):
+        pass
+
+
+def test_flex_attention_counts_the_blocks_it_runs(fresh):
+    """flex_attention on CPU: without values dense (flagged, noted with the block size); per call the
+    probe counts the partial and full blocks of the real BlockMask.  (The CPU flex template shows in the
+    profiler as ``graph_0_kernel``, not under its Inductor kernel name, so the check reads the values a
+    call carries through the CallTagger's meter interface and costs the kernel with them.)"""
+    fa = pytest.importorskip("torch.nn.attention.flex_attention")
+
+    def causal(b, h, q, kv):
+        return q >= kv
+
+    t = 256  # two 128-blocks per side
+    bm = fa.create_block_mask(causal, 1, H, t, t, device="cpu")
+    q, k, v = (torch.randn(1, H, t, D) for _ in range(3))
+    f = torch.compile(lambda q, k, v, bm: fa.flex_attention(q, k, v, block_mask=bm), backend=graphmfu.backend)
+    registry = graphmfu.registry.DEFAULT
+    meter = Meter()
+    with torch.no_grad():
+        f(q, k, v, bm)
+        registry.tagger.attach(meter)
+        try:
+            f(q, k, v, bm)
+        finally:
+            registry.tagger.detach(meter)
+    rep = graphmfu.report()
+    flex, = [n for n in rep.nodes if "flex_attention" in n["op"]]
+    assert "flex_attention" in flex["flags"] and "128x128 blocks" in flex["note"]
+    assert flex["flops"] == H * t * t * PER_PAIR == 4194304  # no values: dense, 2*256*256*32
+    (key, values), = meter.calls
+    graph, = registry.graphs
+    # causal at 128-blocks: per head, q-block 0 runs 1 partial block, q-block 1 one partial + one full: 3 blocks
+    # x 128*128 = 49152 pairs (exact causal: 32896), x 2 heads = 98304
+    assert key == graph.key and values == {"pairs_flex_attention": 3 * 128 * 128 * H} == {"pairs_flex_attention": 98304}
+    got = sum(kr.cost_at(values).flops for kr in graph.kernels)
+    assert got == 98304 * PER_PAIR == 3145728
