@@ -140,7 +140,12 @@ def test_static_and_comparison_pages(tmp_path):
     text = cmp.save(tmp_path / "c.html").read_text()
     page = _parse(tmp_path / "c.html")
     assert page.external == [] and "roofline" in page.sections and "stages" in page.sections
-    assert "Plotly.newPlot" in text and "fwd" in text
+    assert "fwd" in text
+    try:
+        import plotly  # noqa: F401
+        assert "Plotly.newPlot" in text
+    except ImportError:
+        assert "pip install" in text  # the roofline's place says what to install
 
 
 def test_show_html_from_a_saved_report(timed, tmp_path, capsys):
@@ -155,6 +160,7 @@ def test_show_html_from_a_saved_report(timed, tmp_path, capsys):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_page_renders_offline_in_headless_chromium(timed, tmp_path):
+    pytest.importorskip("plotly")
     path = timed.save(tmp_path / "r.html")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
