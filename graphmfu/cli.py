@@ -351,8 +351,9 @@ class Run:
             if backend is None or backend == "inductor":
                 kw["backend"] = _Counted(Backend(mode=kw.pop("mode", None), options=kw.pop("options", None)), run)
                 run.routed.append(getattr(model, "__name__", type(model).__name__))
-            elif isinstance(backend, Backend) or backend is factory:  # already graphmfu's: counted, not changed
-                kw["backend"] = _Counted(backend, run)
+            elif isinstance(backend, Backend) or backend is factory or backend == "graphmfu":
+                # already graphmfu's (the registered name too): counted, not changed
+                kw["backend"] = _Counted(factory if backend == "graphmfu" else backend, run)
                 run.routed.append(getattr(model, "__name__", type(model).__name__))
             elif not isinstance(backend, _Counted):
                 run.left_alone.append(str(getattr(backend, "__name__", backend)))
