@@ -167,6 +167,7 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--static", action="store_true", help="also print the static per-module / per-op tables")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--trace", help="write the profiler trace, kernels annotated with FLOPs/bytes/MFU (.json[.gz])")
     p.add_argument("--check", action="store_true", help="also compile with plain Inductor and compare outputs")
     p.add_argument("--compare", action="store_true", help="run graphmfu.compare: eager against compiled")
     p.add_argument("--generate", type=int, default=0, metavar="N",
@@ -329,6 +330,9 @@ def main(argv=None) -> int:
               "python examples/minimal_llama.py --compare (or graphmfu compare examples/minimal_llama.py -- ARGS)")
         return 0
     rep = prof.report()
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
+        print(f"annotated trace written to {a.trace} (Perfetto, chrome://tracing, HTA: docs/traces.md)")
     print(rep.summary())
     print("\nstages (inclusive of nested stages; per-iteration numbers are totals / calls):")
     print(rep.stage_table())
