@@ -38,7 +38,17 @@ forward graph's pass remembers what it read of its outputs under Dynamo's compil
 backward of the same compile reads it back (only when the backward's saved inputs are all among that
 forward's outputs).  This small cache (``_SAVED``, last 256 compiles) is the one piece of state here.
 
-Dynamic shapes: sizes are taken at their compile-time hints; the node's note says so.
+Biases and scores.  A float read from a table by ``embedding`` (T5's relative position bias) and, in
+decomposed attention, the scores themselves are unknown *finite* values (``BIAS``): they keep their pair,
+so ``where(causal, bias, finfo.min)`` and ``scores * scale + mask`` count what the mask keeps.
+
+Per call (``Probes``).  An input-dependent mask, and any mask of a dynamic graph (its size-only count holds
+at the compile-time sizes only), keeps its kept pairs as a symbol ``pairs_<mask node>`` in the node's cost
+(hint: the count without values); the graph's mask subgraph is re-run on each call's real inputs (through
+capture's CallTagger probes) and counted.  Varlen attention (``cu_seqlens``) and flex_attention BlockMasks
+get probes the same way (``_varlen``, ``_flex``).
+
+Dynamic shapes: a mask counted without values takes sizes at their compile-time hints; the note says so.
 """
 from __future__ import annotations
 
