@@ -70,14 +70,17 @@ class Meter:
     ``device``: the ceilings (name, alias, DeviceSpec; default: the current GPU, else measured CPU).
     ``model`` / ``params``: N for 2ND/6ND (:func:`graphmfu.params.active_params`: without embeddings,
     active experts only).  ``on_record(row)``: called with each finalised step's row.  ``print_every``:
-    print a one-line row every N steps (to stderr).  ``graph_time``: events around every graph call
+    print a one-line row every N steps (to stderr).  ``world_every``: every N steps, one all-reduce over
+    ``group`` (default: the whole world) adds ``world_mfu``, ``world_tflops``, ``world_tokens_per_s``
+    and ``world_flops`` of those N steps to the N-th row (a synchronisation then; off by default).
+    ``graph_time``: events around every graph call
     (``graph_time_share``); off leaves one event pair per step.  ``sync``: finalise each step at its
     end (a synchronisation per step) instead of lazily."""
 
     def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
                  top_k: int | None = None, num_experts: int | None = None, on_record: Callable | None = None,
                  print_every: int = 0, graph_time: bool = True, cuda: bool | None = None, sync: bool = False,
-                 file=None):
+                 file=None, world_every: int = 0, group=None):
         self.registry = registry or DEFAULT
         self.cuda = torch.cuda.is_available() if cuda is None else bool(cuda)
         self.device = device if isinstance(device, DeviceSpec) else get_device(device if device is not None else
@@ -92,6 +95,9 @@ class Meter:
         self.graph_time = graph_time
         self.sync = sync
         self.file = file
+        self.world_every = int(world_every)
+        self.group = group
+        self._window: list = []  # rows since the last world reduction
         self.steps: list[Step] = []  # finalised steps
         self._rows: list[dict] = []
         self._pending: list = []
@@ -124,7 +130,8 @@ class Meter:
             st.end = self._mark()
             self._open = None
             self._pending.append(st)
-            self._drain(block=self.sync or not self.cuda)
+            world = self.world_every and (st.index + 1) % self.world_every == 0
+            self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
 
     def call_begin(self, key: str, values: dict | None):
         """The call tagger's report of a compiled graph call starting (any thread)."""
@@ -177,11 +184,36 @@ class Meter:
             self._events.extend([st.start, st.end] + [e for _, _, a, b in st.spans for e in (a, b)])
         self.steps.append(step)
         r = self.row(step)
+        if self.world_every:
+            self._window.append(r)
+            if (step.step + 1) % self.world_every == 0:
+                r.update(self._world(self._window))
+                self._window = []
         self._rows.append(r)
         if self.on_record is not None:
             self.on_record(r)
         if self.print_every and (step.step + 1) % self.print_every == 0:
             print(line(r), file=self.file or sys.stderr)
+
+    def _world(self, rows: list[dict]) -> dict:
+        """One all-reduce (sum) over the ranks of the window's matrix time at peak, FLOPs, tokens and
+        step time: world MFU = sum of matrix time / sum of step time (world FLOPs over world peak over
+        the mean step), world TFLOP/s and tokens/s per mean step second."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return {}
+        t_matrix = sum((r["mfu"] or 0.0) * r["step_s"] for r in rows)
+        vec = [t_matrix, float(sum(r["flops"] for r in rows)), float(sum(r["tokens"] or 0 for r in rows)),
+               sum(r["step_s"] for r in rows), float(len(rows))]
+        on = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+        x = torch.tensor(vec, dtype=torch.float64, device=on)
+        dist.all_reduce(x, group=self.group)
+        t_m, flops, tokens, step_s, n = x.tolist()
+        world = dist.get_world_size(self.group)
+        mean_step = step_s / world  # summed over ranks and the window: per-rank sum of step times
+        return {"world_size": world, "world_steps": int(n / world), "world_flops": int(flops),
+                "world_mfu": rate(t_m, step_s), "world_tflops": rate(flops, mean_step) and flops / mean_step / 1e12,
+                "world_tokens_per_s": rate(tokens, mean_step) if tokens else None}
 
     # ---------------------------------------------------------------- costs (device-free)
     def cost(self, key: str, sizes: tuple) -> CallCost:
