@@ -11,7 +11,9 @@ STAMP  := $(VENV)/.graphmfu-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q "transformers==5.23.*"
+	$(BIN)/python -m pip install -q "transformers==5.23.*" "accelerate==1.*" "lightning==2.*"
+	$(BIN)/python -m pip install -q "matplotlib==3.11.*" "plotly==7.1.*" "plotext==5.3.2" "pandas==3.1.*" tqdm psutil pyyaml
+	$(BIN)/python -m pip install -q --no-deps "HolisticTraceAnalysis==0.5.0"
 	$(BIN)/python -m pip install -q "setuptools>=64" numpy sympy networkx tabulate pytest hypothesis
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@

@@ -890,3 +890,12 @@ def register_backend(name: str, fn) -> None:
     if name in getattr(registry, "_COMPILER_FNS", {}):
         return
     registry.register_backend(compiler_fn=fn, name=name)
+
+
+def scaled_mm(a, b, scale_a, scale_b, out_dtype):
+    """fp8 x fp8 -> out_dtype product (``torch._scaled_mm``; ``a`` row-major, ``b`` column-major, fp32 scalar
+    scales); NotImplementedError when this torch has none."""
+    fn = getattr(torch, "_scaled_mm", None)
+    if fn is None:
+        raise NotImplementedError("this torch has no torch._scaled_mm")
+    return fn(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
