@@ -102,4 +102,17 @@ def exposed(traces) -> list[dict]:
     return list(total.values())
 
 
-__all__ = ["is_comm", "union", "length", "minus", "stage_exposure", "exposed"]
+FSDP_EAGER_NOTE = ("FSDP2 ran (its FSDP:: profiler ranges are in the trace) but no compiled graph was called: torch "
+                   "ran the model eagerly. Compile each block before fully_shard (torchtitan: "
+                   "torch.compile(block, backend=graphmfu.backend, fullgraph=True)), or record it eagerly "
+                   "(graphmfu.compare); see docs/distributed.md")
+
+
+def fsdp_eager_note(event_names, graph_calls: int) -> str | None:
+    """The note a profile needs when FSDP2 ran but no compiled graph did (torch ran eagerly)."""
+    if graph_calls:
+        return None
+    return FSDP_EAGER_NOTE if any(n.startswith("FSDP::") for n in event_names) else None
+
+
+__all__ = ["fsdp_eager_note", "FSDP_EAGER_NOTE", "is_comm", "union", "length", "minus", "stage_exposure", "exposed"]

@@ -8,7 +8,7 @@ to that figure.  Between hosts the figure is the network's per GPU, which no GPU
 the user says otherwise.
 
 The link of a group: all of its ranks on one host -> ``nvlink`` (``pcie`` when the device has no
-NVLink), else ``internode``.  A CPU (gloo) has no datasheet link: ``None`` unless overridden.
+NVLink; ``host`` when it has no link figure at all, e.g. CPU ranks over gloo), else ``internode``.  A CPU (gloo) has no datasheet link: ``None`` unless overridden.
 
 Environment overrides (GB/s): ``GRAPHMFU_INTERNODE_GBPS``, ``GRAPHMFU_NVLINK_GBPS``,
 ``GRAPHMFU_PCIE_GBPS``; or ``links_for(device, internode_gbps=..., nvlink_gbps=...)``.
@@ -35,10 +35,11 @@ class LinkSpec:
     source: str = ""
 
     def link(self, same_host: bool) -> str:
-        """The link a group uses: ``nvlink`` (``pcie`` without NVLink) on one host, else ``internode``."""
+        """The link a group uses: ``nvlink`` (``pcie`` without NVLink; ``host``: no figure, e.g. CPU ranks) on
+    one host, else ``internode``."""
         if not same_host:
             return "internode"
-        return "nvlink" if self.nvlink_gbps else "pcie"
+        return "nvlink" if self.nvlink_gbps else ("pcie" if self.pcie_gbps else "host")
 
     def gbps(self, link: str) -> float | None:
         return {"nvlink": self.nvlink_gbps, "pcie": self.pcie_gbps, "internode": self.internode_gbps}.get(link)
