@@ -242,9 +242,11 @@ def frame_name() -> str | None:
         return None
 
 
-def call_values(inputs, size_args, probes=()) -> dict:
+def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
     """``{"s0": 24, "pairs_x": 900}``: the size symbols' values in one call's inputs (Inductor passes a
-    list) and the probes' values; what cannot be read is left out."""
+    list) and the probes' values; what cannot be read is left out.  ``resolve=False`` leaves a probe's
+    result as it came (a count still on the GPU: reading it would wait for the device; the meter reads
+    it once the step has finished)."""
     out = {}
     for i, d, name in size_args:
         try:
@@ -254,15 +256,11 @@ def call_values(inputs, size_args, probes=()) -> dict:
             continue
     for name, fn in probes:
         try:
-            out[name] = int(fn(inputs))
+            v = fn(inputs)
+            out[name] = int(v) if resolve else v
         except Exception:  # noqa: BLE001 - a probe never breaks the call
             continue
     return out
-
-
-def _call_sizes(inputs, size_args, probes=()) -> str:
-    """``s0=24,s1=512``: :func:`call_values` as a range-name suffix."""
-    return ",".join(f"{k}={v}" for k, v in call_values(inputs, size_args, probes).items())
 
 
 def parse_call_range(name: str) -> tuple[str, dict | None]:
@@ -289,12 +287,12 @@ def _tagging_class(cls):
                 return base_call(self, *args, **kwargs)
             key = self._graphmfu_key
             sizes, probes = self._graphmfu_sizes, self._graphmfu_probes
-            values = call_values(args[0], sizes, probes) if (sizes or probes) and args else None
+            values = call_values(args[0], sizes, probes, resolve=False) if (sizes or probes) and args else None
             meters = tagger.meters
             tokens = [m.call_begin(key, values) for m in meters] if meters else None
             try:
                 if tagger._active:
-                    name = key + ("|" + ",".join(f"{k}={v}" for k, v in values.items()) if values else "")
+                    name = key + ("|" + ",".join(f"{k}={int(v)}" for k, v in values.items()) if values else "")
                     with torch.profiler.record_function(CALL_RANGE + name):
                         return base_call(self, *args, **kwargs)
                 return base_call(self, *args, **kwargs)

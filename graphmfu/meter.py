@@ -103,6 +103,7 @@ class Meter:
         self._pending: list = []
         self._costs: dict = {}  # (key, values) -> CallCost
         self._attention = None
+        self._stages: dict = {}  # graph key -> forward | backward | optimizer | inference
         self._lock = threading.Lock()
         self._open = None  # the step being measured
         self._events: list = []  # a pool of CUDA timing events
@@ -138,9 +139,13 @@ class Meter:
         st = self._open
         if st is None:
             return None
-        sizes = tuple(values.items()) if values else ()
-        with self._lock:
-            st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
+        if values and any(isinstance(v, torch.Tensor) for v in values.values()):
+            st.deferred.append((key, values))  # a probe's count on the device: read when the step is done
+            sizes = None
+        else:
+            sizes = tuple(values.items()) if values else ()
+            with self._lock:
+                st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
         return (st, key, sizes, self._mark()) if self.graph_time else None
 
     def call_end(self, token) -> None:
@@ -169,6 +174,9 @@ class Meter:
             self._finish(st)
 
     def _finish(self, st) -> None:
+        for key, values in st.deferred:  # the step is done: reading the counts waits for nothing
+            sizes = tuple((k, int(v)) for k, v in values.items())
+            st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
         stage_s: dict = {}
         graph_s = None
         if self.graph_time:
@@ -176,7 +184,7 @@ class Meter:
             for key, sizes, a, b in st.spans:
                 dt = self._elapsed(a, b)
                 graph_s += dt
-                stage = self.cost(key, sizes).stage
+                stage = self._stage(key)
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
         step = Step(st.index, self._elapsed(st.start, st.end), graph_s, stage_s, dict(st.calls), st.tokens,
                     st.samples, st.processed)
@@ -226,6 +234,12 @@ class Meter:
             c = self._costs[(key, sizes)] = call_cost(g, dict(sizes), self.registry.tagger.frames.get(key),
                                                       self._attention)
         return c
+
+    def _stage(self, key: str) -> str:
+        st = self._stages.get(key)
+        if st is None:
+            st = self._stages[key] = _stage(self._graph(key).phase, self.registry.tagger.frames.get(key))
+        return st
 
     def _graph(self, key: str):
         for g in self.registry.graphs:
@@ -287,6 +301,7 @@ class _Open:
     def __init__(self, index, tokens, samples, processed):
         self.index, self.tokens, self.samples, self.processed = index, tokens, samples, processed
         self.calls: dict = {}
+        self.deferred: list = []  # (graph key, values with device-side probe counts)
         self.spans: list = []
         self.start = self.end = None
 
