@@ -90,10 +90,10 @@ def _worker(rank, world, init_file, out_dir):
             with graphmfu.ProfileSession(registry=reg) as p, graphmfu.stage("step"):
                 model(x)
         rep = p.report(device="h100-sxm")
-        # the hook ProfileSession.record() is to run (requested): exposed communication per stage
-        from graphmfu import overlap
+        if not rep.record.timing.exposed_comm:  # until ProfileSession.record() runs overlap.exposed (requested)
+            from graphmfu import overlap
 
-        rep.record.timing.exposed_comm = overlap.exposed([(t[0], t[1]) for t in p._traces])
+            rep.record.timing.exposed_comm = overlap.exposed([(t[0], t[1]) for t in p._traces])
         res["rank_flops"] = rep.totals["flops"]
         res["record"] = {"rank": rep.record.rank, "world_size": rep.record.world_size,
                          "local_rank": rep.record.local_rank, "device": rep.record.device}
