@@ -10,6 +10,10 @@ Every producer fills the same record:
 * the profiler join (``join.py``): ``Timing`` — measured time per (graph, kernel, stage), stage spans,
   what could not be attributed.
 
+A collective op also carries ``comm`` (``Comm``: bus bytes, group size and ranks; rules/collectives.py),
+beside its cost and never added into it.  A record names its process: rank, world size, host, pid,
+local rank, local world size and local device (``graphmfu.gather`` merges the ranks' records).
+
 Views (MFU, MBU, SOL, bound, t_min ...) are derived from a record and a device by ``derive.py``; the
 record itself never holds a number that depends on the device, so a saved record can be placed on
 any device's roofline.  Graph ``key``\\ s are unique across registries and processes
@@ -185,6 +189,8 @@ class Record:
             graphs.append(GraphRecord(**{**g, "nodes": nodes, "kernels": kernels}))
         timing = Timing(**d["timing"]) if d.get("timing") else None
         rest = {k: v for k, v in d.items() if k not in ("graphs", "timing", "schema")}
+        rest.setdefault("local_rank", 0)  # records written before these fields: not this process's env
+        rest.setdefault("local_world_size", 1)
         return cls(graphs=graphs, timing=timing, **rest)
 
 
