@@ -1533,7 +1533,7 @@ class Probes:
             def probe(inputs, module=module, used=used, dims=dims, hint=hint):
                 try:
                     lead, tq, tk = self._ints(list(dims), inputs)
-                    with torch.no_grad():
+                    with torch.no_grad(), _probe_range():
                         m = module(*[inputs[i] for i in used])
                     return kept_total(m, lead, tq, tk)
                 except Exception:  # noqa: BLE001 - never break the call: the count without values
@@ -1631,7 +1631,7 @@ def _varlen(gm, records, probes: Probes) -> None:
             name = f"pairs_{node.name}"
 
             def probe(inputs, mq=mq, uq=uq, mk=mk, uk=uk, heads=heads, c=causal, wl=wl, wr=wr, fl=flash):
-                with torch.no_grad():
+                with torch.no_grad(), _probe_range():
                     a = mq(*[inputs[i] for i in uq]).tolist()
                     b = mk(*[inputs[i] for i in uk]).tolist()
                 return heads * att.varlen_pairs(a, b, c, wl, wr, flash=fl)
@@ -1706,7 +1706,7 @@ def _flex(gm, records, probes: Probes) -> None:
 
             def probe(inputs, subs=subs, lead=lead, block=qb * kb):
                 total = 0
-                with torch.no_grad():
+                with torch.no_grad(), _probe_range():
                     for mod, used in subs:
                         n = mod(*[inputs[i] for i in used])
                         own = n.numel() // n.shape[-1] if n.dim() else 1
@@ -1734,6 +1734,14 @@ def _guarded(fn, hint):
         except Exception:  # noqa: BLE001 - never break the call: the count without values
             return hint
     return probe
+
+
+PROBE_RANGE = "graphmfu::probe"
+
+
+def _probe_range():
+    """The profiler range around a probe's own ops (graphmfu's overhead, not the model's work)."""
+    return torch.profiler.record_function(PROBE_RANGE)
 
 
 def _sym_or_int(x):

@@ -93,7 +93,9 @@ def test_profile_counts_each_call_from_its_real_mask(fresh):
     assert kept == [320, 832]  # the kept pairs over batch and heads, per call
     linears = 2 * (2 * B * T * (H * D) * (3 * H * D))  # the qkv projection, 2 calls: 2 * 2*32*16*48 = 98304
     assert rep.stages[0]["flops"] == 36864 + linears == 135168
-    assert rep.coverage()["time_attributed"] >= 0.99
+    # every kernel inside the graph calls is joined (the probes' own small ops run just before each call,
+    # inside a graphmfu::probe range, outside the graph)
+    assert all(u["where"] != "inside graph" for u in rep.coverage()["unattributed_kernels"])
     # static numbers (no call values) stay at the count without values: dense
     assert _sdpa(rep.nodes)[0]["flops"] == DENSE
     assert math.isclose(rep.totals["flops_dense"] - rep.totals["flops"], 0)
