@@ -107,8 +107,13 @@ def run_model(model, inputs: dict, device: str):
 
 
 def measure(name: str, model, inputs: dict, device: str, suite=None) -> dict:
+    """One row of the table.  ``model`` and ``inputs`` on the CPU: FlopCounterMode's reference runs
+    there (eager transformers experts on CUDA may take a grouped-mm kernel that fp32 lacks; the count
+    does not depend on the device), then both move to ``device`` for the compiled, profiled calls."""
     t0 = time.perf_counter()
     ref = reference(model, inputs)
+    model = model.to(device)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     rep = run_model(model, inputs, device)
     cov = rep.coverage()
     calls = graph_calls(rep)
@@ -119,12 +124,16 @@ def measure(name: str, model, inputs: dict, device: str, suite=None) -> dict:
     nodes = rep.nodes
     sdpa = [n for n in nodes if _is_sdpa(n["op"])]
     experts = [n for n in nodes if n["op"] in EXPERT_OPS]
-    dense = total(nodes, "flops_dense")
+    # per call: measured kernel rows (an input-dependent mask is counted from each call's real mask
+    # there); an SDPA node is one kernel of its own (extern / fallback), so its row is its count
+    sdpa_rows = [k for k in rep.kernels if _is_sdpa(k["op"])]
+    dense = sum(k["flops_dense"] for k in rep.kernels)
     row = {"model": name, "graphs": len(rep.data["graphs"]), "failed": len(cov["graphs_failed"]),
            "unknown": sum(u["count"] for u in cov["unknown_ops"]), "attributed": cov.get("time_attributed", 0.0),
            "calls_missing": sorted(g["id"] for g in rep.data["graphs"] if not calls.get(g["id"])),
-           "dense": dense, "reference": None, "attn_dense": None, "attn_dense_hand": None, "attn_eff": None,
-           "attn_eff_hand": None, "experts": None, "experts_hand": None, "stage_flops_dense": None, "check": []}
+           "dense": dense, "nodes_x_calls": total(nodes, "flops_dense"), "reference": None, "attn_dense": None,
+           "attn_dense_hand": None, "attn_eff": None, "attn_eff_hand": None, "experts": None, "experts_hand": None,
+           "stage_flops_dense": None, "unattributed": cov.get("unattributed_kernels", [])[:8], "check": []}
     if rep.stages:
         row["stage_flops_dense"] = rep.stages[0]["flops_dense"]
     bad_sdpa = [n["module"] for n in sdpa if n["flops_dense"] != sdpa_formula(n)]
@@ -132,9 +141,10 @@ def measure(name: str, model, inputs: dict, device: str, suite=None) -> dict:
     if suite is not None and name in suite.H.MODELS:
         spec = suite.attention_hand(name)
         mods = set(spec)
-        attn = sdpa + [n for n in nodes if n["op"] == "aten.bmm.default" and n["module"]
-                       and any(m == n["module"] or m.endswith("." + n["module"]) for m in mods)]
-        row["attn_dense"], row["attn_eff"] = total(attn, "flops_dense"), total(attn, "flops")
+        bmm = [n for n in nodes if n["op"] == "aten.bmm.default" and n["module"]
+               and any(m == n["module"] or m.endswith("." + n["module"]) for m in mods)]
+        row["attn_dense"] = sum(k["flops_dense"] for k in sdpa_rows) + total(bmm, "flops_dense")
+        row["attn_eff"] = sum(k["flops"] for k in sdpa_rows) + total(bmm, "flops")
         row["attn_dense_hand"] = sum(suite.attention_flops(d, hq, dqk, dv, False) for _, d, hq, dqk, dv in spec.values())
         row["attn_eff_hand"] = sum(suite.attention_flops(k, hq, dqk, dv, False) for k, _, hq, dqk, dv in spec.values())
         if name in suite.MOE:
@@ -151,6 +161,8 @@ def measure(name: str, model, inputs: dict, device: str, suite=None) -> dict:
         chk.append(f"SDPA nodes != FlopCounterMode formula: {bad_sdpa}")
     if not _close(dense, row["reference"]):
         chk.append("dense != reference")
+    if dense != row["nodes_x_calls"]:
+        chk.append("kernel rows != nodes x calls (a node in no joined kernel?)")
     if row["attn_dense_hand"] is not None and not _close(row["attn_dense"], row["attn_dense_hand"]):
         chk.append("attention dense != hand")
     if row["attn_eff_hand"] is not None and not _close(row["attn_eff"], row["attn_eff_hand"]):
@@ -166,8 +178,8 @@ def _close(a, b) -> bool:
     return a is not None and b is not None and abs(a - b) <= TOL * max(abs(b), 1)
 
 
-def vision(name: str, device: str):
-    """torchvision resnet50 / timm vit_small (random weights), batch 2 at 224x224."""
+def vision(name: str):
+    """torchvision resnet50 / timm vit_small (random weights), batch 2 at 224x224, on the CPU."""
     torch.manual_seed(0)
     if name == "resnet50":
         import torchvision
@@ -178,7 +190,7 @@ def vision(name: str, device: str):
 
         model = timm.create_model("vit_small_patch16_224", pretrained=False)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    return model.eval().to(device), {"x": x.to(device)}
+    return model.eval(), {"x": x}
 
 
 class _Positional(torch.nn.Module):
@@ -246,12 +258,12 @@ def main(argv=None) -> int:
     for name in names:
         try:
             if name in VISION:
-                model, x = vision(name, a.device)
+                model, x = vision(name)
                 row = measure(name, _Positional(model), x, a.device)
             else:
                 c = suite.H.MODELS[name]()
-                x = {k: v.to(a.device) for k, v in c.inputs.items() if k != "labels"}
-                row = measure(name, c.model.to(a.device), x, a.device, suite)
+                x = {k: v for k, v in c.inputs.items() if k != "labels"}
+                row = measure(name, c.model, x, a.device, suite)
         except Exception as e:  # noqa: BLE001 - one row per model, the run goes on
             row = {"model": name, "graphs": 0, "failed": 0, "unknown": 0, "attributed": None, "dense": None,
                    "reference": None, "attn_dense": None, "attn_dense_hand": None, "attn_eff": None,

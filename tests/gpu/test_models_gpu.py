@@ -57,8 +57,8 @@ def _check(row):
 @pytest.mark.parametrize("name", _suite_models())
 def test_suite_model_on_cuda(fresh, bench, suite, name):
     c = suite.H.MODELS[name]()
-    x = {k: v.to("cuda") for k, v in c.inputs.items() if k != "labels"}
-    row = bench.measure(name, c.model.to("cuda"), x, "cuda", suite)
+    x = {k: v for k, v in c.inputs.items() if k != "labels"}
+    row = bench.measure(name, c.model, x, "cuda", suite)
     _check(row)
     known = [c for c in row["check"] if "(known" in c]
     if known:
@@ -68,6 +68,6 @@ def test_suite_model_on_cuda(fresh, bench, suite, name):
 @pytest.mark.parametrize("name", ["resnet50", "vit_small"])
 def test_vision_model_on_cuda(fresh, bench, name):
     pytest.importorskip("torchvision" if name == "resnet50" else "timm")
-    model, x = bench.vision(name, "cuda")
+    model, x = bench.vision(name)
     row = bench.measure(name, bench._Positional(model), x, "cuda")
     _check(row)
