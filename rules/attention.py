@@ -70,6 +70,8 @@ def varlen_pairs(cu_q, cu_k, causal=None, window_left=None, window_right=None, f
     ``flash``: flash-attention's conventions (every mask aligned bottom-right, a one-sided window bounded
     at the sequence's key length); else mem-efficient's (``causal``: "top_left" / "bottom_right",
     ``window_left`` = keys before the diagonal)."""
+    if isinstance(cu_q, torch.Tensor) and window_left is None and window_right is None:
+        return _varlen_pairs_tensor(cu_q, cu_k, causal, flash)
     cu_q, cu_k = [int(x) for x in cu_q], [int(x) for x in cu_k]
     if len(cu_q) != len(cu_k):
         raise ValueError(f"cu_seqlens of different lengths: {len(cu_q)} and {len(cu_k)}")
@@ -84,6 +86,24 @@ def varlen_pairs(cu_q, cu_k, causal=None, window_left=None, window_right=None, f
         else:
             total += attention_pairs(lq, lk, causal, window_left, window_right)
     return total
+
+
+def _varlen_pairs_tensor(cu_q, cu_k, causal, flash):
+    """:func:`varlen_pairs` without windows on the offsets' device (a 0-dim int64 tensor: nothing is
+    read back, so a GPU call is not synchronised)."""
+    if cu_q.shape != cu_k.shape:
+        raise ValueError(f"cu_seqlens of different lengths: {tuple(cu_q.shape)} and {tuple(cu_k.shape)}")
+    lq = (cu_q[1:] - cu_q[:-1]).to(torch.int64).clamp_min(0)
+    lk = (cu_k[1:] - cu_k[:-1]).to(torch.int64).clamp_min(0)
+    if flash and causal:
+        causal = "bottom_right"
+    if not causal:
+        per = lq * lk
+    elif causal == "bottom_right":  # query i sees keys up to i + Lk - Lq
+        per = torch.where(lk >= lq, lq * (lk - lq) + lq * (lq + 1) // 2, lk * (lk + 1) // 2)
+    else:  # top-left: query i sees keys 0..i
+        per = torch.where(lq <= lk, lq * (lq + 1) // 2, lk * (lk + 1) // 2 + (lq - lk) * lk)
+    return per.sum()
 
 
 VECTOR_PER_SCORE = 5  # scale, max, subtract, exp, sum (forward); recompute exp 2, dS 2, scale 1 (backward)

@@ -1414,7 +1414,8 @@ _MAX_PROBE_NODES = 300
 def kept_total(mask: torch.Tensor, lead: int, tq: int, tk: int, rows: int = 4096) -> int:
     """The (query, key) pairs a real mask keeps, summed over the ``lead`` (batch x heads) entries of the
     attention it broadcasts to: the mask's own leading entries counted once each, times how often
-    broadcasting repeats them.  Rows are read ``rows`` at a time (at most ``rows x Tk`` more booleans)."""
+    broadcasting repeats them.  Rows are read ``rows`` at a time (at most ``rows x Tk`` more booleans).
+    A 0-dim int64 tensor on the mask's device (no synchronisation: ``int()`` reads it)."""
     m = mask.detach()
     if m.dim() < 2:
         m = m.reshape(1, -1)
@@ -1426,8 +1427,8 @@ def kept_total(mask: torch.Tensor, lead: int, tq: int, tk: int, rows: int = 4096
     for start in range(0, mq, rows):
         block = m[..., start:start + rows, :]
         keep = block if block.dtype == torch.bool else (block > MASKED_AT)  # nan and -inf: masked
-        total += int(keep.sum())
-    return total * (lead // own) * (tq // mq) * (tk // mk)
+        total = total + keep.sum(dtype=torch.int64)  # left on the device: read when the caller needs it
+    return total * ((lead // own) * (tq // mq) * (tk // mk))
 
 
 class Probes:
@@ -1632,9 +1633,9 @@ def _varlen(gm, records, probes: Probes) -> None:
 
             def probe(inputs, mq=mq, uq=uq, mk=mk, uk=uk, heads=heads, c=causal, wl=wl, wr=wr, fl=flash):
                 with torch.no_grad(), _probe_range():
-                    a = mq(*[inputs[i] for i in uq]).tolist()
-                    b = mk(*[inputs[i] for i in uk]).tolist()
-                return heads * att.varlen_pairs(a, b, c, wl, wr, flash=fl)
+                    a = mq(*[inputs[i] for i in uq])
+                    b = mk(*[inputs[i] for i in uk])
+                    return heads * att.varlen_pairs(a, b, c, wl, wr, flash=fl)
 
             c = rec.cost
             packed_q, packed_k = _int_of(q.shape[-3]), _int_of(args[qi + 1].meta["val"].shape[-3])  # [(1,) total, H, D]
@@ -1710,8 +1711,10 @@ def _flex(gm, records, probes: Probes) -> None:
                     for mod, used in subs:
                         n = mod(*[inputs[i] for i in used])
                         own = n.numel() // n.shape[-1] if n.dim() else 1
-                        total += int(n.sum()) * (lead // own if lead % own == 0 else 1)
-                return total * block
+                        if lead % own:
+                            raise ValueError("block mask does not broadcast to the attention's batch and heads")
+                        total = total + n.sum(dtype=torch.int64) * (lead // own)
+                return total * block  # a count left on the device (read after the step by a meter)
 
             pairs = sympy.Symbol(name)
             (vk, vv), = c.vector

@@ -154,6 +154,16 @@ def test_varlen_pairs_by_hand():
     assert att.varlen_pairs([0, 1, 2, 3], cu, causal=True) == 3 + 5 + 4 == 12
     # mem-efficient top-left causal, Lq = 2 < Lk: rows see 1, 2 keys
     assert att.varlen_pairs([0, 2], [0, 5], causal="top_left", flash=False) == 3
+    # the same counts from offsets left as tensors (no read-back: the probes' device path)
+    t = torch.tensor(cu)
+    assert int(att.varlen_pairs(t, t)) == 50 and int(att.varlen_pairs(t, t, causal=True)) == 31
+    assert int(att.varlen_pairs(torch.tensor([0, 1, 2, 3]), t, causal=True)) == 12
+    assert int(att.varlen_pairs(torch.tensor([0, 2]), torch.tensor([0, 5]), causal="top_left", flash=False)) == 3
+    # Lq > Lk: top-left: rows 0..2 see 1, 2, 3 keys, rows 3..4 all 3: 6 + 6 = 12; bottom-right: 3*4/2 = 6
+    assert att.varlen_pairs([0, 5], [0, 3], causal="top_left", flash=False) == 12
+    assert int(att.varlen_pairs(torch.tensor([0, 5]), torch.tensor([0, 3]), causal="top_left", flash=False)) == 12
+    assert att.varlen_pairs([0, 5], [0, 3], causal=True) == int(att.varlen_pairs(torch.tensor([0, 5]),
+                                                                                  torch.tensor([0, 3]), causal=True)) == 6
 
 
 def test_varlen_flash_counts_each_call_from_its_offsets():
@@ -182,12 +192,12 @@ def test_varlen_flash_counts_each_call_from_its_offsets():
     assert hint == 78 * heads
     inputs = [q, k, v, cu, cu.clone()]
     # causal per sequence: 6 + 15 + 10 = 31 pairs, x 2 heads = 62
-    assert probe(inputs) == 62
+    assert int(probe(inputs)) == 62
     from graphmfu.cost import cost_from_formulas
 
     assert cost_from_formulas(rec.sym, {name: 62}).flops == 62 * 64 == 3968
     one = torch.tensor([0, 12], dtype=torch.int32)  # one sequence of 12: the packed count again
-    assert probe([q, k, v, one, one.clone()]) == 78 * heads
+    assert int(probe([q, k, v, one, one.clone()])) == 78 * heads
 
 
 # --------------------------------------------------------------------------- flex_attention block masks
@@ -238,6 +248,7 @@ def test_flex_attention_counts_the_blocks_it_runs(fresh):
     graph, = registry.graphs
     # causal at 128-blocks: per head, q-block 0 runs 1 partial block, q-block 1 one partial + one full: 3 blocks
     # x 128*128 = 49152 pairs (exact causal: 32896), x 2 heads = 98304
+    values = {k: int(v) for k, v in values.items()}  # the meter gets the count as the probe left it (a tensor)
     assert key == graph.key and values == {"pairs_flex_attention": 3 * 128 * 128 * H} == {"pairs_flex_attention": 98304}
     got = sum(kr.cost_at(values).flops for kr in graph.kernels)
     assert got == 98304 * PER_PAIR == 3145728
