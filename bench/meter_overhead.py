@@ -70,14 +70,15 @@ def agreement(fn, n, tokens, out):
     rep = p.report()
     rows = meter.records
     worst = 0.0
-    out(f"  {'step':>5} {'meter step ms':>14} {'stage span ms':>14} {'meter MFU':>10} {'profile MFU':>12} "
-        f"{'meter MBU':>10} {'profile MBU':>12} {'MFU diff':>9}")
+    out(f"  {'step':>5} {'meter step ms':>14} {'stage span ms':>14} {'busy ms':>9} {'in graphs ms':>13} "
+        f"{'meter MFU':>10} {'profile MFU':>12} {'meter MBU':>10} {'profile MBU':>12} {'MFU diff':>9}")
     by_name = {s["name"]: s for s in rep.stages}
     for r in rows:
         s = by_name[f"step{r['step']}"]
         diff = r["mfu"] / s["mfu"] - 1 if s["mfu"] else float("nan")
         worst = max(worst, abs(diff))
-        out(f"  {r['step']:>5} {r['step_s'] * 1e3:>14.4f} {s['span_s'] * 1e3:>14.4f} {r['mfu']:>10.4%} "
+        out(f"  {r['step']:>5} {r['step_s'] * 1e3:>14.4f} {s['span_s'] * 1e3:>14.4f} {s['busy_s'] * 1e3:>9.3f} "
+            f"{r['graph_s'] * 1e3:>13.3f} {r['mfu']:>10.4%} "
             f"{s['mfu']:>12.4%} {r['mbu']:>10.4%} {s['mbu']:>12.4%} {diff:>+9.2%}")
     out(f"  meter FLOPs per step {rows[-1]['flops']:,}; profile stage FLOPs {by_name['step0']['flops']:,}; "
         f"coverage {rep.coverage()['time_attributed'] * 100:.2f}%")

@@ -256,11 +256,37 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
             continue
     for name, fn in probes:
         try:
+            if not resolve and getattr(fn, "deferred_inputs", None) is not None:
+                out[name] = Deferred(fn, [_host_copy(inputs[i]) for i in fn.deferred_inputs])
+                continue
             v = fn(inputs)
             out[name] = int(v) if resolve else v
         except Exception:  # noqa: BLE001 - a probe never breaks the call
             continue
     return out
+
+
+class Deferred:
+    """A probe to run later on host copies of the inputs it reads (copied without waiting for the
+    device): the meter's way of counting an input-dependent mask per call at no synchronisation."""
+    __slots__ = ("fn", "copies")
+
+    def __init__(self, fn, copies):
+        self.fn, self.copies = fn, copies
+
+    def __int__(self) -> int:
+        return int(self.fn.on_copies(self.copies))
+
+
+def _host_copy(x):
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        return x.detach().to("cpu", non_blocking=True)  # pinned destination: the copy is queued, not awaited
+    return x.detach().clone() if isinstance(x, torch.Tensor) else x
+
+
+def deferred(v) -> bool:
+    """Is a call value still to be read (a device count or a deferred probe)?"""
+    return isinstance(v, (torch.Tensor, Deferred))
 
 
 def parse_call_range(name: str) -> tuple[str, dict | None]:

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from graphmfu import _inductor
 from graphmfu.cost import Cost, cost_from_formulas
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, get_device
@@ -139,7 +140,7 @@ class Meter:
         st = self._open
         if st is None:
             return None
-        if values and any(isinstance(v, torch.Tensor) for v in values.values()):
+        if values and any(_inductor.deferred(v) for v in values.values()):
             st.deferred.append((key, values))  # a probe's count on the device: read when the step is done
             sizes = None
         else:
@@ -175,7 +176,10 @@ class Meter:
 
     def _finish(self, st) -> None:
         for key, values in st.deferred:  # the step is done: reading the counts waits for nothing
-            sizes = tuple((k, int(v)) for k, v in values.items())
+            try:
+                sizes = tuple((k, int(v)) for k, v in values.items())
+            except Exception:  # noqa: BLE001 - a probe that fails: the graph's hints (noted in its record)
+                sizes = tuple((k, v) for k, v in values.items() if not _inductor.deferred(v))
             st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
         stage_s: dict = {}
         graph_s = None
