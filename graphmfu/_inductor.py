@@ -510,10 +510,15 @@ def to_fake(mode, t: torch.Tensor, device: torch.device) -> torch.Tensor:
             return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
 
 
-def analysis_backend(on_graph: Callable[[Any, Any, str], None]):
+def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[int, list]] | None = None):
     """A Dynamo backend that runs AOTAutograd with Inductor's decompositions and hands each
-    forward/backward/inference graph to ``on_graph(gm, example_inputs, phase)``; the graph then
-    runs as is (on fake tensors: shape propagation only)."""
+    forward/backward/inference graph to ``on_graph(gm, example_inputs, phase, prefix)``; the graph then
+    runs as is (on fake tensors: shape propagation only).
+
+    ``prefix`` is where the Dynamo frame's module sits in the analysed model: "" for the top frame,
+    ``decoder`` for a frame Dynamo starts inside ``model.decoder`` after a graph break (its module
+    paths are relative to that frame's ``self``).  ``names()`` maps id(parameter or buffer) -> its names
+    in the analysed model (see ``frame_prefix``); without it the prefix is ""."""
     from torch._dynamo.backends.common import aot_autograd
 
     try:
@@ -524,14 +529,52 @@ def analysis_backend(on_graph: Callable[[Any, Any, str], None]):
     except Exception:  # pragma: no cover
         decomps = None
 
-    def make(phase):
+    def make(phase, prefix):
         def compiler(gm, example_inputs):
-            on_graph(gm, example_inputs, phase)
+            on_graph(gm, example_inputs, phase, prefix)
             return gm.forward if hasattr(gm, "forward") else gm
         return compiler
 
-    return aot_autograd(fw_compiler=make("forward"), bw_compiler=make("backward"),
-                        inference_compiler=make("inference"), decompositions=decomps)
+    def backend(gm, example_inputs):
+        prefix = frame_prefix(gm, names()) if names is not None else ""
+        aot = aot_autograd(fw_compiler=make("forward", prefix), bw_compiler=make("backward", prefix),
+                           inference_compiler=make("inference", prefix), decompositions=decomps)
+        return aot(gm, example_inputs)
+
+    return backend
+
+
+def frame_prefix(gm, names: Mapping[int, list]) -> str:
+    """The module path, in the analysed model, of the module a Dynamo graph's frame runs in.
+
+    Dynamo names a frame's parameters from the frame's locals (``L['self']._modules['block']...
+    ._parameters['weight']``); the same parameter's name in the model (``names``: id -> its names,
+    several when tied, e.g. ``decoder.block.0...weight``) ends with that local path, and what comes
+    before it is the prefix.  "" when the frame is the model's own (or nothing tells: no parameter,
+    only tied ones, no grapharg metadata on this torch)."""
+    from graphmfu.nodes import module_path
+
+    prefixes = None
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        arg = node.meta.get("grapharg")
+        source = getattr(getattr(arg, "source", None), "name", None)
+        if not isinstance(source, str) or not source.startswith("L["):
+            continue
+        try:
+            example = getattr(arg, "example", None)
+        except Exception:  # noqa: BLE001 - a freed weak reference
+            continue
+        local = module_path(source.replace("._parameters[", "[").replace("._buffers[", "["))
+        found = {full[:len(full) - len(local)].rstrip(".")
+                 for full in (names.get(id(example), ()) if example is not None else ())
+                 if local and full.endswith(local) and (len(full) == len(local) or full[-len(local) - 1] == ".")}
+        if found:
+            prefixes = found if prefixes is None else prefixes & found
+    # tied parameters give several places: those every parameter of the frame agrees on; still
+    # several (a frame with tied parameters only) or none: "" (the paths stay the frame's own)
+    return next(iter(prefixes)) if prefixes is not None and len(prefixes) == 1 else ""
 
 
 @contextlib.contextmanager

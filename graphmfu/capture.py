@@ -57,14 +57,19 @@ def _graph_device(example_inputs) -> str:
 
 
 def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, source: str,
-                 kernel_entries: list | None = None) -> GraphRecord | None:
-    """Analyse one graph into ``registry``; on failure warn once, record the failure, return None."""
+                 kernel_entries: list | None = None, prefix: str = "") -> GraphRecord | None:
+    """Analyse one graph into ``registry``; on failure warn once, record the failure, return None.
+    ``prefix``: the module path of the graph's frame in the model (a frame Dynamo started inside a
+    submodule after a graph break names modules from there), put before every node's module."""
     gid = registry.next_id()
     tf32 = _inductor.matmul_allows_tf32()  # as it is while this graph compiles, not at report time
     compile_id = _inductor.compile_id()
     try:
         hints = _inductor.shape_hints(example_inputs)
         nodes = records_from_graph(gm, gid, phase, hints, tf32)
+        if prefix:
+            for r in nodes:
+                r.module = f"{prefix}.{r.module}" if r.module else prefix
         kernels = kernel_map(gm, gid, nodes, kernel_entries or [], hints, phase)
         # values read per call besides the sizes (rules/masks.py: the pairs an input-dependent mask
         # keeps), with the value used without a call (dense, or the size-only bound) as their hint
@@ -352,13 +357,27 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
     fargs, fkwargs = _fake_tree(args, mode, tdev), _fake_tree(kwargs, mode, tdev)
     registry = Registry()
 
-    def on_graph(gm, example_inputs, phase):
-        record_graph(registry, gm, example_inputs, phase, None, "analyze")
+    def on_graph(gm, example_inputs, phase, prefix=""):
+        record_graph(registry, gm, example_inputs, phase, None, "analyze", prefix=prefix)
 
     swapped = (_inductor.swapped_tensors([m for _, m in reach.modules], lambda t: _fake_tree(t, mode, tdev),
                                          reach.slots)
                if reach is not None else contextlib.nullcontext())
-    be = _inductor.analysis_backend(on_graph)
+    memo: list = []
+
+    def names() -> dict:  # id(parameter or buffer, as the trace sees it) -> its names in the model (tied: several)
+        if memo:
+            return memo[0]
+        roots = [("", target)] if reach is None else reach.modules
+        out: dict = {}
+        memo.append(out)
+        for root, mod in roots:
+            for table in (mod.named_parameters(remove_duplicate=False), mod.named_buffers(remove_duplicate=False)):
+                for n, t in table:
+                    out.setdefault(id(t), []).append(f"{root}.{n}" if root else n)
+        return out
+
+    be = _inductor.analysis_backend(on_graph, names)
     with _inductor.fresh_dynamo(), swapped:
         # static shapes: the cost of exactly these shapes, even after the same code compiled with others
         compiled = torch.compile(target, backend=be, dynamic=False)
