@@ -256,8 +256,8 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
             continue
     for name, fn in probes:
         try:
-            if not resolve and getattr(fn, "deferred_inputs", None) is not None:
-                out[name] = Deferred(fn, [_host_copy(inputs[i]) for i in fn.deferred_inputs])
+            if not resolve and getattr(fn, "defer", None) is not None:
+                out[name] = Deferred(fn.defer(inputs))
                 continue
             v = fn(inputs)
             out[name] = int(v) if resolve else v
@@ -267,20 +267,22 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
 
 
 class Deferred:
-    """A probe to run later on host copies of the inputs it reads (copied without waiting for the
-    device): the meter's way of counting an input-dependent mask per call at no synchronisation."""
-    __slots__ = ("fn", "copies")
+    """A probe's count to be read later: ``fn.defer(inputs)`` queued host copies of what it reads
+    (without waiting for the device) and returned ``finish()``, which counts on the host.  The meter's
+    way of counting an input-dependent mask per call with no synchronisation."""
+    __slots__ = ("finish",)
 
-    def __init__(self, fn, copies):
-        self.fn, self.copies = fn, copies
+    def __init__(self, finish):
+        self.finish = finish
 
     def __int__(self) -> int:
-        return int(self.fn.on_copies(self.copies))
+        return int(self.finish())
 
 
-def _host_copy(x):
+def host_copy(x):
+    """A host copy of ``x`` queued on the current stream (pinned destination), not awaited."""
     if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-        return x.detach().to("cpu", non_blocking=True)  # pinned destination: the copy is queued, not awaited
+        return x.detach().to("cpu", non_blocking=True)
     return x.detach().clone() if isinstance(x, torch.Tensor) else x
 
 
@@ -357,6 +359,7 @@ def device_kernels(prof, op_by_corr: Mapping) -> list[tuple]:
     return out
 
 
+PROBE_RANGE = "graphmfu::probe"  # a profiler range around graphmfu's own per-call work (mask probes)
 COMPILE_RANGE = "graphmfu::compile"  # a profiler range around each graph's Inductor compile
 # Dynamo's own ranges around a frame's compile (bytecode tracing, AOTAutograd, Inductor), 2.11 and 2.13
 _DYNAMO_COMPILE_RANGES = ("dynamo", "entire_frame_compile")

@@ -116,6 +116,12 @@ def compile_ranges(events) -> list[tuple]:
     return out
 
 
+def probe_ranges(events) -> list[tuple]:
+    """(start_us, end_us, thread) of graphmfu's own per-call probes (outermost ranges)."""
+    return [(e.time_range.start, e.time_range.end, e.thread) for e in events
+            if e.name == _inductor.PROBE_RANGE and not any(a.name == _inductor.PROBE_RANGE for a in _ancestors(e))]
+
+
 def _in_compile(e, ranges) -> bool:
     t = e.time_range.start
     return any(s <= t <= end and thread == e.thread for s, end, thread in ranges)
@@ -213,6 +219,13 @@ def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], l
         secs = sum(e - s for s, e, _ in compiles) * 1e-6
         notes.append(f"{len(compiles)} compile(s) ran inside the profile ({secs:.3g} s): their ops and kernels "
                      f"are excluded from kernels, time attribution and stage spans")
+    probes = probe_ranges(events)
+    if probes:  # graphmfu's own work (input-dependent masks counted per call): not the model's
+        events = [e for e in events if not _in_compile(e, probes) or e.name == _inductor.PROBE_RANGE]
+        secs = sum(e - s for s, e, _ in probes) * 1e-6
+        notes.append(f"graphmfu counted input-dependent attention masks per call ({len(probes)} probe(s), "
+                     f"{secs:.3g} s on the CPU): their ops and kernels are graphmfu's overhead, left out of "
+                     f"kernels and time attribution")
     kids = _children(events)
     stages = stage_ranges(events)
     calls = _calls(events, kids, graphs, stages)
@@ -226,8 +239,8 @@ def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], l
             _note(notes, f"eager stage {c.graph.stage!r}: {missed} recorded op(s) not found in the profile "
                          f"(the op sequence changed between the recorded and the timed call)")
     measured = gpu_kernels(prof, events) if cuda else []
-    if compiles:
-        measured = [m for m in measured if m.op is None or not _in_compile(m.op, compiles)]
+    if compiles or probes:
+        measured = [m for m in measured if m.op is None or not _in_compile(m.op, compiles + probes)]
     replays: dict[int, list] = {}
     for m in measured:
         for a in ([m.op, *_ancestors(m.op)] if m.op is not None else []):
