@@ -1739,12 +1739,13 @@ def _guarded(fn, hint):
     return probe
 
 
-PROBE_RANGE = "graphmfu::probe"
+PROBE_RANGE = _inductor.PROBE_RANGE
 
 
 def _probe_range():
-    """The profiler range around a probe's own ops (graphmfu's overhead, not the model's work)."""
-    return torch.profiler.record_function(PROBE_RANGE)
+    """The profiler range around a probe's own ops (graphmfu's overhead, not the model's work: the join
+    leaves them out)."""
+    return torch.profiler.record_function(_inductor.PROBE_RANGE)
 
 
 def _sym_or_int(x):
