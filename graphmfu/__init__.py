@@ -18,6 +18,7 @@ from graphmfu.compare import compare
 from graphmfu.comparison import Comparison
 from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
 from graphmfu.errors import GraphMFUError
+from graphmfu.gather import gather
 from graphmfu.hardware import DeviceSpec, device_for as _device_for, get_device, known_devices
 from graphmfu.meter import Meter, meter
 from graphmfu.profile import ProfileSession, attach, profile
@@ -25,10 +26,11 @@ from graphmfu.record import Record
 from graphmfu.registry import DEFAULT as _DEFAULT, Registry
 from graphmfu.report import Report
 from graphmfu.stage import stage
+from graphmfu.world import WorldReport
 
 __version__ = "0.1.0"
 __all__ = ["backend", "Backend", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
-           "ProfileSession", "meter", "Meter", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
+           "ProfileSession", "meter", "Meter", "gather", "WorldReport", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
            "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 
 

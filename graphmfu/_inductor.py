@@ -118,7 +118,10 @@ def kernel_hook():
 def _kernel_entry(node_schedule, kernel_name, is_extern) -> dict:
     if is_extern:
         on = getattr(node_schedule, "origin_node", None)
-        origins = [on.name] if on is not None else [o.name for o in getattr(node_schedule, "origins", ())]
+        names = [o.name for o in getattr(node_schedule, "origins", ())]
+        # origin_node can name another node whose buffer this kernel writes (the wait_tensor of a
+        # collective that reuses a GEMM's output): trust it only when it is among the origins
+        origins = [on.name] if on is not None and (not names or on.name in names) else names
         return {"name": str(kernel_name), "extern": True, "origins": origins, "inductor_bytes": None}
     origins: list[str] = []
     nbytes = 0
@@ -969,3 +972,18 @@ def scaled_mm(a, b, scale_a, scale_b, out_dtype):
     if fn is None:
         raise NotImplementedError("this torch has no torch._scaled_mm")
     return fn(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+
+
+def process_group(name):
+    """The ProcessGroup a functional collective names (its ``group_name``; torch 2.13 may pass the group
+    itself), None when this process has no such group.  Uses torch's private resolver."""
+    if not isinstance(name, str):
+        return name
+    try:
+        from torch.distributed.distributed_c10d import _resolve_process_group
+    except ImportError:  # pragma: no cover - resolver moved
+        return None
+    try:
+        return _resolve_process_group(name)
+    except Exception:  # noqa: BLE001 - unknown name in this process
+        return None

@@ -33,7 +33,9 @@ from graphmfu.cost import REGISTRY
 from graphmfu.record import GraphRecord, Timing
 
 STAGE_RANGE = "graphmfu::stage "
-INDUCTOR_CALL = "## Call CompiledFxGraph"  # Inductor's profiler range around each compiled-graph call
+INDUCTOR_CALL = "## Call CompiledFxGraph"
+# profiler names of op events that can be launch sites / CPU kernels: ATen, collectives, FSDP2's copies
+OP_EVENTS = ("aten::", "_c10d_functional::", "_c10d_functional_autograd::", "c10d::", "fsdp::")  # Inductor's profiler range around each compiled-graph call
 _RUNTIME = re.compile(r"^(cuda|cu[A-Z])")
 
 
@@ -175,7 +177,7 @@ def _calls(events, kids, graphs: list[GraphRecord], stages: list[dict]) -> list[
         calls.append(_Call(g, k, kids.get(id(parent), []), False, parent, g.device == "cpu", sizes))
     eager = {g.stage: g for g in graphs if g.source == "eager"}
     if eager:
-        aten = sorted((e for e in events if e.name.startswith("aten::")), key=lambda e: e.time_range.start)
+        aten = sorted((e for e in events if e.name.startswith(OP_EVENTS)), key=lambda e: e.time_range.start)
         starts = [e.time_range.start for e in aten]
         occ = sorted((s for s in stages if s["name"] in eager), key=lambda s: s["start_us"])
         for k, s in enumerate(occ):
@@ -298,7 +300,7 @@ def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
     for e in sorted(events, key=lambda e: e.time_range.start):
         hit = matched.get(id(e))
         cpp = _is_cpp_kernel(e.name)
-        if not cpp and not e.name.startswith("aten::"):
+        if not cpp and not e.name.startswith(OP_EVENTS):
             continue
         info = REGISTRY.info(e.name)
         if hit is not None:
@@ -329,7 +331,7 @@ def _cpu_kernels(events, calls, matched, cpu_only: bool) -> list[Measured]:
                 out.append(_measured(e, "outside graphs"))
                 taken.add(id(e))
             continue
-        if cpu_only and not any(a.name.startswith("aten::") for a in _ancestors(e)):
+        if cpu_only and not any(a.name.startswith(OP_EVENTS) for a in _ancestors(e)):
             out.append(_measured(e, "outside graphs"))
             taken.add(id(e))
     return out

@@ -243,10 +243,12 @@ def _own_op_origins(entry: dict, rec_by_name: dict) -> dict:
 def extern_op_name(kernel_name: str) -> str:
     """``extern_kernels.mm`` / ``aten._scaled_dot_product_cudnn_attention.default`` -> ``aten::mm`` ..."""
     s = kernel_name
-    for prefix in ("extern_kernels.", "torch.ops.", "aten."):
+    for prefix in ("extern_kernels.", "torch.ops."):
         if s.startswith(prefix):
             s = s[len(prefix):]
-    if s.startswith("aten."):
-        s = s[5:]
-    base = s.split(".")[0]
-    return f"aten::{base}"
+    parts = s.split(".")
+    if len(parts) >= 3:  # namespace.op.overload: aten._scaled_dot_product_cudnn_attention.default,
+        return f"{parts[0]}::{parts[1]}"  # _c10d_functional.all_reduce_.default, transformers.grouped_mm_...
+    if len(parts) == 2 and parts[0] == "aten":
+        return f"aten::{parts[1]}"
+    return f"aten::{parts[0]}"  # extern_kernels.mm -> aten::mm

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from graphmfu import _inductor, join
+from graphmfu import _inductor, join, overlap
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import device_for
 from graphmfu.registry import DEFAULT, Registry
@@ -107,6 +107,9 @@ class ProfileSession:
         self.registry.adopt(keys - {g.key for g in self.registry.graphs})  # compiled before reset()
         graphs = list(self.registry.graphs)
         measured, stages, notes = join.join(prof, graphs, self.cuda)
+        fsdp = overlap.fsdp_eager_note((e.name for e in events), len(keys))  # FSDP2 ran, no graph: eager
+        if fsdp:
+            notes.append(fsdp)
         by_id = {g.id: g.key for g in graphs}
         top: dict = {}
         for m in measured:  # call indices continue across traces
@@ -129,13 +132,18 @@ class ProfileSession:
         notes = list(dict.fromkeys(n for t in self._traces for n in t[2]))
         if not any(m.graph is not None for t in self._traces for m in t[0]):
             raise GraphMFUError(self._nothing_joined())
-        return self.registry.record(join.timing([(t[0], t[1]) for t in self._traces], notes, self.cuda))
+        traces = [(t[0], t[1]) for t in self._traces]
+        timing = join.timing(traces, notes, self.cuda)  # sets each measured kernel's stage
+        timing.exposed_comm = overlap.exposed(traces)  # collective time no compute kernel overlapped
+        return self.registry.record(timing)
 
     def _nothing_joined(self) -> str:
         if (self._traces and all(t[3] == 0 for t in self._traces)) or (not self._traces and self._own):
             return ("graphmfu.profile() recorded no events: another torch.profiler ran inside it and took the "
                     "profiling session over; profile with one profiler (pass its arguments to graphmfu.profile(), "
                     "or use graphmfu.attach(prof) inside your own)")
+        if any(overlap.FSDP_EAGER_NOTE in t[2] for t in self._traces):
+            return overlap.FSDP_EAGER_NOTE
         if any(e.name.startswith(join.INDUCTOR_CALL) for e in _events(self.prof)):
             return ("the profiled model was compiled without graphmfu's backend: use "
                     "torch.compile(model, backend=graphmfu.backend)")

@@ -221,17 +221,12 @@ def test_world_stage_rows(ranks):
             assert r["compute_s"] > 0 and 0 <= r["exposed_s"] <= r["comm_s"]
 
 
-@pytest.mark.xfail(strict=True, reason="join.py takes CPU kernel events only from aten:: ops: the collective's "
-                   "_c10d_functional::all_reduce_ / wait_tensor events are dropped on CPU (patch requested)")
 def test_cpu_collective_events_are_measured(ranks):
     for rows in ranks[0]["world"]["exposed"]:
         whole = next(r for r in rows if r["stage"] is None)
         assert whole["comm_kernels"] >= 1 and whole["comm_s"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="Inductor gives the mm extern kernel the wait_tensor as origin_node "
-                   "(its buffer is the collective's): _inductor._kernel_entry must keep origin_node only when "
-                   "it is among the kernel's origins (patch requested); the mm FLOPs then reach the stage")
 def test_world_stage_flops_include_the_matmul_before_the_collective(ranks):
     (s,) = ranks[0]["world"]["stages"]
     assert s["flops"] == 2 * 1024  # each rank's 1024 mm FLOPs, in the profiled stage
@@ -247,8 +242,6 @@ def test_two_process_groups_as_two_nodes(ranks):
     assert c["t_min_s"] == pytest.approx(128 / 25e9, rel=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="a functional collective names its group; resolving a name other than the "
-                   "default group's needs _inductor.process_group (requested: torch's private resolver, with a fallback)")
 def test_subgroup_names_resolve(ranks):
     for r in ranks:
         c = r["subgroup_comm"]
