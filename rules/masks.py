@@ -501,6 +501,24 @@ def _number_of(x):
     raise Unknown(f"a scalar of type {type(x).__name__}")
 
 
+def _constant(node):
+    """The one value of a small graph constant (``get_attr``: a lifted ``torch.tensor(-inf)``,
+    ``finfo.min``...) whose elements are all equal, else None."""
+    obj = node.graph.owning_module
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, torch.Tensor) or obj.numel() == 0 or obj.numel() > 4096 or obj.device.type == "meta" \
+            or _inductor.is_fake(obj) or obj.is_complex():
+        return None
+    try:
+        flat = obj.detach().reshape(-1)
+        first = flat[0]
+        same = bool((flat == first).all()) or (flat.is_floating_point() and bool(flat.isnan().all()))
+        return first.item() if same else None
+    except Exception:  # noqa: BLE001 - an unreadable constant stays unknown
+        return None
+
+
 class Walker:
     """Reads the mask subgraph of one graph (memoised per node)."""
 
@@ -558,6 +576,9 @@ class Walker:
                 return got
             return V("opaque", leaf("inputs", node.name), self._shape(node), val.dtype)
         if node.op == "get_attr":
+            got = _constant(node)
+            if got is not None:
+                return _scalar_value(_cast_number(got, val.dtype))
             return V("opaque", leaf("inputs", f"constant {node.target}"), self._shape(node), val.dtype)
         if node.op != "call_function":
             raise Unknown(f"{node.op} {node.name}")

@@ -252,3 +252,24 @@ def test_flex_attention_counts_the_blocks_it_runs(fresh):
     assert key == graph.key and values == {"pairs_flex_attention": 3 * 128 * 128 * H} == {"pairs_flex_attention": 98304}
     got = sum(kr.cost_at(values).flops for kr in graph.kernels)
     assert got == 98304 * PER_PAIR == 3145728
+
+
+def test_small_graph_constants_are_read():
+    """torch 2.11 lifts ``torch.tensor(-inf)`` into a graph constant (get_attr): an all-equal constant is
+    its one value, so a causal mask built with it is counted exactly (16 tokens: 16*17/2 = 136 pairs)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from graphmfu.nodes import records_from_graph
+
+    _rules()
+
+    def f(q, k, v):
+        i = torch.arange(16)
+        m = torch.where(i[None, :] <= i[:, None], torch.tensor(0.0), torch.tensor(float("-inf")))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+    q = torch.randn(1, 1, 16, 8)
+    gm = make_fx(f, tracing_mode="fake")(q, q, q)
+    assert any(n.op == "get_attr" for n in gm.graph.nodes)
+    rec, = [r for r in records_from_graph(gm, 0, "inference") if "attention" in r.op]
+    assert not rec.flags and rec.cost.flops == 136 * (2 * 8 + 2 * 8) == 4352  # 1 head: 136 pairs x 32
