@@ -259,8 +259,9 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
             continue
     for name, fn in probes:
         try:
-            if not resolve and getattr(fn, "defer", None) is not None:
-                out[name] = Deferred(fn.defer(inputs))
+            finish = fn.defer(inputs) if not resolve and getattr(fn, "defer", None) is not None else None
+            if finish is not None:
+                out[name] = Deferred(finish)
                 continue
             v = fn(inputs)
             out[name] = int(v) if resolve else v

@@ -1561,6 +1561,26 @@ class Probes:
                 except Exception:  # noqa: BLE001 - never break the call: the count without values
                     return hint
 
+            def defer(inputs, module=module, used=used, dims=dims, hint=hint):
+                """No waiting for the device (the meter): the sizes now, host copies of the mask's inputs
+                queued, the count on the host when the step is done.  None when the inputs are large
+                (a 4-D mask: then the probe counts on the device at the call)."""
+                xs = [inputs[i] for i in used]
+                if sum(x.numel() * x.element_size() for x in xs if isinstance(x, torch.Tensor)) > _DEFER_BYTES:
+                    return None
+                lead, tq, tk = self._ints(list(dims), inputs)
+                with _probe_range():
+                    copies = [_inductor.host_copy(x) for x in xs]
+
+                def finish():
+                    try:
+                        with torch.no_grad():
+                            return kept_total(_on_host(module)(*copies), lead, tq, tk)
+                    except Exception:  # noqa: BLE001 - the count without values
+                        return hint
+                return finish
+
+            probe.defer = defer
             self.by_key[key] = name
             self.items.append((name, hint, probe))
         self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
@@ -1749,6 +1769,34 @@ def _flex(gm, records, probes: Probes) -> None:
                          f"{', ' + full_num.name if isinstance(full_num, torch.fx.Node) else ''}; symbol {name})")
         except (Unknown, KeyError, AttributeError, IndexError, TypeError, ValueError):
             continue
+
+
+_DEFER_BYTES = 1 << 20  # a mask's inputs copied to the host per call when they are at most this large
+
+
+def _on_host(module):
+    """``module`` (a mask subgraph) made to run on host tensors: device arguments and constants on the
+    host (memoised on the module)."""
+    host = getattr(module, "_graphmfu_host", None)
+    if host is not None:
+        return host
+    import copy
+
+    host = copy.deepcopy(module)
+    for n in host.graph.nodes:
+        if "device" in n.kwargs:
+            n.kwargs = {**n.kwargs, "device": torch.device("cpu")}
+        if n.op == "get_attr":
+            obj = host
+            *path, last = n.target.split(".")
+            for p in path:
+                obj = getattr(obj, p)
+            v = getattr(obj, last)
+            if isinstance(v, torch.Tensor):
+                setattr(obj, last, v.cpu())
+    host.recompile()
+    module._graphmfu_host = host
+    return host
 
 
 def _guarded(fn, hint):

@@ -218,3 +218,49 @@ def test_llama70b_flops_per_token_by_hand_and_seed_003():
     # seed 003's ~296 TFLOP prefill counts attention dense: within 1% of the dense count (causal: -2%)
     assert abs(c["prefill_dense"] / 1e12 / SEED_PREFILL_TFLOP - 1) < 0.01
     assert abs(c["decode"] / 1e12 / SEED_PER_TOKEN_TFLOP - 1) < 0.01
+
+
+def test_input_dependent_mask_counted_per_step_without_waiting(monkeypatch):
+    """Key padding from a lengths input: per (batch b, head) T * len_b kept pairs, 2 products of 2*hd
+    FLOPs each; q/k/v/o projections 4 * 2*T*d*d per sequence.  The meter reads the mask probe through
+    host copies (Deferred), not by waiting at the call."""
+    from graphmfu import _inductor
+
+    made = []
+    real = _inductor.Deferred
+
+    class Spy(real):
+        __slots__ = ()
+
+        def __init__(self, finish):
+            made.append(1)
+            super().__init__(finish)
+
+    monkeypatch.setattr(_inductor, "Deferred", Spy)
+
+    class Enc(torch.nn.Module):
+        def __init__(self, d=32, h=4):
+            super().__init__()
+            self.h, self.qkv, self.o = h, torch.nn.Linear(d, 3 * d, bias=False), torch.nn.Linear(d, d, bias=False)
+
+        def forward(self, x, lengths):
+            b, t, d = x.shape
+            keep = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).view(b, 1, 1, t)
+            q, k, v = self.qkv(x).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            return self.o(y.transpose(1, 2).reshape(b, t, d))
+
+    reg = Registry()
+    torch.manual_seed(0)
+    f = torch.compile(Enc().eval(), backend=graphmfu.Backend(registry=reg))
+    meter = Meter(registry=reg)
+    x = torch.randn(2, 16, 32)
+    plan = [[16, 16], [5, 9], [1, 16], [3, 3]]
+    with torch.no_grad():
+        for lengths in plan:
+            with meter.step():
+                f(x, torch.tensor(lengths))
+    proj = 2 * 16 * 4 * (2 * 32 * 32)  # batch 2 x T 16 tokens, qkv (3) + o (1) projections of 2*d*d
+    for r, lengths in zip(meter.records, plan):
+        assert r["flops"] == proj + 4 * sum(16 * n for n in lengths) * 2 * (2 * 8), lengths
+    assert len(made) == len(plan)
