@@ -265,9 +265,19 @@ def _alternatives(graphs: list[GraphRecord]) -> list[str]:
 
 
 def _dynamic_notes(graphs: list[GraphRecord]) -> list[str]:
-    return [f"graph {g.id} has dynamic shapes: its static numbers are at the compile-time hints {g.hints} (node "
-            f"rows carry the formulas); measured kernels and stages are costed at each call's own sizes"
-            for g in graphs if g.hints]
+    out = []
+    for g in graphs:
+        pairs = {k: v for k, v in g.hints.items() if k.startswith("pairs_")}
+        sizes = {k: v for k, v in g.hints.items() if k not in pairs}
+        if sizes:
+            out.append(f"graph {g.id} has dynamic shapes: its static numbers are at the compile-time hints {sizes} "
+                       f"(node rows carry the formulas); measured kernels and stages are costed at each call's own "
+                       f"sizes")
+        if pairs:
+            out.append(f"graph {g.id}: attention pairs kept by input-dependent masks are counted per call under "
+                       f"profile() and the meter ({', '.join(pairs)}); its static numbers count them without "
+                       f"values {pairs}")
+    return out
 
 
 def _merge_unattributed(rows: list[dict]) -> list[dict]:

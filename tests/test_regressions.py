@@ -86,12 +86,21 @@ def test_data_dependent_size_loses_only_its_node(fresh):
 
 
 def test_decomposed_attention_is_reported():
+    """Unmasked decomposed attention is exact (all 16 x 16 pairs kept, a note says so); with a mask that
+    is an input, it is counted dense and flagged."""
     def attn(q, k, v):
         return torch.softmax(q @ k.transpose(-1, -2) / 8, dim=-1) @ v
 
     q = torch.randn(2, 4, 16, 8)
     rep = graphmfu.analyze(attn, q, q, q, device="cpu")
-    assert rep.coverage()["decomposed_attention"] == 1
+    assert rep.coverage()["decomposed_attention"] == 0
+    assert any("decomposed attention: mask read, 256 of 256 pairs kept" in n.get("note", "") for n in rep.nodes)
+
+    def masked(q, k, v, m):
+        return torch.softmax(q @ k.transpose(-1, -2) / 8 + m, dim=-1) @ v
+
+    rep = graphmfu.analyze(masked, q, q, q, torch.zeros(16, 16), device="cpu")
+    assert rep.coverage()["decomposed_attention"] == 1 and rep.coverage()["mask_inputs"] == 1
     assert any("decomposed form" in n for n in rep.data["notes"])
 
 

@@ -1,0 +1,113 @@
+"""Where the meter's decode overhead goes (GPU): the same decode step plain, with the tagging class but
+no meter work, with the meter (no per-call events), the meter with mask probes off, the full meter;
+CPU time per step (perf_counter, no sync) beside GPU time (events around the block)."""
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import graphmfu  # noqa: E402
+from examples.generate_llama import Generator, StaticCache  # noqa: E402
+from examples.minimal_llama import Llama, LlamaConfig  # noqa: E402
+from examples.train_llama import PRESETS  # noqa: E402
+from graphmfu.registry import DEFAULT  # noqa: E402
+
+cfg = LlamaConfig(**{**PRESETS["8b-2l"], "layers": 2}, max_seq=2056)
+torch.manual_seed(0)
+model = Llama(cfg).to("cuda", torch.bfloat16).eval()
+gen = Generator(model, StaticCache(cfg, 8, 2048, "cuda", torch.bfloat16))
+step = torch.compile(gen, backend=graphmfu.backend(mode="reduce-overhead"))
+tok = torch.randint(0, cfg.vocab, (8, 1), device="cuda")
+positions = torch.arange(2048, device="cuda")
+i = [0]
+
+
+def decode():
+    i[0] = (i[0] + 1) % 1000
+    torch.compiler.cudagraph_mark_step_begin()
+    with torch.no_grad():
+        step(tok, positions[1024 + i[0]:][:1])
+
+
+for _ in range(10):
+    decode()
+torch.cuda.synchronize()
+
+
+class Null:
+    def call_begin(self, key, values):
+        return None
+
+    def call_end(self, token):
+        pass
+
+
+def block(n, wrap):
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    a.record()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        wrap()
+    cpu = time.perf_counter() - t0
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / 1e3 / n, cpu / n
+
+
+def variants():
+    m_full = graphmfu.meter(cuda=True)
+    m_noev = graphmfu.meter(cuda=True, graph_time=False)
+    null = Null()
+    compiled = [r() for r in DEFAULT.tagger._compiled if r() is not None]
+    saved = [c._graphmfu_probes for c in compiled]
+
+    def with_meter(m):
+        def f():
+            with m.step(tokens=8):
+                decode()
+        return f
+
+    def attached(f):
+        def g():
+            DEFAULT.tagger.attach(null)
+            try:
+                f()
+            finally:
+                DEFAULT.tagger.detach(null)
+        return g
+
+    def no_probes(f):
+        def g():
+            for c in compiled:
+                c._graphmfu_probes = ()
+            try:
+                f()
+            finally:
+                for c, p in zip(compiled, saved):
+                    c._graphmfu_probes = p
+        return g
+
+    def probe_only():
+        vals = [c._graphmfu_probes for c in compiled]
+        return vals
+
+    return {"plain": decode, "tagging class, null meter": attached(decode),
+            "meter, no graph events": with_meter(m_noev), "meter, probes off": no_probes(with_meter(m_full)),
+            "meter (default)": with_meter(m_full)}, saved
+
+
+vs, saved = variants()
+print("probes per compiled graph:", [[n for n, _ in p] for p in saved])
+res = {k: [] for k in vs}
+for r in range(5):
+    for k, f in vs.items():
+        res[k].append(block(200, f))
+base = statistics.median(g for g, _ in res["plain"])
+for k, xs in res.items():
+    g = statistics.median(x[0] for x in xs)
+    c = statistics.median(x[1] for x in xs)
+    print(f"{k:32s} GPU/step {g * 1e3:8.4f} ms  ratio {g / base:6.3f}  CPU/step {c * 1e6:8.1f} us")
