@@ -988,3 +988,20 @@ def process_group(name):
         return _resolve_process_group(name)
     except Exception:  # noqa: BLE001 - unknown name in this process
         return None
+
+
+def size_symbols(gm) -> list:
+    """Where a graph's inputs carry each size symbol: ``[(input index, dim or None, sympy symbol)]``
+    (dim None: the input is the size itself), first occurrence of each symbol."""
+    out, seen = [], set()
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        dims = [(None, val)] if isinstance(val, torch.SymInt) else (
+            list(enumerate(val.shape)) if isinstance(val, torch.Tensor) else [])
+        for d, size in dims:
+            expr = sym_value(size) if isinstance(size, torch.SymInt) else None
+            if getattr(expr, "is_Symbol", False) and str(expr) not in seen:
+                seen.add(str(expr))
+                out.append((i, d, expr))
+    return out

@@ -28,18 +28,7 @@ from graphmfu.registry import DEFAULT, Registry
 def _size_args(gm) -> list:
     """Where a call's inputs carry each size symbol of a dynamic graph: ``[input index, dim, symbol]``
     (dim None: the input is the size itself), first occurrence of each symbol."""
-    out, seen = [], set()
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for i, node in enumerate(placeholders):
-        val = node.meta.get("val")
-        dims = [(None, val)] if isinstance(val, torch.SymInt) else (
-            list(enumerate(val.shape)) if isinstance(val, torch.Tensor) else [])
-        for d, size in dims:
-            expr = _inductor.sym_value(size) if isinstance(size, torch.SymInt) else None
-            if getattr(expr, "is_Symbol", False) and str(expr) not in seen:
-                seen.add(str(expr))
-                out.append([i, d, str(expr)])
-    return out
+    return [[i, d, str(expr)] for i, d, expr in _inductor.size_symbols(gm)]
 
 
 def probes_of(gm) -> list:

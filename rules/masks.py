@@ -1507,16 +1507,7 @@ class Probes:
     def _size_reader(self):
         """[(input index, dim or None, symbol)] of the graph's size symbols (as capture's size_args)."""
         if self._sizes is None:
-            out, seen = [], set()
-            for i, node in enumerate(self._placeholders):
-                val = node.meta.get("val")
-                dims = [(None, val)] if isinstance(val, torch.SymInt) else (
-                    list(enumerate(val.shape)) if isinstance(val, torch.Tensor) else [])
-                for d, size in dims:
-                    expr = _inductor.sym_value(size) if isinstance(size, torch.SymInt) else None
-                    if getattr(expr, "is_Symbol", False) and str(expr) not in seen:
-                        seen.add(str(expr))
-                        out.append((i, d, expr))
+            out = _inductor.size_symbols(self.gm)
             self._sizes = out
         return self._sizes
 
