@@ -15,7 +15,8 @@ symbolic costs of dynamic graphs: varying batch, sequence and KV-cache length ar
 SOL through ``roofline.utilisation`` (the one definition), tokens/s, FLOPs per token beside 2ND / 6ND.
 
 Outside a step nothing is attached: the compiled graphs are Inductor's own objects.  Inside, each
-graph call costs a dict update and, with ``graph_time=True`` (default), two events.  Steps are
+graph call costs a dict update and, on every ``graph_time``-th step (default 10; 1: every step),
+two events.  Steps are
 finalised without synchronising: a step's numbers are computed once its end event has completed
 (at a later step's start, or when ``records``/``summary()`` is read, which waits).
 
@@ -46,7 +47,7 @@ class Step:
     """What one meter step measured (no device in it)."""
     step: int
     step_s: float
-    graph_s: float | None  # time inside compiled graph calls (None: graph_time=False)
+    graph_s: float | None  # time inside compiled graph calls (None: not timed on this step)
     stage_s: dict  # forward | backward | optimizer | inference -> seconds in that kind of graph call
     calls: dict  # (graph key, ((symbol, value), ...)) -> number of calls
     tokens: int | None = None
@@ -74,13 +75,14 @@ class Meter:
     print a one-line row every N steps (to stderr).  ``world_every``: every N steps, one all-reduce over
     ``group`` (default: the whole world) adds ``world_mfu``, ``world_tflops``, ``world_tokens_per_s``
     and ``world_flops`` of those N steps to the N-th row (a synchronisation then; off by default).
-    ``graph_time``: events around every graph call
-    (``graph_time_share``); off leaves one event pair per step.  ``sync``: finalise each step at its
+    ``graph_time``: events around every graph call on every N-th step (default 10, from the
+    first; 1: every step; 0: never) give ``graph_s``/``graph_time_share`` and the time per stage on
+    those steps (None on the others); the other steps have one event pair.  ``sync``: finalise each step at its
     end (a synchronisation per step) instead of lazily."""
 
     def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
                  top_k: int | None = None, num_experts: int | None = None, on_record: Callable | None = None,
-                 print_every: int = 0, graph_time: bool = True, cuda: bool | None = None, sync: bool = False,
+                 print_every: int = 0, graph_time: int = 10, cuda: bool | None = None, sync: bool = False,
                  file=None, world_every: int = 0, group=None):
         self.registry = registry or DEFAULT
         self.cuda = torch.cuda.is_available() if cuda is None else bool(cuda)
@@ -93,7 +95,7 @@ class Meter:
         self.params = params
         self.on_record = on_record
         self.print_every = int(print_every)
-        self.graph_time = graph_time
+        self.graph_time = int(graph_time)
         self.sync = sync
         self.file = file
         self.world_every = int(world_every)
@@ -121,6 +123,7 @@ class Meter:
                                 "'with meter.step():' block first)")
         self._drain(block=False)
         st = _Open(self._n, tokens, samples, processed)
+        st.timed = bool(self.graph_time) and self._n % self.graph_time == 0
         self._n += 1
         self._open = st
         st.start = self._mark()
@@ -147,7 +150,7 @@ class Meter:
             sizes = tuple(values.items()) if values else ()
             with self._lock:
                 st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
-        return (st, key, sizes, self._mark()) if self.graph_time else None
+        return (st, key, sizes, self._mark()) if st.timed else None
 
     def call_end(self, token) -> None:
         if token is not None:
@@ -183,7 +186,7 @@ class Meter:
             st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
         stage_s: dict = {}
         graph_s = None
-        if self.graph_time:
+        if st.timed:
             graph_s = 0.0
             for key, sizes, a, b in st.spans:
                 dt = self._elapsed(a, b)
@@ -308,6 +311,7 @@ class _Open:
         self.deferred: list = []  # (graph key, values with device-side probe counts)
         self.spans: list = []
         self.start = self.end = None
+        self.timed = False
 
 
 def _mean(xs):

@@ -1538,6 +1538,12 @@ class Probes:
             if sub is None:
                 return False
             module, used = sub
+            same = (_signature(module), tuple(used), *key[1:])  # the same mask computed twice (per layer)
+            name = self.by_key.get(same)
+            if name is not None:
+                self.by_key[key] = name
+                self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
+                return True
             name = f"pairs_{mask.name}" if not any(k[0] == mask.name for k in self.by_key) else \
                 f"pairs_{mask.name}_{node.name}"
             hint = mc.pairs * math.prod(_int_of(s) for s in qv.shape[:-2])
@@ -1572,7 +1578,7 @@ class Probes:
                 return finish
 
             probe.defer = defer
-            self.by_key[key] = name
+            self.by_key[key] = self.by_key[same] = name
             self.items.append((name, hint, probe))
         self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
         return True
@@ -1760,6 +1766,24 @@ def _flex(gm, records, probes: Probes) -> None:
                          f"{', ' + full_num.name if isinstance(full_num, torch.fx.Node) else ''}; symbol {name})")
         except (Unknown, KeyError, AttributeError, IndexError, TypeError, ValueError):
             continue
+
+
+def _signature(module) -> tuple:
+    """A mask subgraph's structure with node names replaced by positions (two copies of one mask
+    computation, e.g. one per layer, have the same signature)."""
+    pos = {n: i for i, n in enumerate(module.graph.nodes)}
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            return ("node", pos[a])
+        if isinstance(a, (list, tuple)):
+            return tuple(arg(x) for x in a)
+        if isinstance(a, dict):
+            return tuple(sorted((k, arg(v)) for k, v in a.items()))
+        return repr(a)
+
+    return tuple((n.op, str(n.target) if n.op != "placeholder" else "", arg(n.args), arg(n.kwargs))
+                 for n in module.graph.nodes)
 
 
 _DEFER_BYTES = 1 << 20  # a mask's inputs copied to the host per call when they are at most this large

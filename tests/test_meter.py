@@ -37,7 +37,7 @@ def test_training_loop_each_step_equals_hand_count():
     m = _model()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     step = torch.compile(m, backend=graphmfu.Backend(registry=reg), dynamic=False)
-    meter = graphmfu.meter(registry=reg, model=m)
+    meter = graphmfu.meter(registry=reg, model=m, graph_time=1)
     shapes = [(2, 16), (2, 16), (2, 16)]
     for b, t in shapes:
         x = torch.randint(0, CFG.vocab, (b, t))
@@ -73,7 +73,7 @@ def test_compiled_optimizer_is_its_own_stage():
     opt = torch.optim.SGD(m.parameters(), lr=1e-3)
     fwd = torch.compile(m, backend=graphmfu.Backend(registry=reg))
     ostep = torch.compile(opt.step, backend=graphmfu.Backend(registry=reg))
-    meter = Meter(registry=reg)
+    meter = Meter(registry=reg, graph_time=1)
     x = torch.randint(0, CFG.vocab, (1, 8))
     for _ in range(2):
         with meter.step(tokens=8):

@@ -60,7 +60,8 @@ def block(n, wrap):
 
 def variants():
     m_full = graphmfu.meter(cuda=True)
-    m_noev = graphmfu.meter(cuda=True, graph_time=False)
+    m_every = graphmfu.meter(cuda=True, graph_time=1)
+    m_noev = graphmfu.meter(cuda=True, graph_time=0)
     null = Null()
     compiled = [r() for r in DEFAULT.tagger._compiled if r() is not None]
     saved = [c._graphmfu_probes for c in compiled]
@@ -97,7 +98,7 @@ def variants():
 
     return {"plain": decode, "tagging class, null meter": attached(decode),
             "meter, no graph events": with_meter(m_noev), "meter, probes off": no_probes(with_meter(m_full)),
-            "meter (default)": with_meter(m_full)}, saved
+            "meter, graph events every step": with_meter(m_every), "meter (default)": with_meter(m_full)}, saved
 
 
 vs, saved = variants()
