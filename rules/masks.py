@@ -834,6 +834,18 @@ def _amax(w, node, shape, dtype):
     return _scalar_value(BIAS)
 
 
+@handles("getitem")
+def _getitem(w, node, shape, dtype):
+    # Inductor's online softmax on CUDA/XPU (post_grad's prepare_softmax_pattern): amax and the exp-sum
+    # become one prims.prepare_softmax_online(x, dim) -> (max, sum); exp's input is x - getitem(., 0),
+    # the row maximum as amax gives it (CPU graphs keep amax)
+    src, i = node.args[0], node.args[1]
+    if isinstance(src, torch.fx.Node) and src.op == "call_function" and i == 0 \
+            and _short(src.target) == "prepare_softmax_online":
+        return _amax(w, src, shape, dtype)
+    raise Unknown(f"an item of {op_name(src.target) if isinstance(src, torch.fx.Node) else src!r}")
+
+
 @handles("index")
 def _index(w, node, shape, dtype):
     src = w.value(node.args[0])
