@@ -1564,9 +1564,8 @@ class Probes:
             def probe(inputs, module=module, used=used, dims=dims, hint=hint):
                 try:
                     lead, tq, tk = self._ints(list(dims), inputs)
-                    with torch.no_grad(), _probe_range():
-                        m = module(*[inputs[i] for i in used])
-                    return kept_total(m, lead, tq, tk)
+                    with torch.no_grad(), _probe_range():  # the count's own ops too: graphmfu's, not the model's
+                        return kept_total(module(*[inputs[i] for i in used]), lead, tq, tk)
                 except Exception:  # noqa: BLE001 - never break the call: the count without values
                     return hint
 
