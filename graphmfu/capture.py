@@ -95,6 +95,14 @@ class Backend:
         self.config = {**_inductor.mode_config(mode), **(options or {})}
         self.registry = registry or DEFAULT
 
+    def __deepcopy__(self, memo):
+        """A backend is a handle on its registry: copies (Lightning deep-copies torch.compile's arguments)
+        are the same backend, filling the same registry."""
+        return self
+
+    def __copy__(self):
+        return self
+
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **options):
         config = {**self.config, **_inductor.mode_config(options.pop("mode", None)), **options.pop("options", {}),
                   **options}

@@ -103,3 +103,14 @@ def test_missing_framework_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "not_installed_fw", None)
     with pytest.raises(GraphMFUError, match="pip install not-a-real-extra"):
         require("not_installed_fw", "not-a-real-extra")
+
+
+def test_backend_survives_lightning_copying_compile_arguments():
+    """Lightning patches torch.compile to deep-copy its arguments; a Backend (a handle on its registry,
+    which holds a lock) is its own copy."""
+    import copy
+
+    from graphmfu.registry import Registry
+
+    b = graphmfu.Backend(registry=Registry())
+    assert copy.deepcopy({"backend": b})["backend"] is b and copy.copy(b) is b

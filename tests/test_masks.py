@@ -444,3 +444,23 @@ def test_eager_recorder_counts_a_real_mask_and_both_compare_sides_agree():
     s = cmp.stages[0]
     # q projection 2*16*32*32 = 32768; causal pairs 16*17/2 = 136 per head, 4 heads, QK^T and PV: 2*2*136*8*4 = 17408
     assert s["eager"]["flops"] == s["compiled"]["flops"] == 32768 + 17408 and s["flops_match"]
+
+
+def test_mask_read_through_prepare_softmax_online():
+    """Inductor on CUDA rewrites softmax into prims.prepare_softmax_online (max, sum of exp): the mask
+    reader takes its item 0 as the row maximum.  Causal 16 x 16: 136 of 256 pairs kept; each product
+    2 * (2*4) * 16*16*16 dense = 65536, effective 65536 * 136/256 = 34816."""
+    P = torch.ops.prims.prepare_softmax_online
+
+    def attn(q, k, v):
+        t = q.shape[-2]
+        i = torch.arange(t)
+        s = q @ k.transpose(-1, -2) * 0.25 + torch.where(i[:, None] >= i[None, :], 0.0, float("-inf"))
+        m, z = P(s, -1)
+        return ((s - m).exp() / z) @ v
+
+    q = torch.randn(2, 4, 16, 16)
+    rep = graphmfu.analyze(attn, q, q, q, device="cpu")
+    bmms = [n for n in rep.nodes if "bmm" in n["op"]]
+    assert len(bmms) == 2 and all(n["flops"] == 34_816 for n in bmms), [(n["op"], n["flops"]) for n in bmms]
+    assert 2 * 8 * 16 * 16 * 16 * 136 // 256 == 34_816
