@@ -293,7 +293,9 @@ ZERO = Cost()
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _formula(text: str):
+    """A formula's text parsed once (costs are evaluated per call: the parse is the slow part)."""
     import sympy
 
     return sympy.sympify(text)
@@ -309,19 +311,67 @@ def symbolic_cost(formulas: Mapping) -> Cost:
 
 def cost_from_formulas(formulas: Mapping, sizes: Mapping[str, int]) -> Cost:
     """The Cost of ``Cost.formulas()`` output for one call's size symbol values (``{"s0": 24}``)."""
-    import sympy
-
-    subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
-
     def ev(text):
-        r = sympy.sympify(_formula(text).xreplace(subs))  # a bare Symbol comes back as a plain int
-        try:
-            return int(r) if r.is_integer else float(r)
-        except TypeError as e:  # free symbols left
-            raise GraphMFUError(f"no value for symbols {sorted(map(str, r.free_symbols))} in {text}") from e
+        return _evaluate_text(text, sizes)
 
     return Cost(*(tuple(sorted((dt, ev(v)) for dt, v in formulas[k].items())) for k in ("matrix", "dense", "vector")),
                 ev(formulas["read"]), ev(formulas["written"]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _polynomial(text: str):
+    """A formula as ``(symbol names, [(exponents, Fraction coefficient)])`` when it is a polynomial with
+    rational coefficients (evaluated per call in exact integer arithmetic, no sympy); a constant as
+    ``((), value)``; None otherwise (evaluated through sympy)."""
+    from fractions import Fraction
+
+    import sympy
+
+    e = _formula(text)
+    syms = sorted(e.free_symbols, key=str)
+    if not syms:
+        return (), e
+    try:
+        poly = sympy.Poly(e, *syms)
+        terms = []
+        for mon, c in poly.terms():
+            if not c.is_Rational:
+                return None
+            terms.append((tuple(mon), Fraction(int(c.p), int(c.q))))
+    except sympy.PolynomialError:
+        return None
+    return tuple(str(x) for x in syms), terms
+
+
+def _evaluate_text(text: str, sizes: Mapping[str, int]):
+    fast = _polynomial(text)
+    if fast is not None:
+        names, terms = fast
+        if not names:
+            r = terms
+        else:
+            try:
+                vals = [int(sizes[n]) for n in names]
+            except KeyError:
+                missing = sorted(n for n in names if n not in sizes)
+                raise GraphMFUError(f"no value for symbols {missing} in {text}") from None
+            total = 0
+            for mon, c in terms:
+                t = c
+                for v, k in zip(vals, mon):
+                    if k:
+                        t *= v ** k
+                total += t
+            return int(total) if total.denominator == 1 else float(total)
+    else:
+        import sympy
+
+        subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
+        r = sympy.sympify(_formula(text).xreplace(subs))  # a bare Symbol comes back as a plain int
+    try:
+        return int(r) if r.is_integer else float(r)
+    except TypeError as e:  # free symbols left
+        raise GraphMFUError(f"no value for symbols {sorted(map(str, r.free_symbols))} in {text}") from e
 
 
 def evaluate(v, hints: Mapping):
@@ -456,6 +506,7 @@ def op_name(op) -> str:
     return getattr(op, "__name__", str(op))
 
 
+@functools.lru_cache(maxsize=None)
 def event_name(op: str) -> str:
     """The profiler's name of an op: ``aten.mm.default`` -> ``aten::mm``."""
     parts = op.split(".")

@@ -352,8 +352,8 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
     recompute, attention, kv = Cost(), Cost(), 0
     node_total = Cost()
     for n in g.nodes:
-        if n.cost is None:
-            continue
+        if n.cost is None or (g.kernels and not n.recompute and n.event not in attention_ops):
+            continue  # with kernels, only recomputed and attention nodes are read one by one
         c = _at(n.cost, n.sym, sizes)
         if n.recompute:
             recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
@@ -368,7 +368,7 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
 
 def _kv_bytes(n, sizes: dict) -> int:
     """Bytes of the key and value inputs of an attention op (its 2nd and 3rd tensor inputs)."""
-    from graphmfu.cost import evaluate, itemsize
+    from graphmfu.cost import _formula, evaluate, itemsize
     import sympy
 
     out = 0
@@ -376,7 +376,7 @@ def _kv_bytes(n, sizes: dict) -> int:
     for shape, dtype in n.inputs[1:3]:
         numel = 1
         for d in shape:
-            numel *= evaluate(sympy.sympify(d), subs) if isinstance(d, str) else d
+            numel *= evaluate(_formula(d), subs) if isinstance(d, str) else d
         out += int(numel) * itemsize(getattr(torch, dtype) if isinstance(dtype, str) and hasattr(torch, dtype)
                                      else torch.float32)
     return out
