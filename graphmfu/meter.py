@@ -59,11 +59,12 @@ class Step:
 class CallCost:
     """One graph call's cost at its sizes (device-free)."""
     stage: str
-    kernels: tuple  # Cost per kernel (bytes = the kernel's own traffic)
+    kernels: tuple  # Cost per kernel whose cost depends on the call's values (bytes = its own traffic)
     total: Cost  # model work: recomputed forward FLOPs excluded
     recompute: Cost  # FLOPs of recomputed forward nodes (activation checkpointing): HFU only
     attention: Cost  # attention ops (matrix FLOPs of Q@K^T and P@V, effective and dense)
     kv_bytes: int  # key and value bytes read by the attention ops (decode: the KV cache)
+    fixed: tuple = ()  # Cost per kernel whose cost is the same at every call (shared between calls)
 
 
 class Meter:
@@ -348,7 +349,8 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
     """One call of graph ``g`` with size/probe ``values`` (missing symbols take their hints)."""
     attention_ops = _attention_events() if attention_ops is None else attention_ops
     sizes = {**g.hints, **values} if (g.hints or values) else {}
-    kernels = tuple(k.cost_at(sizes) for k in g.kernels)
+    fixed = _fixed_kernels(g)
+    kernels = tuple(k.cost_at(sizes) for k in _FIXED[id(g)][3])
     recompute, attention, kv = Cost(), Cost(), 0
     node_total = Cost()
     for n in g.nodes:
@@ -362,8 +364,36 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
         if n.event in attention_ops:
             attention = attention + Cost(c.matrix, c.matrix_dense)
             kv += _kv_bytes(n, sizes)
-    total = sum(kernels, Cost()) if kernels else node_total
-    return CallCost(_stage(g.phase, frame), kernels, total, recompute, attention, kv)
+    total = sum(kernels, _fixed_total(g)) if g.kernels else node_total
+    return CallCost(_stage(g.phase, frame), kernels, total, recompute, attention, kv, fixed)
+
+
+def _varies(k) -> bool:
+    """Does kernel ``k``'s cost depend on a call's values (a formula with a free symbol)?"""
+    from graphmfu.cost import _polynomial
+
+    if not k.sym:
+        return False
+    texts = [v for part in ("matrix", "dense", "vector") for v in k.sym[part].values()]
+    texts += [k.sym["read"], k.sym["written"]]
+    return any(_polynomial(t) is None or _polynomial(t)[0] for t in texts)
+
+
+_FIXED: dict = {}  # id(graph record) -> (graph, fixed kernel costs, their sum, varying kernels): a memo
+
+
+def _fixed_kernels(g) -> tuple:
+    got = _FIXED.get(id(g))
+    if got is None or got[0] is not g:
+        varies = [_varies(k) for k in g.kernels]
+        ks = tuple(k.cost for k, v in zip(g.kernels, varies) if not v)
+        got = _FIXED[id(g)] = (g, ks, sum(ks, Cost()), tuple(k for k, v in zip(g.kernels, varies) if v))
+    return got[1]
+
+
+def _fixed_total(g) -> Cost:
+    _fixed_kernels(g)
+    return _FIXED[id(g)][2]
 
 
 def _kv_bytes(n, sizes: dict) -> int:
@@ -399,7 +429,7 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
             recompute = recompute + c.recompute
             attention = attention + c.attention
         kv += n * c.kv_bytes
-        t_min += n * sum(place(k, dev).t_min_s for k in c.kernels)
+        t_min += n * (sum(place(k, dev).t_min_s for k in c.kernels) + _fixed_t_min(c.fixed, dev))
     t = step.step_s
     u = utilisation(matrix_time_s(total, dev), total.bytes, t_min, t, dev)
     training = "backward" in stages
@@ -426,6 +456,16 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
     if step.processed and step.tokens is not None and u["mfu"] is not None:
         out["goodput_mfu"] = u["mfu"] * step.tokens / step.processed
     return out
+
+
+_T_MIN: dict = {}  # (id(fixed kernels), device name) -> (kernels, their roofline time)
+
+
+def _fixed_t_min(fixed: tuple, dev: DeviceSpec) -> float:
+    got = _T_MIN.get((id(fixed), dev.name))
+    if got is None or got[0] is not fixed:
+        got = _T_MIN[(id(fixed), dev.name)] = (fixed, sum(place(k, dev).t_min_s for k in fixed))
+    return got[1]
 
 
 def line(r: dict) -> str:
