@@ -353,9 +353,7 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
     kernels = tuple(k.cost_at(sizes) for k in _FIXED[id(g)][3])
     recompute, attention, kv = Cost(), Cost(), 0
     node_total = Cost()
-    for n in g.nodes:
-        if n.cost is None or (g.kernels and not n.recompute and n.event not in attention_ops):
-            continue  # with kernels, only recomputed and attention nodes are read one by one
+    for n in _nodes_read(g, attention_ops):
         c = _at(n.cost, n.sym, sizes)
         if n.recompute:
             recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
@@ -366,6 +364,19 @@ def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozense
             kv += _kv_bytes(n, sizes)
     total = sum(kernels, _fixed_total(g)) if g.kernels else node_total
     return CallCost(_stage(g.phase, frame), kernels, total, recompute, attention, kv, fixed)
+
+
+_NODES: dict = {}  # id(graph record) -> (graph, the nodes call_cost reads one by one)
+
+
+def _nodes_read(g, attention_ops) -> list:
+    """With kernels (which carry the costs), only recomputed and attention nodes are read one by one;
+    without, every node with a cost."""
+    got = _NODES.get(id(g))
+    if got is None or got[0] is not g:
+        got = _NODES[id(g)] = (g, [n for n in g.nodes if n.cost is not None and (
+            not g.kernels or n.recompute or n.event in attention_ops)])
+    return got[1]
 
 
 def _varies(k) -> bool:

@@ -112,3 +112,17 @@ for k, xs in res.items():
     g = statistics.median(x[0] for x in xs)
     c = statistics.median(x[1] for x in xs)
     print(f"{k:32s} GPU/step {g * 1e3:8.4f} ms  ratio {g / base:6.3f}  CPU/step {c * 1e6:8.1f} us")
+
+if os.environ.get("PROFILE") == "1":  # where the meter's CPU time goes (cProfile over 200 metered steps)
+    import cProfile
+    import pstats
+
+    m = graphmfu.meter(cuda=True)
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(200):
+        with m.step(tokens=8):
+            decode()
+    m.records
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(25)
