@@ -471,6 +471,23 @@ class RuleRegistry:
             )
         self._rules[key] = Rule(fn, f"{fn.__module__}:{getattr(fn, '__qualname__', fn)}")
 
+    def register_library(self, rules: Mapping[str, Callable]) -> list:
+        """Register ``{"namespace::op": rule}`` for the ops that exist now (a library defines its custom
+        ops when it is imported); idempotent; returns the names registered by this call."""
+        done = []
+        for name, fn in rules.items():
+            ns, op = name.split("::")
+            try:
+                packet = getattr(getattr(torch.ops, ns), op)
+            except (AttributeError, RuntimeError):  # not defined (yet)
+                continue
+            if self.lookup(packet) is not None:
+                continue
+            fn.__qualname__ = f"{fn.__name__}[{name}]"
+            self.register(packet, fn)
+            done.append(name)
+        return done
+
     def lookup(self, target) -> Rule | None:
         r = self._rules.get(target)
         if r is None:

@@ -335,19 +335,7 @@ def register_library_ops() -> list:
     """Register the rules of LIBRARY_OPS whose op exists now (FSDP2 defines them when
     torch.distributed.fsdp is imported; the rules load after, or the eager recorder calls this again).
     Idempotent; returns the names registered by this call."""
-    done = []
-    for name, fn in LIBRARY_OPS.items():
-        ns, op = name.split("::")
-        try:
-            packet = getattr(getattr(torch.ops, ns), op)
-        except (AttributeError, RuntimeError):  # not defined (yet)
-            continue
-        if REGISTRY.lookup(packet) is not None:
-            continue
-        fn.__qualname__ = f"{fn.__name__}[{name}]"
-        REGISTRY.register(packet, fn)
-        done.append(name)
-    return done
+    return REGISTRY.register_library(LIBRARY_OPS)
 
 
 register_library_ops()

@@ -132,16 +132,7 @@ def register_library_ops() -> list:
     is imported: transformers' MoE ops with transformers.integrations.moe).  Idempotent; returns the
     names registered by this call.  Runs when the rules load; call it again if the library was
     imported after graphmfu loaded its rules."""
-    done = []
-    for name, fn in LIBRARY_OPS.items():
-        ns, op = name.split("::")
-        packet = getattr(getattr(torch.ops, ns), op, None)  # None until the library defines it
-        if packet is None or REGISTRY.lookup(packet) is not None:
-            continue
-        fn.__qualname__ = f"{fn.__name__}[{name}]"
-        REGISTRY.register(packet, fn)
-        done.append(name)
-    return done
+    return REGISTRY.register_library(LIBRARY_OPS)
 
 
 register_library_ops()
