@@ -64,3 +64,7 @@ def pointwise(per_element):
 
 table_rule({getattr(aten, n): v for n, v in FLOPS_PER_ELEMENT.items() if hasattr(aten, n)}, pointwise)
 table_rule({getattr(prims, n): v for n, v in PRIMS_FLOPS_PER_ELEMENT.items() if hasattr(prims, n)}, pointwise)
+
+# in-place variants (eager recordings: optimizer updates, gradient accumulation, FSDP2's add_): the same
+# work, the output is the mutated input (read, then written)
+table_rule({getattr(aten, n + "_"): v for n, v in FLOPS_PER_ELEMENT.items() if hasattr(aten, n + "_")}, pointwise)

@@ -901,3 +901,14 @@ def test_int_mm_int8():
           read=640,  # (32*16 + 16*8) * 1 B = 512 + 128 = 640
           written=1024)  # 32*8 * 4 B (int32) = 256*4 = 1024
     assert c.matrix == (("int8", 8192),)  # costed at the int8 peak
+
+
+def test_inplace_pointwise_costs_like_out_of_place():
+    """add_ on two fp32 [64, 32] tensors: 2048 elements, 1 FLOP each; reads both (2 x 8192 B), writes
+    the first (8192 B) — what the eager recorder sees for gradient accumulation and optimizer updates."""
+    from graphmfu.cost import REGISTRY, TensorSpec, ensure_builtin_rules
+
+    ensure_builtin_rules()
+    a, b = TensorSpec((64, 32), torch.float32), TensorSpec((64, 32), torch.float32)
+    c = REGISTRY.lookup(torch.ops.aten.add_.Tensor)(a, b, out=a)
+    assert c.vector == (("fp32", 2048),) and c.bytes_read == 2 * 8192 and c.bytes_written == 8192
