@@ -14,13 +14,20 @@ from graphmfu import _inductor  # noqa: E402
 from graphmfu.registry import DEFAULT  # noqa: E402
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
-cfg = LlamaConfig(dim=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=100, max_seq=2056)
-m = Llama(cfg).to(dev).eval()
-gen = Generator(m, StaticCache(cfg, 1, 2048, dev))
-f = torch.compile(gen, backend=graphmfu.backend)
-tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
+from examples.train_llama import PRESETS  # noqa: E402
+
+big = os.environ.get("BIG") == "1"
+cfg = LlamaConfig(**({**PRESETS["8b-2l"]} if big else dict(dim=64, layers=2, heads=4, kv_heads=2, ffn=128,
+                                                              vocab=100)), max_seq=2056)
+dt = torch.bfloat16 if big else torch.float32
+m = Llama(cfg).to(dev, dt).eval()
+gen = Generator(m, StaticCache(cfg, 8 if big else 1, 2048, dev, dt))
+f = torch.compile(gen, backend=graphmfu.backend(mode=os.environ.get("MODE") or None))
+tok = torch.zeros(8 if big else 1, 1, dtype=torch.long, device=dev)
 with torch.no_grad():
-    f(tok, torch.tensor([5], device=dev))
+    for p in (5, 6, 7):
+        torch.compiler.cudagraph_mark_step_begin()
+        f(tok, torch.tensor([p], device=dev))
 seen = {}
 
 
@@ -35,7 +42,8 @@ class M:
 mm = M()
 DEFAULT.tagger.attach(mm)
 with torch.no_grad():
-    f(tok, torch.tensor([7], device=dev))
+    torch.compiler.cudagraph_mark_step_begin()
+    f(tok, torch.tensor([8], device=dev))
 DEFAULT.tagger.detach(mm)
 if dev == "cuda":
     torch.cuda.synchronize()
@@ -52,7 +60,7 @@ for k, v in seen.items():
                     print("copies:", [(t.device, t.is_pinned() if hasattr(t, "is_pinned") else None) for t in x
                                       if isinstance(t, torch.Tensor)])
                 if isinstance(x, torch.fx.GraphModule):
-                    from rules.masks import _on_host
+                    from graphmfu.rules.masks import _on_host
                     h = _on_host(x)
                     print(h.code)
             t = time.perf_counter()
