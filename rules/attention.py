@@ -345,11 +345,13 @@ def decomposed_attention(gm, records) -> None:
         if node.op != "call_function" or op_name(node.target) not in _SOFTMAX:
             continue
         rec = by_name.get(node.name)
-        if rec is not None and _reaches(node, up=True) and _reaches(node, up=False):
+        if rec is not None and matmul_near(node, up=True) is not None and matmul_near(node, up=False) is not None:
             rec.flag(DECOMPOSED)
 
 
-def _reaches(node, up: bool, depth: int = 8) -> bool:
+def matmul_near(node, up: bool, depth: int = 8):
+    """The nearest matmul above (``up``) or below ``node`` within ``depth`` steps through
+    shape-only ops (``_PASS``), or None: what makes a softmax the middle of an attention."""
     frontier = [node]
     for _ in range(depth):
         nxt = []
@@ -359,9 +361,9 @@ def _reaches(node, up: bool, depth: int = 8) -> bool:
                     continue
                 name = op_name(m.target)
                 if name in _MATMUL:
-                    return True
+                    return m
                 short = name.split(".")[1] if name.startswith(("aten.", "prims.")) else name
                 if short in _PASS:
                     nxt.append(m)
         frontier = nxt
-    return False
+    return None

@@ -1893,25 +1893,6 @@ for _name, _spec in _SDPA.items():
 # the module's count under Dynamo's compile id, as for saved masks).
 
 _DECOMP: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
-_MATMUL = {"aten.bmm.default", "aten.mm.default", "aten.matmul.default", "aten.baddbmm.default"}
-
-
-def _matmul_near(node, up: bool, depth: int = 10):
-    att = _attention_module()
-    passing = getattr(att, "_PASS", set())
-    frontier = [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            for m in (n.all_input_nodes if up else list(n.users)):
-                if m.op != "call_function":
-                    continue
-                if op_name(m.target) in _MATMUL:
-                    return m
-                if _short(m.target) in passing:
-                    nxt.append(m)
-        frontier = nxt
-    return None
 
 
 def _scale_matrix(rec, pairs: int, dense: int) -> bool:
@@ -1948,7 +1929,8 @@ def _decomposed(gm, records, walker, cid) -> None:
         if flag not in rec.flags or rec.name not in nodes:
             continue
         node = nodes[rec.name]
-        score, pv = _matmul_near(node, up=True), _matmul_near(node, up=False)
+        near = _attention_module().matmul_near
+        score, pv = near(node, up=True, depth=10), near(node, up=False, depth=10)
         sv = score.meta.get("val") if score is not None else None
         if pv is None or not isinstance(sv, torch.Tensor) or sv.dim() < 2:
             continue
@@ -1990,7 +1972,7 @@ def _decomposed_backward(gm, records, cid) -> None:
     nodes = {n.name: n for n in gm.graph.nodes}
     for rec in records:
         got = found.get(rec.module)
-        if got is None or rec.op not in _MATMUL or rec.name not in nodes:
+        if got is None or rec.op not in _attention_module()._MATMUL or rec.name not in nodes:
             continue
         tq, tk, pairs, dense, exact = got
         node = nodes[rec.name]
