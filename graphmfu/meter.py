@@ -64,7 +64,7 @@ class CallCost:
     recompute: Cost  # FLOPs of recomputed forward nodes (activation checkpointing): HFU only
     attention: Cost  # attention ops (matrix FLOPs of Q@K^T and P@V, effective and dense)
     kv_bytes: int  # key and value bytes read by the attention ops (decode: the KV cache)
-    fixed: tuple = ()  # Cost per kernel whose cost is the same at every call (shared between calls)
+    plan: "GraphPlan | None" = None  # the graph's plan: its fixed kernels (the same at every call)
 
 
 class Meter:
@@ -107,7 +107,7 @@ class Meter:
         self._pending: list = []
         self._costs: dict = {}  # (key, values) -> CallCost
         self._attention = None
-        self._stages: dict = {}  # graph key -> forward | backward | optimizer | inference
+        self._plans: dict = {}  # graph key -> GraphPlan
         self._lock = threading.Lock()
         self._open = None  # the step being measured
         self._events: list = []  # a pool of CUDA timing events
@@ -236,18 +236,20 @@ class Meter:
         """The cost of one call of graph ``key`` at ``sizes`` (memoized)."""
         c = self._costs.get((key, sizes))
         if c is None:
-            g = self._graph(key)
-            if self._attention is None:
-                self._attention = _attention_events()
-            c = self._costs[(key, sizes)] = call_cost(g, dict(sizes), self.registry.tagger.frames.get(key),
-                                                      self._attention)
+            c = self._costs[(key, sizes)] = self._plan(key).at(dict(sizes))
         return c
 
+    def _plan(self, key: str) -> "GraphPlan":
+        p = self._plans.get(key)
+        if p is None:
+            if self._attention is None:
+                self._attention = _attention_events()
+            p = self._plans[key] = GraphPlan(self._graph(key), self.registry.tagger.frames.get(key),
+                                             self._attention)
+        return p
+
     def _stage(self, key: str) -> str:
-        st = self._stages.get(key)
-        if st is None:
-            st = self._stages[key] = _stage(self._graph(key).phase, self.registry.tagger.frames.get(key))
-        return st
+        return self._plan(key).stage
 
     def _graph(self, key: str):
         for g in self.registry.graphs:
@@ -345,38 +347,53 @@ def _attention_events() -> frozenset:
                      if REGISTRY.lookup(op).origin.split(":")[0].endswith("rules.attention"))
 
 
+class GraphPlan:
+    """What a call of one graph costs, prepared once: its stage, the kernels whose cost is the same at
+    every call (summed once; their roofline time once per device), the kernels and the nodes that are
+    evaluated per call (kernels with free symbols; recomputed and attention nodes)."""
+
+    def __init__(self, g, frame: str | None = None, attention_ops: frozenset | None = None):
+        self.g = g
+        self.stage = _stage(g.phase, frame)
+        self.attention_ops = _attention_events() if attention_ops is None else attention_ops
+        varies = [_varies(k) for k in g.kernels]
+        self.fixed = tuple(k.cost for k, v in zip(g.kernels, varies) if not v)
+        self.fixed_total = sum(self.fixed, Cost())
+        self.varying = tuple(k for k, v in zip(g.kernels, varies) if v)
+        # with kernels (which carry the costs) only recomputed and attention nodes are read one by one
+        self.nodes = [n for n in g.nodes if n.cost is not None and (
+            not g.kernels or n.recompute or n.event in self.attention_ops)]
+        self._t_min: dict = {}  # device name -> roofline time of the fixed kernels
+
+    def fixed_t_min(self, dev: DeviceSpec) -> float:
+        t = self._t_min.get(dev.name)
+        if t is None:
+            t = self._t_min[dev.name] = sum(place(k, dev).t_min_s for k in self.fixed)
+        return t
+
+    def at(self, values: dict) -> CallCost:
+        """One call with size/probe ``values`` (missing symbols take their hints)."""
+        g = self.g
+        sizes = {**g.hints, **values} if (g.hints or values) else {}
+        kernels = tuple(k.cost_at(sizes) for k in self.varying)
+        recompute, attention, kv = Cost(), Cost(), 0
+        node_total = Cost()
+        for n in self.nodes:
+            c = _at(n.cost, n.sym, sizes)
+            if n.recompute:
+                recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
+                continue
+            node_total = node_total + c
+            if n.event in self.attention_ops:
+                attention = attention + Cost(c.matrix, c.matrix_dense)
+                kv += _kv_bytes(n, sizes)
+        total = sum(kernels, self.fixed_total) if g.kernels else node_total
+        return CallCost(self.stage, kernels, total, recompute, attention, kv, self)
+
+
 def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozenset | None = None) -> CallCost:
-    """One call of graph ``g`` with size/probe ``values`` (missing symbols take their hints)."""
-    attention_ops = _attention_events() if attention_ops is None else attention_ops
-    sizes = {**g.hints, **values} if (g.hints or values) else {}
-    fixed = _fixed_kernels(g)
-    kernels = tuple(k.cost_at(sizes) for k in _FIXED[id(g)][3])
-    recompute, attention, kv = Cost(), Cost(), 0
-    node_total = Cost()
-    for n in _nodes_read(g, attention_ops):
-        c = _at(n.cost, n.sym, sizes)
-        if n.recompute:
-            recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
-            continue
-        node_total = node_total + c
-        if n.event in attention_ops:
-            attention = attention + Cost(c.matrix, c.matrix_dense)
-            kv += _kv_bytes(n, sizes)
-    total = sum(kernels, _fixed_total(g)) if g.kernels else node_total
-    return CallCost(_stage(g.phase, frame), kernels, total, recompute, attention, kv, fixed)
-
-
-_NODES: dict = {}  # id(graph record) -> (graph, the nodes call_cost reads one by one)
-
-
-def _nodes_read(g, attention_ops) -> list:
-    """With kernels (which carry the costs), only recomputed and attention nodes are read one by one;
-    without, every node with a cost."""
-    got = _NODES.get(id(g))
-    if got is None or got[0] is not g:
-        got = _NODES[id(g)] = (g, [n for n in g.nodes if n.cost is not None and (
-            not g.kernels or n.recompute or n.event in attention_ops)])
-    return got[1]
+    """One call of graph ``g`` with size/probe ``values`` (a plan made for this call alone)."""
+    return GraphPlan(g, frame, attention_ops).at(values)
 
 
 def _varies(k) -> bool:
@@ -388,23 +405,6 @@ def _varies(k) -> bool:
     texts = [v for part in ("matrix", "dense", "vector") for v in k.sym[part].values()]
     texts += [k.sym["read"], k.sym["written"]]
     return any(_polynomial(t) is None or _polynomial(t)[0] for t in texts)
-
-
-_FIXED: dict = {}  # id(graph record) -> (graph, fixed kernel costs, their sum, varying kernels): a memo
-
-
-def _fixed_kernels(g) -> tuple:
-    got = _FIXED.get(id(g))
-    if got is None or got[0] is not g:
-        varies = [_varies(k) for k in g.kernels]
-        ks = tuple(k.cost for k, v in zip(g.kernels, varies) if not v)
-        got = _FIXED[id(g)] = (g, ks, sum(ks, Cost()), tuple(k for k, v in zip(g.kernels, varies) if v))
-    return got[1]
-
-
-def _fixed_total(g) -> Cost:
-    _fixed_kernels(g)
-    return _FIXED[id(g)][2]
 
 
 def _kv_bytes(n, sizes: dict) -> int:
@@ -440,7 +440,7 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
             recompute = recompute + c.recompute
             attention = attention + c.attention
         kv += n * c.kv_bytes
-        t_min += n * (sum(place(k, dev).t_min_s for k in c.kernels) + _fixed_t_min(c.fixed, dev))
+        t_min += n * (sum(place(k, dev).t_min_s for k in c.kernels) + (c.plan.fixed_t_min(dev) if c.plan else 0.0))
     t = step.step_s
     u = utilisation(matrix_time_s(total, dev), total.bytes, t_min, t, dev)
     training = "backward" in stages
@@ -469,16 +469,6 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
     return out
 
 
-_T_MIN: dict = {}  # (id(fixed kernels), device name) -> (kernels, their roofline time)
-
-
-def _fixed_t_min(fixed: tuple, dev: DeviceSpec) -> float:
-    got = _T_MIN.get((id(fixed), dev.name))
-    if got is None or got[0] is not fixed:
-        got = _T_MIN[(id(fixed), dev.name)] = (fixed, sum(place(k, dev).t_min_s for k in fixed))
-    return got[1]
-
-
 def line(r: dict) -> str:
     """One printable line of a row."""
     parts = [f"step {r['step']}", f"{r['step_s'] * 1e3:.2f} ms"]
@@ -501,4 +491,4 @@ def meter(device=None, **kwargs) -> Meter:
     return Meter(device, **kwargs)
 
 
-__all__ = ["Meter", "Step", "meter", "row", "call_cost"]
+__all__ = ["Meter", "Step", "GraphPlan", "meter", "row", "call_cost"]
