@@ -38,6 +38,17 @@ class MLP(nn.Module):
         return self.fc3(F.gelu(self.fc2(F.relu(self.fc1(x)))))
 
 
+class UpDown(nn.Module):
+    """x -> Linear(d, h) -> ReLU -> Linear(h, d), no biases: two matmuls of 2*M*d*h FLOPs for M rows."""
+
+    def __init__(self, d=64, h=128):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, h, bias=False), nn.Linear(h, d, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
 # --------------------------------------------------------------------------- CNN
 
 

@@ -8,21 +8,16 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-import torch.nn as nn
 
 import graphmfu
+from tests.models import UpDown
 from graphmfu.render import ms, num, pct
 
 M, D, H = 32, 64, 128
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up, self.down = nn.Linear(D, H, bias=False), nn.Linear(H, D, bias=False)
-
-    def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
+def Tiny():
+    return UpDown(D, H)
 
 
 class Page(HTMLParser):

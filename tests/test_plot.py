@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
 import graphmfu
+from tests.models import UpDown
 from graphmfu.errors import GraphMFUError
 
 pytest.importorskip("matplotlib")
@@ -18,13 +18,8 @@ pytest.importorskip("plotly")
 M, D, H = 32, 64, 128  # batch rows, model width, hidden width
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up, self.down = nn.Linear(D, H, bias=False), nn.Linear(H, D, bias=False)
-
-    def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
+def Tiny():
+    return UpDown(D, H)
 
 
 # two matmuls of M x D x H: 2*M*D*H FLOPs each = 2 * 2 * 32 * 64 * 128 = 1,048,576
