@@ -319,7 +319,9 @@ def _tagging_class(cls):
                 return base_call(self, *args, **kwargs)
             key = self._graphmfu_key
             sizes, probes = self._graphmfu_sizes, self._graphmfu_probes
-            values = call_values(args[0], sizes, probes, resolve=False) if (sizes or probes) and args else None
+            # a profile needs the values now (its range name); a meter alone reads deferred counts later
+            values = call_values(args[0], sizes, probes, resolve=bool(tagger._active)) \
+                if (sizes or probes) and args else None
             meters = tagger.meters
             tokens = [m.call_begin(key, values) for m in meters] if meters else None
             try:

@@ -264,3 +264,42 @@ def test_input_dependent_mask_counted_per_step_without_waiting(monkeypatch):
     for r, lengths in zip(meter.records, plan):
         assert r["flops"] == proj + 4 * sum(16 * n for n in lengths) * 2 * (2 * 8), lengths
     assert len(made) == len(plan)
+
+
+def test_meter_inside_a_profile_reads_probe_counts_at_the_call():
+    """Under profile() and a meter at once, probe values are read at the call (the range name needs
+    them) and both see the same per-call count; a deferred count is never read before its copy lands."""
+    from graphmfu import _inductor
+
+    calls = []
+
+    class Sink:
+        def call_begin(self, key, values):
+            calls.append(dict(values or {}))
+
+        def call_end(self, token):
+            pass
+
+    class Enc(torch.nn.Module):
+        def forward(self, x, lengths):
+            b, t, d = x.shape
+            keep = (torch.arange(t)[None, :] < lengths[:, None]).view(b, 1, 1, t)
+            q = x.view(b, t, 2, d // 2).transpose(1, 2)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=keep)
+
+    reg = Registry()
+    f = torch.compile(Enc(), backend=graphmfu.Backend(registry=reg))
+    x = torch.randn(2, 8, 16)
+    with torch.no_grad():
+        f(x, torch.tensor([8, 8]))
+        sink = Sink()
+        reg.tagger.attach(sink)
+        try:
+            with graphmfu.ProfileSession(registry=reg):
+                f(x, torch.tensor([3, 5]))
+        finally:
+            reg.tagger.detach(sink)
+    (vals,) = calls
+    pairs = [v for k, v in vals.items() if k.startswith("pairs_")]
+    assert pairs == [2 * 8 * (3 + 5)]  # 2 heads x 8 queries x kept keys per batch row
+    assert not any(_inductor.deferred(v) for v in vals.values())
