@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from graphmfu import _inductor
-from graphmfu.cost import Cost, cost_from_formulas
+from graphmfu.cost import Cost
 from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import DeviceSpec, get_device
 from graphmfu.registry import DEFAULT, Registry
@@ -333,10 +333,6 @@ def _stage(phase: str, frame: str | None) -> str:
     return phase  # forward | inference
 
 
-def _at(rec_cost, sym, sizes: dict) -> Cost:
-    return cost_from_formulas(sym, sizes) if (sym and sizes) else rec_cost
-
-
 def _attention_events() -> frozenset:
     """The profiler names of the ops whose rule lives in rules/attention.py (SDPA, flash, efficient,
     cuDNN, flex ...): the attention the meter reports separately."""
@@ -379,7 +375,7 @@ class GraphPlan:
         recompute, attention, kv = Cost(), Cost(), 0
         node_total = Cost()
         for n in self.nodes:
-            c = _at(n.cost, n.sym, sizes)
+            c = n.cost_at(sizes)
             if n.recompute:
                 recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
                 continue

@@ -79,6 +79,10 @@ class OpRecord:
         """The profiler's name of this op (``aten::mm``)."""
         return event_name(self.op)
 
+    def cost_at(self, sizes: dict | None):
+        """The op's cost for one call with these symbol values (``cost`` when static or no sizes)."""
+        return _cost_at(self.cost, self.sym, sizes)
+
     def flag(self, flag) -> None:
         if flag.name not in self.flags:
             self.flags.append(flag.name)
@@ -103,11 +107,7 @@ class KernelRecord:
 
     def cost_at(self, sizes: dict | None):
         """The kernel's cost for one call with these symbol values (``cost`` when static or no sizes)."""
-        if not self.sym or not sizes:
-            return self.cost
-        from graphmfu.cost import cost_from_formulas
-
-        return cost_from_formulas(self.sym, sizes)
+        return _cost_at(self.cost, self.sym, sizes)
 
 
 @dataclasses.dataclass
@@ -192,6 +192,14 @@ class Record:
         rest.setdefault("local_rank", 0)  # records written before these fields: not this process's env
         rest.setdefault("local_world_size", 1)
         return cls(graphs=graphs, timing=timing, **rest)
+
+
+def _cost_at(cost, sym, sizes):
+    if not sym or not sizes:
+        return cost
+    from graphmfu.cost import cost_from_formulas
+
+    return cost_from_formulas(sym, sizes)
 
 
 def _cost(d):
