@@ -519,7 +519,8 @@ def to_fake(mode, t: torch.Tensor, device: torch.device) -> torch.Tensor:
             return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
 
 
-def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[int, list]] | None = None):
+def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[int, list]] | None = None,
+                     running: Callable[[], Any] | None = None):
     """A Dynamo backend that runs AOTAutograd with Inductor's decompositions and hands each
     forward/backward/inference graph to ``on_graph(gm, example_inputs, phase, prefix)``; the graph then
     runs as is (on fake tensors: shape propagation only).
@@ -527,7 +528,8 @@ def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[
     ``prefix`` is where the Dynamo frame's module sits in the analysed model: "" for the top frame,
     ``decoder`` for a frame Dynamo starts inside ``model.decoder`` after a graph break (its module
     paths are relative to that frame's ``self``).  ``names()`` maps id(parameter or buffer) -> its names
-    in the analysed model (see ``frame_prefix``); without it the prefix is ""."""
+    in the analysed model (see ``frame_prefix``); without it the prefix is "".  ``running()``: a context
+    manager entered while each returned graph runs (what runs outside it ran outside the graphs)."""
     from torch._dynamo.backends.common import aot_autograd
 
     try:
@@ -541,7 +543,16 @@ def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[
     def make(phase, prefix):
         def compiler(gm, example_inputs):
             on_graph(gm, example_inputs, phase, prefix)
-            return gm.forward if hasattr(gm, "forward") else gm
+            run = gm.forward if hasattr(gm, "forward") else gm
+            if running is None:
+                return run
+
+            def inside(*args):
+                with running():
+                    return run(*args)
+            if getattr(run, "_boxed_call", False):  # AOTAutograd calls it with one list of inputs, as ``run``
+                inside._boxed_call = True
+            return inside
         return compiler
 
     def backend(gm, example_inputs):
@@ -595,6 +606,64 @@ def fresh_dynamo():
                                     "accumulated_cache_size_limit") if hasattr(cfg, k)}
     with cfg.patch(**patches), caches_off():
         yield
+
+
+@contextlib.contextmanager
+def no_dynamo_marks():
+    """Leave no Dynamo state on the code objects an analysis touched.
+
+    A frame whose compile fails softly (e.g. a data-dependent read inside AOTAutograd, which Dynamo
+    turns into a graph break) is marked "skip" on its code object for every later call of that code
+    (``ConvertFrameReturn``'s default ``FrameAction.SKIP``, ``apply_to_code``): a later analysis of the
+    same classes would run those frames eagerly, and the user's own ``torch.compile`` of them too.
+    Every code object Dynamo is handed during the block is recorded (``convert_frame.input_codes.add``
+    is wrapped for its duration); afterwards, codes Dynamo had never seen before are reset
+    (``reset_code``: their cache entries, all of this analysis', and any mark go), and codes seen before
+    get the default strategy back (Dynamo only hands it codes it does not skip, so that was their
+    strategy when the analysis began; their cache entries stay).  Fallback (those APIs missing): nothing
+    recorded, nothing reset."""
+    try:
+        from torch._C._dynamo.eval_frame import (_FrameAction, _FrameExecStrategy, reset_code,
+                                                 set_code_exec_strategy)
+        from torch._dynamo import convert_frame
+
+        tracker = convert_frame.input_codes
+        before = set(tracker.seen_ids)
+        add = tracker.add
+    except Exception:  # noqa: BLE001 - this torch keeps its marks elsewhere: nothing to undo
+        yield
+        return
+    touched: dict[int, Any] = {}
+
+    def recording_add(code):
+        touched[id(code)] = code
+        return add(code)
+
+    tracker.add = recording_add  # an instance attribute over the method, for this block only
+    try:
+        yield
+    finally:
+        if tracker.__dict__.get("add") is recording_add:
+            del tracker.add
+        for key, code in touched.items():
+            with contextlib.suppress(Exception):
+                if key in before:
+                    set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.DEFAULT, _FrameAction.DEFAULT))
+                else:
+                    reset_code(code)
+
+
+def ignores_compile_internals() -> bool:
+    """Does this torch let a dispatch mode say ``ignore_compile_internals()`` (off while Dynamo and
+    AOTAutograd trace, on while compiled code runs)?  Without it, a Python dispatch mode on the stack makes
+    Dynamo skip every frame: graphmfu then installs none during an analysis."""
+    return hasattr(dispatch_mode_base(), "ignore_compile_internals")
+
+
+def current_autograd_node():
+    """The autograd node running now (backward), or None (forward, or no such API)."""
+    get = getattr(torch._C, "_current_autograd_node", None)
+    return get() if get is not None else None
 
 
 @contextlib.contextmanager

@@ -374,20 +374,66 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
                     out.setdefault(id(t), []).append(f"{root}.{n}" if root else n)
         return out
 
-    be = _inductor.analysis_backend(on_graph, names)
-    with _inductor.fresh_dynamo(), swapped:
+    roots = [("", target)] if reach is None else reach.modules
+    outside = _outside_recorder(registry, roots)
+    watch = outside if outside is not None else contextlib.nullcontext()
+    be = _inductor.analysis_backend(on_graph, names, running=outside.graph if outside is not None else None)
+    # no_dynamo_marks: a frame whose compile fails here must not stay marked "skip" for later analyses of
+    # the same classes (they would run it eagerly) nor for the user's own torch.compile
+    with _inductor.fresh_dynamo(), _inductor.no_dynamo_marks(), swapped:
         # static shapes: the cost of exactly these shapes, even after the same code compiled with others
         compiled = torch.compile(target, backend=be, dynamic=False)
         try:
             # inside the fake mode: tensors the model creates (arange, ones, masks) are fake too
-            with torch.set_grad_enabled(training), mode:
+            with torch.set_grad_enabled(training), mode, watch:
                 out = compiled(*fargs, **fkwargs)
             if training:
                 outs = grad_outputs(out, name)
-                with mode:
-                    torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+                with mode, watch:
+                    with outside.paused() if outside is not None else contextlib.nullcontext():
+                        grads = [torch.ones_like(o) for o in outs]
+                    torch.autograd.backward(outs, grads)
         except GraphMFUError:
             raise
         except Exception as e:  # noqa: BLE001 - one clear line instead of a Dynamo traceback
             raise _failure(name, e) from None
+    if outside is not None:
+        _report_outside(registry, outside, tdev.type)
     return registry
+
+
+def _outside_recorder(registry: Registry, roots):
+    """The recorder of ops an analysis runs outside its compiled graphs (eager.OutsideGraphs), with the
+    analysed modules' paths; None where this torch cannot keep a dispatch mode out of Dynamo's way."""
+    if not _inductor.ignores_compile_internals():
+        return None
+    from graphmfu.cost import ensure_builtin_rules
+    from graphmfu.eager import OutsideGraphs
+
+    ensure_builtin_rules()
+    paths: dict = {}
+    for root, mod in roots:
+        for n, m in mod.named_modules(remove_duplicate=False):
+            paths.setdefault(id(m), ".".join(p for p in (root, n) if p))
+    return OutsideGraphs(-1, _inductor.matmul_allows_tf32(), paths)  # numbered if it is kept
+
+
+def _report_outside(registry: Registry, outside, device: str) -> None:
+    """Ops with work that ran outside the compiled graphs: recorded as one eager graph (op by op, so the
+    totals hold them) and named in the failures, never dropped silently.  Glue alone (views and detaches
+    of AOTAutograd's wrappers, no FLOPs) is not worth a line and is dropped."""
+    if outside.failure is not None:
+        msg = (f"graphmfu: ops ran outside the compiled graphs and one could not be costed ({outside.failure}); "
+               f"they are missing from the report")
+        registry.fail(msg)
+        registry.warn_once("outside:failure", msg)
+        return
+    if not outside.significant():
+        return
+    g = outside.to_graph(registry, device)
+    registry.add(g)
+    msg = (f"graphmfu: ran outside the compiled graphs, eagerly (frames Dynamo skipped or fell back on, e.g. "
+           f"after an earlier failed compile of the same code): {outside.summary()}. Counted op by op (no fusion) "
+           f"as eager graph {g.id}; torch._dynamo.reset() clears the marks of earlier failures.")
+    registry.fail(msg)
+    registry.warn_once("outside", msg)

@@ -12,6 +12,9 @@ the recording (listed in coverage.graphs_failed); the model's run is never affec
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 
 from graphmfu import _inductor
@@ -154,12 +157,127 @@ def record(model, fn, stage: str, registry: Registry, device: str) -> GraphRecor
         registry.fail(msg)
         registry.warn_once(f"analysis:eager:{rec.failure.split(':')[0]}", msg)
         return None
-    kernels = [KernelRecord(graph=gid, index=op.index, name=op.op, site=event_name(op.op), extern=True, nodes=[op.name],
-                            module=op.module, phase=op.phase, cost=op.cost if op.cost is not None else ZERO,
-                            bytes_nodes=op.cost.bytes if op.cost is not None else 0) for op in rec.ops]
-    g = GraphRecord(gid, registry.key(gid), "eager", None, device, rec.ops, {}, "eager", kernels, rec.tf32, stage)
+    g = _graph(rec, registry, device, stage)
     registry.add(g)
     return g
 
 
-__all__ = ["Recorder", "record"]
+def _graph(rec: Recorder, registry: Registry, device: str, stage: str | None) -> GraphRecord:
+    """A recorder's ops as one eager graph: one kernel per op (an eager op is its own launch site)."""
+    gid = rec.gid
+    kernels = [KernelRecord(graph=gid, index=op.index, name=op.op, site=event_name(op.op), extern=True, nodes=[op.name],
+                            module=op.module, phase=op.phase, cost=op.cost if op.cost is not None else ZERO,
+                            bytes_nodes=op.cost.bytes if op.cost is not None else 0) for op in rec.ops]
+    return GraphRecord(gid, registry.key(gid), "eager", None, device, rec.ops, {}, "eager", kernels, rec.tf32, stage)
+
+
+# --------------------------------------------------------------------------- ops an analysis ran outside its graphs
+
+
+class _StackModules:
+    """A module tracker for code Dynamo runs: no hooks (Dynamo would trace them), the modules whose
+    ``forward`` frames are on the Python stack now (``self`` of a frame, named from the analysed model)."""
+
+    _graphmfu_seeded = True
+
+    def __init__(self, names: dict):
+        self.names = names  # id(module) -> path
+
+    @property
+    def parents(self) -> set:
+        import sys
+
+        out, f = set(), sys._getframe(1)
+        while f is not None:
+            me = f.f_locals.get("self") if "self" in f.f_code.co_varnames[:1] else None
+            if isinstance(me, torch.nn.Module) and id(me) in self.names:
+                out.add(self.names[id(me)])
+            f = f.f_back
+        return out
+
+
+class _AutogradPhase:
+    """The phase of an op from the autograd node running it; no module for backward ops (an analysis cannot
+    tag eager autograd nodes without a function mode, which Dynamo would trace)."""
+
+    @staticmethod
+    def backward_module():
+        return _inductor.current_autograd_node() is not None, None
+
+
+_DEVICE = getattr(getattr(torch.ops.prim, "device", None), "default", None)
+
+
+class OutsideGraphs(Recorder):
+    """During ``analyze()``: records the ops that run under the analysis's fake mode while none of its
+    compiled graphs runs and nothing is being compiled.  Those are the frames Dynamo did not compile
+    (marked "skip" by an earlier failed compile of the same code, or falling back after one) and the glue
+    between graphs (AOTAutograd's output views).  Not recorded: the autograd engine summing the gradients of
+    a tensor two graphs used (it runs under a compiled backward's node, the compiled model does it too).
+
+    ``ignore_compile_internals``: off while Dynamo and AOTAutograd trace (their fake ops are not the
+    model's), and it does not make Dynamo skip frames as a plain dispatch mode would.  The analysis's
+    compiled graphs run inside ``graph()``; graphmfu's own ops inside ``paused()``."""
+
+    def __init__(self, gid: int, tf32: bool, names: dict):
+        super().__init__(_StackModules(names), _AutogradPhase(), gid, tf32)
+        self.inside = 0
+        self.graph_nodes: set = set()  # the autograd nodes that ran a compiled backward graph
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # fake tensors answer ``.device`` through dispatch: not work.  Under the autograd node of a compiled
+        # backward but outside its graph: the engine summing that graph's gradients with another's (a tensor
+        # or parameter used by two graphs), glue the compiled model runs too, not a skipped frame
+        if self.inside or func is _DEVICE or (self.graph_nodes and _inductor.current_autograd_node() in self.graph_nodes):
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    @contextlib.contextmanager
+    def graph(self):
+        """An analysis graph runs: its ops are counted from the graph."""
+        node = _inductor.current_autograd_node()
+        if node is not None:
+            with contextlib.suppress(TypeError):
+                self.graph_nodes.add(node)
+        self.inside += 1
+        try:
+            yield
+        finally:
+            self.inside -= 1
+
+    paused = graph
+
+    def significant(self) -> list[OpRecord]:
+        """The ops with work the graphs miss: FLOPs (matmuls, convolutions, attention) or vector FLOPs
+        (elementwise math), or no rule (a custom op's cost is unknown); views, copies and factories of
+        glue are not."""
+        return [op for op in self.ops if op.cost is None or op.cost.flops or op.cost.vector_flops]
+
+    def to_graph(self, registry: Registry, device: str) -> GraphRecord:
+        """The ops as one eager graph of ``registry``, numbered after its compiled graphs."""
+        self.gid = registry.next_id()
+        self.ops = [dataclasses.replace(op, graph=self.gid) for op in self.ops]
+        return _graph(self, registry, device, None)
+
+    def summary(self) -> str:
+        """``4 aten.mm.default, 2 aten.add.Tensor; 1,536 FLOPs in modules b, c`` over the significant ops."""
+        from collections import Counter
+
+        ops = self.significant()
+        counts = Counter(op.op for op in ops)
+        flops = sum(int(op.cost.flops) for op in ops if op.cost is not None)
+        vector = sum(int(op.cost.vector_flops) for op in ops if op.cost is not None)
+        unknown = sum(1 for op in ops if op.cost is None)
+        mods = sorted({op.module for op in ops if op.module})
+        parts = [", ".join(f"{n} {op}" for op, n in counts.most_common(8)) + (", ..." if len(counts) > 8 else ""),
+                 f"{flops:,} FLOPs" + (f", {vector:,} vector FLOPs" if vector else "")
+                 + (f" plus {unknown} op(s) with no rule" if unknown else "")]
+        where = f" in module(s) {', '.join(mods[:6])}{', ...' if len(mods) > 6 else ''}" if mods else ""
+        return f"{parts[0]}; {parts[1]}{where}"
+
+
+__all__ = ["Recorder", "record", "OutsideGraphs"]
