@@ -528,8 +528,9 @@ def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[
     ``prefix`` is where the Dynamo frame's module sits in the analysed model: "" for the top frame,
     ``decoder`` for a frame Dynamo starts inside ``model.decoder`` after a graph break (its module
     paths are relative to that frame's ``self``).  ``names()`` maps id(parameter or buffer) -> its names
-    in the analysed model (see ``frame_prefix``); without it the prefix is "".  ``running()``: a context
-    manager entered while each returned graph runs (what runs outside it ran outside the graphs)."""
+    in the analysed model (see ``frame_prefix``); without it the prefix is "".  ``running(graph)``: a
+    context manager entered while each returned graph runs (what runs outside it ran outside the graphs),
+    ``graph`` being what ``on_graph`` returned for it."""
     from torch._dynamo.backends.common import aot_autograd
 
     try:
@@ -542,13 +543,13 @@ def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[
 
     def make(phase, prefix):
         def compiler(gm, example_inputs):
-            on_graph(gm, example_inputs, phase, prefix)
+            graph = on_graph(gm, example_inputs, phase, prefix)
             run = gm.forward if hasattr(gm, "forward") else gm
             if running is None:
                 return run
 
             def inside(*args):
-                with running():
+                with running(graph):
                     return run(*args)
             if getattr(run, "_boxed_call", False):  # AOTAutograd calls it with one list of inputs, as ``run``
                 inside._boxed_call = True

@@ -355,7 +355,7 @@ def trace(model_or_fn: Callable, args: tuple, kwargs: dict, *, training: bool, d
     registry = Registry()
 
     def on_graph(gm, example_inputs, phase, prefix=""):
-        record_graph(registry, gm, example_inputs, phase, None, "analyze", prefix=prefix)
+        return record_graph(registry, gm, example_inputs, phase, None, "analyze", prefix=prefix)
 
     swapped = (_inductor.swapped_tensors([m for _, m in reach.modules], lambda t: _fake_tree(t, mode, tdev),
                                          reach.slots)
@@ -422,6 +422,15 @@ def _report_outside(registry: Registry, outside, device: str) -> None:
     """Ops with work that ran outside the compiled graphs: recorded as one eager graph (op by op, so the
     totals hold them) and named in the failures, never dropped silently.  Glue alone (views and detaches
     of AOTAutograd's wrappers, no FLOPs) is not worth a line and is dropped."""
+    for g, calls in outside.reused():
+        flops = sum(int(n.cost.flops) for n in g.nodes if n.cost is not None)
+        vector = sum(int(n.cost.vector_flops) for n in g.nodes if n.cost is not None)
+        msg = (f"graphmfu: graph {g.id} ({g.phase}) ran {calls} times in the analysed call: Dynamo compiled its "
+               f"frame once and ran it again (e.g. each layer calling a frame a graph break split out); the report "
+               f"counts it once: {(calls - 1) * flops:,} FLOPs, {(calls - 1) * vector:,} vector FLOPs of the other "
+               f"{calls - 1} call(s) are not in the totals")
+        registry.fail(msg)
+        registry.warn_once(f"reused:{g.id}", msg)
     if outside.failure is not None:
         msg = (f"graphmfu: ops ran outside the compiled graphs and one could not be costed ({outside.failure}); "
                f"they are missing from the report")

@@ -223,6 +223,7 @@ class OutsideGraphs(Recorder):
         super().__init__(_StackModules(names), _AutogradPhase(), gid, tf32)
         self.inside = 0
         self.graph_nodes: set = set()  # the autograd nodes that ran a compiled backward graph
+        self.calls: dict = {}  # id(graph) -> [graph, calls]: graphs Dynamo reuses run more than once
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -237,19 +238,31 @@ class OutsideGraphs(Recorder):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
     @contextlib.contextmanager
-    def graph(self):
-        """An analysis graph runs: its ops are counted from the graph."""
+    def graph(self, graph=None):
+        """An analysis graph (``graph``: its record, None when its analysis failed) runs: its ops are
+        counted from the graph."""
         node = _inductor.current_autograd_node()
         if node is not None:
             with contextlib.suppress(TypeError):
                 self.graph_nodes.add(node)
+        if graph is not None:
+            self.calls.setdefault(id(graph), [graph, 0])[1] += 1
+        with self.paused():
+            yield
+
+    @contextlib.contextmanager
+    def paused(self):
+        """graphmfu's own ops (or a graph's): not recorded."""
         self.inside += 1
         try:
             yield
         finally:
             self.inside -= 1
 
-    paused = graph
+    def reused(self) -> list[tuple]:
+        """[(graph record, calls)] of the graphs that ran more than once in the analysed call: Dynamo
+        compiled a frame once and ran it again (each layer calling a frame that a graph break split out)."""
+        return [(g, n) for g, n in self.calls.values() if n > 1]
 
     def significant(self) -> list[OpRecord]:
         """The ops with work the graphs miss: FLOPs (matmuls, convolutions, attention) or vector FLOPs

@@ -177,3 +177,36 @@ def test_clean_analysis_has_no_outside_line(fresh):
     assert [g.source for g in r.record.graphs] == ["analyze"] * 4 and r.record.failures == []
     # forward 2 mm; backward per graph dW and dX: 4 mm -> 6 * 512
     assert flops(r) == 6 * MM
+
+
+def test_graph_reused_by_layers_is_named(fresh):
+    """A graph break inside a layer: Dynamo compiles the layer's first graph once and runs it for both layers.
+    The static report has the graph once; the other call's FLOPs are named, not silently missing."""
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(D, D, bias=False)
+
+        def forward(self, x):
+            x = self.lin(x)
+            torch._dynamo.graph_break()
+            return x.relu()
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Layer(), Layer()])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    with pytest.warns(RuntimeWarning, match="ran 2 times in the analysed call"):
+        r = graphmfu.analyze(Stack(), torch.randn(B, D), device="cpu")
+    assert flops(r) == MM  # the graph with the mm, once (the two layers run 2 * 512)
+    lines = [f for f in r.record.failures if "ran 2 times" in f]
+    # graph 0: the mm, 512 FLOPs for the second call; graph 1: relu, B * D = 32 vector FLOPs
+    assert any(f"{MM:,} FLOPs, 0 vector FLOPs of the other 1 call(s)" in f for f in lines)
+    assert any(f"0 FLOPs, {B * D} vector FLOPs of the other 1 call(s)" in f for f in lines)
