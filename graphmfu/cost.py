@@ -343,31 +343,54 @@ def _polynomial(text: str):
     return tuple(str(x) for x in syms), terms
 
 
-def _evaluate_text(text: str, sizes: Mapping[str, int]):
-    fast = _polynomial(text)
-    if fast is not None:
-        names, terms = fast
-        if not names:
-            r = terms
-        else:
-            try:
-                vals = [int(sizes[n]) for n in names]
-            except KeyError:
-                missing = sorted(n for n in names if n not in sizes)
-                raise GraphMFUError(f"no value for symbols {missing} in {text}") from None
-            total = 0
-            for mon, c in terms:
-                t = c
-                for v, k in zip(vals, mon):
-                    if k:
-                        t *= v ** k
-                total += t
-            return int(total) if total.denominator == 1 else float(total)
-    else:
-        import sympy
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str):
+    """A polynomial formula compiled to Python integer arithmetic: ``f(sizes) -> int`` (a float when a
+    rational coefficient leaves a remainder); a constant as itself; None when not a polynomial.  Exact:
+    the coefficients are brought to one denominator, the numerator is an integer sum."""
+    import math
 
-        subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
-        r = sympy.sympify(_formula(text).xreplace(subs))  # a bare Symbol comes back as a plain int
+    fast = _polynomial(text)
+    if fast is None:
+        return None
+    names, terms = fast
+    if not names:
+        try:
+            return int(terms) if terms.is_integer else float(terms)
+        except TypeError:
+            return None
+    den = 1
+    for _, c in terms:
+        den = den * c.denominator // math.gcd(den, c.denominator)
+    parts = []
+    for mon, c in terms:
+        factors = [str(int(c * den))] + [f"v{i}" if k == 1 else f"v{i}**{k}" for i, k in enumerate(mon) if k]
+        parts.append("*".join(factors))
+    head = "".join(f"    v{i} = int(sizes[{n!r}])\n" for i, n in enumerate(names))
+    body = " + ".join(parts) or "0"
+    ret = "n" if den == 1 else f"(n // {den} if n % {den} == 0 else n / {den})"
+    src = f"def f(sizes):\n{head}    n = {body}\n    return {ret}\n"
+    env: dict = {}
+    exec(compile(src, f"<graphmfu formula {text[:60]}>", "exec"), env)  # noqa: S102 - our own polynomial text
+    f = env["f"]
+    f.names = names
+    return f
+
+
+def _evaluate_text(text: str, sizes: Mapping[str, int]):
+    fast = _compiled(text)
+    if fast is not None:
+        if not callable(fast):
+            return fast
+        try:
+            return fast(sizes)
+        except KeyError:
+            missing = sorted(n for n in fast.names if n not in sizes)
+            raise GraphMFUError(f"no value for symbols {missing} in {text}") from None
+    import sympy
+
+    subs = {sympy.Symbol(k): int(v) for k, v in sizes.items()}
+    r = sympy.sympify(_formula(text).xreplace(subs))  # a bare Symbol comes back as a plain int
     try:
         return int(r) if r.is_integer else float(r)
     except TypeError as e:  # free symbols left

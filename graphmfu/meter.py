@@ -65,6 +65,15 @@ class CallCost:
     attention: Cost  # attention ops (matrix FLOPs of Q@K^T and P@V, effective and dense)
     kv_bytes: int  # key and value bytes read by the attention ops (decode: the KV cache)
     plan: "GraphPlan | None" = None  # the graph's plan: its fixed kernels (the same at every call)
+    _t_min: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # device -> seconds
+
+    def t_min(self, dev: DeviceSpec) -> float:
+        """The call's roofline time on ``dev`` (its kernels each at their own bound), memoized."""
+        t = self._t_min.get(dev.name)
+        if t is None:
+            t = self._t_min[dev.name] = sum(place(k, dev).t_min_s for k in self.kernels) + (
+                self.plan.fixed_t_min(dev) if self.plan else 0.0)
+        return t
 
 
 class Meter:
@@ -127,13 +136,13 @@ class Meter:
         st.timed = bool(self.graph_time) and self._n % self.graph_time == 0
         self._n += 1
         self._open = st
-        st.start = self._mark()
         self.registry.tagger.attach(self)
+        st.start = self._mark()  # the events bracket the user's code, not the meter's own bookkeeping
         try:
             yield st
         finally:
-            self.registry.tagger.detach(self)
             st.end = self._mark()
+            self.registry.tagger.detach(self)
             self._open = None
             self._pending.append(st)
             world = self.world_every and (st.index + 1) % self.world_every == 0
@@ -359,6 +368,8 @@ class GraphPlan:
         # with kernels (which carry the costs) only recomputed and attention nodes are read one by one
         self.nodes = [n for n in g.nodes if n.cost is not None and (
             not g.kernels or n.recompute or n.event in self.attention_ops)]
+        self._kv = {id(n): _kv_bytes(n, {}) for n in self.nodes if n.event in self.attention_ops
+                    and not _shape_symbols(n)}  # key/value bytes of attention nodes with static shapes
         self._t_min: dict = {}  # device name -> roofline time of the fixed kernels
 
     def fixed_t_min(self, dev: DeviceSpec) -> float:
@@ -379,10 +390,12 @@ class GraphPlan:
             if n.recompute:
                 recompute = recompute + Cost(c.matrix, c.matrix_dense, c.vector)
                 continue
-            node_total = node_total + c
+            if not g.kernels:
+                node_total = node_total + c
             if n.event in self.attention_ops:
                 attention = attention + Cost(c.matrix, c.matrix_dense)
-                kv += _kv_bytes(n, sizes)
+                k = self._kv.get(id(n))
+                kv += k if k is not None else _kv_bytes(n, sizes)
         total = sum(kernels, self.fixed_total) if g.kernels else node_total
         return CallCost(self.stage, kernels, total, recompute, attention, kv, self)
 
@@ -401,6 +414,11 @@ def _varies(k) -> bool:
     texts = [v for part in ("matrix", "dense", "vector") for v in k.sym[part].values()]
     texts += [k.sym["read"], k.sym["written"]]
     return any(_polynomial(t) is None or _polynomial(t)[0] for t in texts)
+
+
+def _shape_symbols(n) -> bool:
+    """Does an op's key or value shape hold a size symbol?"""
+    return any(isinstance(d, str) for shape, _ in n.inputs[1:3] for d in shape)
 
 
 def _kv_bytes(n, sizes: dict) -> int:
@@ -436,7 +454,7 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
             recompute = recompute + c.recompute
             attention = attention + c.attention
         kv += n * c.kv_bytes
-        t_min += n * (sum(place(k, dev).t_min_s for k in c.kernels) + (c.plan.fixed_t_min(dev) if c.plan else 0.0))
+        t_min += n * c.t_min(dev)
     t = step.step_s
     u = utilisation(matrix_time_s(total, dev), total.bytes, t_min, t, dev)
     training = "backward" in stages

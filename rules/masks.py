@@ -63,6 +63,7 @@ import torch
 
 from graphmfu import _inductor
 from graphmfu.cost import REGISTRY, Cost, op_name
+from graphmfu.hostcopy import HostCopies
 
 INPUTS = REGISTRY.flag(
     "mask_inputs", "attn_mask depends on inputs: counted dense",
@@ -1477,6 +1478,7 @@ class Probes:
         self.by_key: dict = {}
         self._placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self._sizes = None
+        self._copies = HostCopies()  # the mask inputs' host copies, shared by the probes of one call
 
     def attach(self) -> None:
         try:
@@ -1578,12 +1580,11 @@ class Probes:
                     return None
                 lead, tq, tk = self._ints(list(dims), inputs)
                 with _probe_range():
-                    copies = [_inductor.host_copy(x) for x in xs]
+                    copies = [self._copies.of(inputs, i) for i in used]
 
                 def finish():
                     try:
-                        with torch.no_grad():
-                            return kept_total(_on_host(module)(*copies), lead, tq, tk)
+                        return _host_count(module, [c.wait() for c in copies], lead, tq, tk)
                     except Exception:  # noqa: BLE001 - the count without values
                         return hint
                 return finish
@@ -1823,6 +1824,34 @@ def _on_host(module):
     host.recompile()
     module._graphmfu_host = host
     return host
+
+
+_NUMPY_CHECKS = 3  # the first calls of each mask subgraph are counted with NumPy and with torch, and compared
+
+
+def _host_count(module, copies, lead: int, tq: int, tk: int) -> int:
+    """The pairs a mask subgraph keeps on host copies of its inputs: with NumPy (rules/host_eval.py, a
+    few microseconds) once its first ``_NUMPY_CHECKS`` calls have given torch's count; with torch on the
+    host when NumPy cannot evaluate it or ever disagreed."""
+    he = sys.modules.get("graphmfu.rules.host_eval")
+    state = module.__dict__.get("_graphmfu_numpy")  # [numpy fn or None, checks left]
+    if state is None:
+        state = module._graphmfu_numpy = [he.numpy_fn(module) if he is not None else None, _NUMPY_CHECKS]
+    fn, n = state[0], None
+    if fn is not None:
+        try:
+            n = he.kept_count(fn(*copies), lead, tq, tk, MASKED_AT)
+        except Exception:  # noqa: BLE001 - torch counts it
+            state[0] = None
+        if n is not None and state[1] <= 0:
+            return n
+    with torch.no_grad():
+        ref = int(kept_total(_on_host(module)(*copies), lead, tq, tk))
+    if state[0] is not None:
+        state[1] -= 1
+        if n != ref:  # NumPy's evaluation differs from torch's: torch from now on
+            state[0] = None
+    return ref
 
 
 def _guarded(fn, hint):
