@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU validation runs, in batches (device time is scarce): bash bench/gpu_batch.sh <part>...
-# Parts: meter (bench/meter_overhead.py, the two examples), views (annotated trace test, ncu, calibrate,
+# Parts: meter (bench/meter_overhead.py, the two examples), diag (bench/probe/meter_decode_diag.py), views (annotated trace test, ncu, calibrate,
 # graphmfu run), models (the real-model suite through graphmfu.profile()), gpu-tests (tests/gpu).
 # Everything it prints lands under $OUT.  Wheels the device lacks are carried in .whl/ (git-ignored).
 set -u
@@ -15,6 +15,8 @@ meter)
     > "$OUT/train_llama.txt" 2>&1; echo "train_llama rc=$?"
   timeout 150 python examples/generate_llama.py --device cuda --mode reduce-overhead --preset 8b-2l --batch 8 \
     --prompt 512 --tokens 32 --check > "$OUT/generate_llama.txt" 2>&1; echo "generate_llama rc=$?" ;;
+diag)
+  PROFILE=1 timeout 240 python bench/probe/meter_decode_diag.py > "$OUT/meter_decode_diag.txt" 2>&1; echo "diag rc=$?" ;;
 views)
   timeout 200 python -m pytest -q -s tests/gpu/test_trace_gpu.py > "$OUT/trace_gpu.txt" 2>&1; echo "trace rc=$?"
   timeout 200 python bench/ncu_validate.py --out "$OUT" > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?"

@@ -68,10 +68,12 @@ def overhead(fn, n, rounds, tokens, out):
 
 
 def agreement(fn, n, tokens, out):
-    meter = graphmfu.meter(cuda=True, graph_time=1)
+    meter = graphmfu.meter(cuda=torch.cuda.is_available(), graph_time=1)
     with graphmfu.profile() as p:
         for i in range(n):
-            with graphmfu.stage(f"step{i}"), meter.step(tokens=tokens):
+            # the stage inside the meter step: both bracket the same work (the meter's own bookkeeping at a
+            # step's start and end, finishing earlier steps, lies outside its events and outside the stage)
+            with meter.step(tokens=tokens), graphmfu.stage(f"step{i}"):
                 fn()
     rep = p.report()
     rows = meter.records
@@ -86,6 +88,19 @@ def agreement(fn, n, tokens, out):
         out(f"  {r['step']:>5} {r['step_s'] * 1e3:>14.4f} {s['span_s'] * 1e3:>14.4f} {s['busy_s'] * 1e3:>9.3f} "
             f"{r['graph_s'] * 1e3:>13.3f} {r['mfu']:>10.4%} "
             f"{s['mfu']:>12.4%} {r['mbu']:>10.4%} {s['mbu']:>12.4%} {diff:>+9.2%}")
+    for r in rows:  # what a step that disagrees holds: its kernel time by graph, and kernels outside graphs
+        s = by_name[f"step{r['step']}"]
+        if s["mfu"] and abs(r["mfu"] / s["mfu"] - 1) > 0.02:
+            t = rep.record.timing
+            name = f"step{r['step']}"
+            by_graph: dict = {}
+            for x in t.launches:
+                if x["stage"] == name:
+                    by_graph[x["graph"]] = by_graph.get(x["graph"], 0.0) + x["time_s"]
+            other = sorted((x for x in t.unattributed if x["stage"] == name), key=lambda x: -x["time_s"])[:6]
+            out(f"    {name}: kernel time by graph " + ", ".join(f"{g}: {v * 1e3:.3f} ms" for g, v in by_graph.items())
+                + "; outside graphs " + ", ".join(f"{x['name'][:40]} x{x['count']} {x['time_s'] * 1e3:.3f} ms"
+                                                  for x in other))
     out(f"  meter FLOPs per step {rows[-1]['flops']:,}; profile stage FLOPs {by_name['step0']['flops']:,}; "
         f"coverage {rep.coverage()['time_attributed'] * 100:.2f}%")
     return worst

@@ -13,6 +13,7 @@ import graphmfu  # noqa: E402
 from examples.generate_llama import Generator, StaticCache  # noqa: E402
 from examples.minimal_llama import Llama, LlamaConfig  # noqa: E402
 from examples.train_llama import PRESETS  # noqa: E402
+from graphmfu import hostcopy  # noqa: E402
 from graphmfu.registry import DEFAULT  # noqa: E402
 
 cfg = LlamaConfig(**{**PRESETS["8b-2l"], "layers": 2}, max_seq=2056)
@@ -96,13 +97,28 @@ def variants():
         vals = [c._graphmfu_probes for c in compiled]
         return vals
 
+    def compute_stream(f):
+        def g():
+            hostcopy.SIDE_STREAM = False
+            try:
+                f()
+            finally:
+                hostcopy.SIDE_STREAM = True
+        return g
+
     return {"plain": decode, "tagging class, null meter": attached(decode),
+            "meter, copies on compute stream": compute_stream(with_meter(m_full)),
             "meter, no graph events": with_meter(m_noev), "meter, probes off": no_probes(with_meter(m_full)),
             "meter, graph events every step": with_meter(m_every), "meter (default)": with_meter(m_full)}, saved
 
 
 vs, saved = variants()
 print("probes per compiled graph:", [[n for n, _ in p] for p in saved])
+for p in saved:
+    for n, fn in p:
+        d = getattr(fn, "defer", None)
+        if d is not None:
+            print(f"mask subgraph of {n} (inputs {d.__defaults__[1]}, lead/tq/tk {d.__defaults__[2]}):\n{d.__defaults__[0].code}")
 res = {k: [] for k in vs}
 for r in range(5):
     for k, f in vs.items():
@@ -112,6 +128,65 @@ for k, xs in res.items():
     g = statistics.median(x[0] for x in xs)
     c = statistics.median(x[1] for x in xs)
     print(f"{k:32s} GPU/step {g * 1e3:8.4f} ms  ratio {g / base:6.3f}  CPU/step {c * 1e6:8.1f} us")
+
+for p in saved:
+    for n, fn in p:
+        d = getattr(fn, "defer", None)
+        st = getattr(d.__defaults__[0], "_graphmfu_numpy", None) if d is not None else None
+        print(f"{n}: counted with {'NumPy' if st and st[0] is not None else 'torch'} on the host "
+              f"(state {st and (st[0] is not None, st[1])})")
+
+# where the default meter's CPU time goes, by phase: perf_counter around each piece (nested pieces are
+# also inside their callers), microseconds per step over 3 x 200 steps
+import collections  # noqa: E402
+
+from graphmfu import _inductor  # noqa: E402
+
+meter_cls = sys.modules["graphmfu.meter"].Meter
+plan_cls = sys.modules["graphmfu.meter"].GraphPlan
+
+spent = collections.Counter()
+
+
+def timed(owner, name, label):
+    orig = getattr(owner, name)
+
+    def f(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig(*a, **k)
+        finally:
+            spent[label] += time.perf_counter() - t0
+    setattr(owner, name, f)
+    return lambda: setattr(owner, name, orig)
+
+
+masks_mod = sys.modules["graphmfu.rules.masks"]
+undo = [timed(_inductor, "call_values", "call_values (sizes, probe defer: host copies)"),
+        timed(hostcopy.HostCopies, "copy", "  host copy"),
+        timed(meter_cls, "_drain", "drain (finishing steps)"),
+        timed(meter_cls, "_finish", "  finish one step"),
+        timed(masks_mod, "_host_count", "    mask count on the host"),
+        timed(meter_cls, "cost", "    call cost (memoised per sizes)"),
+        timed(plan_cls, "at", "      new sizes: plan.at"),
+        timed(meter_cls, "row", "    row"),
+        timed(meter_cls, "_mark", "events (record)"),
+        timed(meter_cls, "call_begin", "call_begin")]
+m_t = graphmfu.meter(cuda=True)
+n_t = 0
+for _ in range(3):
+    t0 = time.perf_counter()
+    for _ in range(200):
+        with m_t.step(tokens=8):
+            decode()
+        n_t += 1
+    spent["whole metered step (CPU, no sync)"] += time.perf_counter() - t0
+m_t.records
+for u in undo:
+    u()
+print("\nCPU time per step by phase (default meter):")
+for k, v in spent.items():
+    print(f"  {k:48s} {v / n_t * 1e6:8.1f} us")
 
 if os.environ.get("PROFILE") == "1":  # where the meter's CPU time goes (cProfile over 200 metered steps)
     import cProfile
@@ -125,4 +200,4 @@ if os.environ.get("PROFILE") == "1":  # where the meter's CPU time goes (cProfil
             decode()
     m.records
     pr.disable()
-    pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+    pstats.Stats(pr).sort_stats("cumtime").print_stats(45)
