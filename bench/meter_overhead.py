@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -33,16 +34,21 @@ def _share(rows):
     return f"{sum(xs) / len(xs):.1%} (mean of {len(xs)} timed steps)" if xs else "-"
 
 
+CPU: dict = {True: [], False: []}  # CPU seconds per block (no sync inside), metered or not
+
+
 def _block(fn, n, meter=None, tokens=None):
     """Seconds for n steps (events around the block)."""
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
+    t0 = time.perf_counter()
     for _ in range(n):
         if meter is None:
             fn()
         else:
             with meter.step(tokens=tokens):
                 fn()
+    CPU[meter is not None].append((time.perf_counter() - t0) / n)
     b.record()
     b.synchronize()
     return a.elapsed_time(b) / 1e3
@@ -56,7 +62,12 @@ def overhead(fn, n, rounds, tokens, out):
         for use in order:
             t = _block(fn, n, meter if use else None, tokens)
             (metered if use else plain).append(t / n)
+    cpu = {k: v[-rounds:] for k, v in CPU.items()}
+    t0 = time.perf_counter()
     rows = meter.records
+    out(f"  CPU per step (loop, no sync) plain " + ", ".join(f"{x * 1e6:.0f}" for x in cpu[False]) + " us; metered "
+        + ", ".join(f"{x * 1e6:.0f}" for x in cpu[True]) + f" us; {len(rows)} records derived when read in "
+        f"{time.perf_counter() - t0:.3f} s")
     ratio = statistics.median(metered) / statistics.median(plain)
     per_round = [m / p for m, p in zip(metered, plain)]
     out(f"  plain step  median {statistics.median(plain) * 1e3:.4f} ms  (rounds: "
@@ -77,6 +88,8 @@ def agreement(fn, n, tokens, out):
                 fn()
     rep = p.report()
     rows = meter.records
+    if os.environ.get("TRACE_DIR"):  # the profile's trace, to look at a stage that disagrees
+        p.export_chrome_trace(os.path.join(os.environ["TRACE_DIR"], f"agreement_{n}.json.gz"))
     worst = 0.0
     out(f"  {'step':>5} {'meter step ms':>14} {'stage span ms':>14} {'busy ms':>9} {'in graphs ms':>13} "
         f"{'meter MFU':>10} {'profile MFU':>12} {'meter MBU':>10} {'profile MBU':>12} {'MFU diff':>9}")
@@ -101,6 +114,25 @@ def agreement(fn, n, tokens, out):
             out(f"    {name}: kernel time by graph " + ", ".join(f"{g}: {v * 1e3:.3f} ms" for g, v in by_graph.items())
                 + "; outside graphs " + ", ".join(f"{x['name'][:40]} x{x['count']} {x['time_s'] * 1e3:.3f} ms"
                                                   for x in other))
+            for measured, stages, *_ in p._traces:  # the stage's raw timeline (bench diagnostics: private)
+                for occ in (o for o in stages if o["name"] == name):
+                    ks = sorted((m for m in measured if occ["start_us"] <= m.launch_start_us <= occ["end_us"]),
+                                key=lambda m: m.start_us)
+                    if not ks:
+                        continue
+                    t0 = occ["start_us"]
+                    out(f"      CPU range {0:.1f}..{occ['end_us'] - t0:.1f} us; {len(ks)} kernels, first start "
+                        f"{ks[0].start_us - t0:.1f}, last end {max(m.end_us for m in ks) - t0:.1f} us")
+                    late = max(ks, key=lambda m: m.end_us)
+                    out(f"      latest end: {late.name[:60]} launched {late.launch_start_us - t0:.1f}, ran "
+                        f"{late.start_us - t0:.1f}..{late.end_us - t0:.1f} us")
+                    prev = ks[0]
+                    for m in ks[1:]:
+                        if m.start_us - max(prev.end_us, 0) > 1000:
+                            out(f"      gap {m.start_us - prev.end_us:.1f} us before {m.name[:50]} (launched "
+                                f"{m.launch_start_us - t0:.1f}, started {m.start_us - t0:.1f}) after "
+                                f"{prev.name[:40]}")
+                        prev = m if m.end_us > prev.end_us else prev
     out(f"  meter FLOPs per step {rows[-1]['flops']:,}; profile stage FLOPs {by_name['step0']['flops']:,}; "
         f"coverage {rep.coverage()['time_attributed'] * 100:.2f}%")
     return worst

@@ -282,6 +282,13 @@ class Deferred:
     def __int__(self) -> int:
         return int(self.finish())
 
+    def land(self) -> None:
+        """The device work the count reads has completed: free what the copies held (pinned buffers)
+        so that the count can be made any time later."""
+        land = getattr(self.finish, "land", None)
+        if land is not None:
+            land()
+
 
 def host_copy(x):
     """A host copy of ``x`` queued on the current stream (pinned destination), not awaited."""

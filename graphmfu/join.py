@@ -449,14 +449,15 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
 
     Span and busy are taken per occurrence of the stage (a repeated stage interleaved with another
     must not span the other's time) and summed.  A call's span starts when the device could start
-    it: at the stage's CPU start, or when the work launched before it finished, whichever is later
+    it: at the stage's CPU start, or when the device work that started before the stage's first kernel
+    had finished (device order, not launch times: those are CPU clock readings), whichever is later
     (what a CUDA event recorded at the stage start measures; ``profile()`` synchronises before it
     starts, so a stage with no earlier launch starts at its CPU start); a leading launch gap is idle
     time of the stage, not outside it."""
-    by_launch = sorted(measured, key=lambda m: m.launch_start_us)
-    launches = [m.launch_start_us for m in by_launch]
+    by_start = sorted(measured, key=lambda m: m.start_us)  # device order: what ran before a stage's first kernel
+    starts = [m.start_us for m in by_start]
     prefix_end, cur = [], float("-inf")
-    for m in by_launch:
+    for m in by_start:
         cur = max(cur, m.end_us)
         prefix_end.append(cur)
     rows = []
@@ -467,7 +468,7 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
             spans = [(m.start_us, m.end_us) for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
             if spans:
                 first = min(b for b, _ in spans)
-                i = bisect.bisect_left(launches, occ["start_us"])  # kernels launched before the stage began
+                i = bisect.bisect_left(starts, first)  # the device work that started before the stage's first
                 free = prefix_end[i - 1] if i else occ["start_us"]  # profile() starts on an idle device
                 start = min(first, max(occ["start_us"], free))
                 end = max(e for _, e in spans)

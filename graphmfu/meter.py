@@ -15,10 +15,15 @@ symbolic costs of dynamic graphs: varying batch, sequence and KV-cache length ar
 SOL through ``roofline.utilisation`` (the one definition), tokens/s, FLOPs per token beside 2ND / 6ND.
 
 Outside a step nothing is attached: the compiled graphs are Inductor's own objects.  Inside, each
-graph call costs a dict update and, on every ``graph_time``-th step (default 10; 1: every step),
-two events.  Steps are
-finalised without synchronising: a step's numbers are computed once its end event has completed
-(at a later step's start, or when ``records``/``summary()`` is read, which waits).
+graph call costs a dict update (and, with an input-dependent mask, one small host copy of what the
+mask reads, into a pooled pinned buffer), and on every ``graph_time``-th step (default 10; 1: every
+step) two events around each call.  A step's time runs from its start event to its end event; when
+the device is still running earlier work as a step starts (a loop that runs ahead of the GPU), the
+start event would complete when that work ends, as the previous step's end event does: the step starts
+at that event instead (one event per step on the stream).  Nothing synchronises: once a step's end event has completed (seen at a later step's
+start) its times are read and its copies land; its mask counts, costs and row are derived when read
+(``records``, ``summary()``, which wait for running steps) — or as each step finishes when
+``on_record``, ``print_every`` or ``world_every`` ask for every row, whose work is then in the loop.
 
 FLOPs come from compiled graphs only; work outside them (an eager optimizer, the loss in eager mode,
 data loading) is time without FLOPs, shown as ``graph_time_share`` < 1 and ``outside_graphs_s``.
@@ -81,13 +86,13 @@ class Meter:
 
     ``device``: the ceilings (name, alias, DeviceSpec; default: the current GPU, else measured CPU).
     ``model`` / ``params``: N for 2ND/6ND (:func:`graphmfu.params.active_params`: without embeddings,
-    active experts only).  ``on_record(row)``: called with each finalised step's row.  ``print_every``:
+    active experts only).  ``on_record(row)``: called with each finished step's row.  ``print_every``:
     print a one-line row every N steps (to stderr).  ``world_every``: every N steps, one all-reduce over
     ``group`` (default: the whole world) adds ``world_mfu``, ``world_tflops``, ``world_tokens_per_s``
     and ``world_flops`` of those N steps to the N-th row (a synchronisation then; off by default).
     ``graph_time``: events around every graph call on every N-th step (default 10, from the
     first; 1: every step; 0: never) give ``graph_s``/``graph_time_share`` and the time per stage on
-    those steps (None on the others); the other steps have one event pair.  ``sync``: finalise each step at its
+    those steps (None on the others); the other steps have one event pair.  ``sync``: finish each step at its
     end (a synchronisation per step) instead of lazily."""
 
     def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
@@ -111,9 +116,10 @@ class Meter:
         self.world_every = int(world_every)
         self.group = group
         self._window: list = []  # rows since the last world reduction
-        self.steps: list[Step] = []  # finalised steps
+        self._steps: list[Step] = []  # resolved steps
         self._rows: list[dict] = []
-        self._pending: list = []
+        self._pending: list = []  # steps whose end event may still be running
+        self._landed: list = []  # finished steps not yet counted and costed
         self._costs: dict = {}  # (key, values) -> CallCost
         self._attention = None
         self._plans: dict = {}  # graph key -> GraphPlan
@@ -137,7 +143,13 @@ class Meter:
         self._n += 1
         self._open = st
         self.registry.tagger.attach(self)
-        st.start = self._mark()  # the events bracket the user's code, not the meter's own bookkeeping
+        prev = self._pending[-1] if self._pending else None
+        if self.cuda and prev is not None and not prev.end_shared and not prev.end.query():
+            # the device is still running earlier work: a start event recorded now would complete when
+            # that work ends, as the previous step's end event does — one event fewer on the stream
+            st.start, prev.end_shared = prev.end, True
+        else:
+            st.start = self._mark()  # the events bracket the user's code, not the meter's own bookkeeping
         try:
             yield st
         finally:
@@ -165,7 +177,9 @@ class Meter:
     def call_end(self, token) -> None:
         if token is not None:
             st, key, sizes, start = token
-            st.spans.append((key, sizes, start, self._mark()))
+            end = self._mark()
+            st.spans.append((key, sizes, start, end))
+            st.marks += (start, end)
 
     def _mark(self):
         if not self.cuda:
@@ -177,15 +191,42 @@ class Meter:
     def _elapsed(self, a, b) -> float:
         return (b - a) if not self.cuda else a.elapsed_time(b) / 1e3
 
-    def _drain(self, block: bool) -> None:
+    def _drain(self, block: bool, most: int = 2) -> None:
+        """Land the steps whose end event has completed, at ``most`` per call (a backlog, e.g. after the
+        loop synchronised, lands over the next steps instead of at once); ``block``: wait for them all.
+        Rows are derived when read (``records``), or here when a callback, printing or a world reduction
+        wants each step as it finishes."""
+        landed = 0
         while self._pending:
             st = self._pending[0]
-            if self.cuda and not block and not st.end.query():
-                return
+            if self.cuda and not block and (landed >= most or not st.end.query()):
+                break
+            landed += 1
             if self.cuda:
                 st.end.synchronize()
             self._pending.pop(0)
-            self._finish(st)
+            self._land(st)
+        if self._landed and (self.on_record is not None or self.print_every or self.world_every or self.sync):
+            self._resolve()
+
+    def _land(self, st) -> None:
+        """A finished step: its times read from its events (back to the pool), its probes' host copies
+        landed (pinned buffers back to their pools); counted and costed when resolved."""
+        for _, values in st.deferred:
+            for v in values.values():
+                if isinstance(v, _inductor.Deferred):
+                    v.land()
+        st.step_s = self._elapsed(st.start, st.end)
+        st.spans = [(key, self._elapsed(a, b)) for key, _, a, b in st.spans]
+        if self.cuda:  # a shared end event goes back with the next step (its start), which lands later
+            self._events.extend(e for e in (st.start,) + (() if st.end_shared else (st.end,)) + st.marks)
+        st.start = st.end = None
+        st.marks = ()
+        self._landed.append(st)
+
+    def _resolve(self) -> None:
+        while self._landed:
+            self._finish(self._landed.pop(0))
 
     def _finish(self, st) -> None:
         for key, values in st.deferred:  # the step is done: reading the counts waits for nothing
@@ -198,16 +239,12 @@ class Meter:
         graph_s = None
         if st.timed:
             graph_s = 0.0
-            for key, sizes, a, b in st.spans:
-                dt = self._elapsed(a, b)
+            for key, dt in st.spans:
                 graph_s += dt
                 stage = self._stage(key)
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
-        step = Step(st.index, self._elapsed(st.start, st.end), graph_s, stage_s, dict(st.calls), st.tokens,
-                    st.samples, st.processed)
-        if self.cuda:  # events back to the pool
-            self._events.extend([st.start, st.end] + [e for _, _, a, b in st.spans for e in (a, b)])
-        self.steps.append(step)
+        step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed)
+        self._steps.append(step)
         r = self.row(step)
         if self.world_every:
             self._window.append(r)
@@ -275,7 +312,22 @@ class Meter:
     def records(self) -> list[dict]:
         """One row per finished step (waits for steps still running on the GPU)."""
         self._drain(block=True)
+        self._resolve()
         return list(self._rows)
+
+    def latest(self) -> dict | None:
+        """The row of the most recent step that has finished on the device, without waiting (None
+        before the first): what a logger reads each time it logs."""
+        self._drain(block=False)
+        self._resolve()
+        return self._rows[-1] if self._rows else None
+
+    @property
+    def steps(self) -> list[Step]:
+        """What each finished step measured (device-free)."""
+        self._drain(block=True)
+        self._resolve()
+        return list(self._steps)
 
     def row(self, step: Step, device: DeviceSpec | None = None) -> dict:
         return row(step, self.cost, device or self.device, self.params)
@@ -283,7 +335,6 @@ class Meter:
     def on(self, device) -> list[dict]:
         """The same steps placed on another device's ceilings."""
         dev = device if isinstance(device, DeviceSpec) else get_device(device)
-        self._drain(block=True)
         return [row(s, self.cost, dev, self.params) for s in self.steps]
 
     def summary(self, skip: int = 1) -> str:
@@ -321,9 +372,12 @@ class _Open:
         self.index, self.tokens, self.samples, self.processed = index, tokens, samples, processed
         self.calls: dict = {}
         self.deferred: list = []  # (graph key, values with device-side probe counts)
-        self.spans: list = []
+        self.spans: list = []  # (graph key, sizes, start, end) per timed call; (key, seconds) once landed
+        self.marks: tuple = ()  # the timed calls' events
         self.start = self.end = None
+        self.step_s = 0.0
         self.timed = False
+        self.end_shared = False  # the next step starts at this step's end event
 
 
 def _mean(xs):

@@ -30,19 +30,19 @@ class stage(contextlib.ContextDecorator):
 
     def __enter__(self):
         _stack().append(self.name)
+        self._rf = torch.profiler.record_function(STAGE_RANGE + "/".join(_stack()))
+        self._rf.__enter__()  # first: the range the join reads covers all of the stage (NVTX's first use too)
         if torch.cuda.is_available():
             torch.cuda.nvtx.range_push(self.name)
-        self._rf = torch.profiler.record_function(STAGE_RANGE + "/".join(_stack()))
-        self._rf.__enter__()
         return self
 
     def _recreate_cm(self):  # each decorated call (recursion, threads) gets its own range
         return stage(self.name)
 
     def __exit__(self, *exc):
-        self._rf.__exit__(*exc)
         if torch.cuda.is_available():
             torch.cuda.nvtx.range_pop()
+        self._rf.__exit__(*exc)
         st = _stack()
         if st and st[-1] == self.name:
             st.pop()

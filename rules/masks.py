@@ -1579,14 +1579,18 @@ class Probes:
                 if sum(x.numel() * x.element_size() for x in xs if isinstance(x, torch.Tensor)) > _DEFER_BYTES:
                     return None
                 lead, tq, tk = self._ints(list(dims), inputs)
-                with _probe_range():
-                    copies = [self._copies.of(inputs, i) for i in used]
+                copies = [self._copies.of(inputs, i) for i in used]  # (no profile runs: no probe range)
 
                 def finish():
                     try:
                         return _host_count(module, [c.wait() for c in copies], lead, tq, tk)
                     except Exception:  # noqa: BLE001 - the count without values
                         return hint
+
+                def land():  # the step is done: the copies' values to ordinary memory, counted later
+                    for c in copies:
+                        c.land()
+                finish.land = land
                 return finish
 
             probe.defer = defer

@@ -106,7 +106,23 @@ def variants():
                 hostcopy.SIDE_STREAM = True
         return g
 
-    return {"plain": decode, "tagging class, null meter": attached(decode),
+    pool = [torch.empty(1, dtype=torch.int64, pin_memory=True) for _ in range(4)]
+    evs = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+
+    def with_events(k, copy=False):  # the bare stream operations the meter adds, without the meter
+        def g():
+            if copy:
+                pool[i[0] % 4].copy_(positions[1024 + i[0]:][:1], non_blocking=True)
+            if k > 1:
+                evs[0].record()
+            decode()
+            if k > 0:
+                evs[1].record()
+        return g
+
+    return {"plain": decode, "plain + 1 event": with_events(1), "plain + 2 events": with_events(2),
+            "plain + 1 D2H copy": with_events(0, True), "plain + copy + 1 event": with_events(1, True),
+            "tagging class, null meter": attached(decode),
             "meter, copies on compute stream": compute_stream(with_meter(m_full)),
             "meter, no graph events": with_meter(m_noev), "meter, probes off": no_probes(with_meter(m_full)),
             "meter, graph events every step": with_meter(m_every), "meter (default)": with_meter(m_full)}, saved

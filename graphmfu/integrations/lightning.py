@@ -38,9 +38,9 @@ class GraphMFUCallback(_L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._scope.end()
-        rows = self.meter._rows
-        if rows:
-            pl_module.log_dict(logged(rows[-1]), on_step=True, on_epoch=False)
+        last = self.meter.latest()  # finished steps only: logging never waits for the GPU
+        if last:
+            pl_module.log_dict(logged(last), on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer, pl_module):
         self._scope.end()

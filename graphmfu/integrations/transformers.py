@@ -51,9 +51,9 @@ class GraphMFUCallback(_tf.TrainerCallback):
         self._scope.end()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        rows = self.meter._rows  # finished steps only: logging never waits for the GPU
-        if logs is not None and rows:
-            logs.update(logged(rows[-1]))
+        last = self.meter.latest()  # finished steps only: logging never waits for the GPU
+        if logs is not None and last:
+            logs.update(logged(last))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._scope.end()
