@@ -241,3 +241,28 @@ def test_graph_compiled_inside_the_profile_is_joined(fresh):
         cm(x)
     rep = p.report()
     assert {k["calls"] for k in rep.kernels} == {2}
+
+
+def test_a_kernel_without_its_launch_op_stays_in_its_step():
+    """A kernel whose launching op the profile lacks takes the launch time of the kernel before it on the
+    device, not its own start: in a loop that runs ahead of the device, its start falls in a later step's
+    CPU range, and that step's span would stretch back to it (seen on an H200: 117.9 ms for a 31.5 ms step)."""
+    from graphmfu import join
+
+    def k(name, start, end, launch):
+        return join.Measured(name, start, end, "aten::x" if launch is not None else "", launch)
+
+    # steps a, b, c on the CPU at [0,10) [10,20) [20,30); the device runs behind: a's kernels 5..21, then c's
+    a = [k("a1", 5, 12, 1), k("a2", 12, 20, 8), k("a_orphan", 20.5, 21, None)]
+    c = [k("c1", 40, 50, 21), k("c2", 50, 60, 29)]
+    measured = join.launch_order(a + c)
+    assert a[2].launch_start_us == 8  # the kernel before it on the device was launched at 8
+    stages = [{"name": n, "start_us": s, "end_us": s + 10} for n, s in (("a", 0), ("b", 10), ("c", 20))]
+    for m in measured:
+        m.stage = join.stage_of(m, stages)
+    rows = {r["name"]: r for r in join._stage_rows(measured, stages)}
+    # a: from its CPU start 0 (an idle device) to 21; c: from 40 (the device was busy until a's 21, then idle
+    # until c's first kernel at 40 - its own CPU start 20 < 21) ... span = 60 - 21 = 39 us; b launched nothing
+    assert rows["a"]["span_s"] == pytest.approx(21e-6) and rows["a"]["launches"] == 3
+    assert rows["c"]["span_s"] == pytest.approx(39e-6) and rows["c"]["launches"] == 2
+    assert rows["b"]["launches"] == 0
