@@ -149,37 +149,30 @@ def stage_ranges(events) -> list[dict]:
 def gpu_kernels(prof, events) -> list[Measured]:
     """The GPU kernels of the session, each with the CPU op that launched it (CUPTI correlation)."""
     op_by_corr = {e.id: e for e in events if not _RUNTIME.match(e.name)}
+    runtime = {e.id: e for e in events if _RUNTIME.match(e.name)}  # cudaLaunchKernel, cudaGraphLaunch ...
     out = []
     for name, start, end, linked in _inductor.device_kernels(prof, op_by_corr):
         if name.startswith("graphmfu::"):
             continue  # GPU-side copies of our own ranges
         op = op_by_corr.get(linked)
-        out.append(Measured(name, start, end, op.name if op else "", op.time_range.start if op else None, op=op,
-                            linked=linked))
+        launch = op if op is not None else runtime.get(linked)  # a CUDA-graph replay: the launch call itself
+        out.append(Measured(name, start, end, op.name if op else "",
+                            launch.time_range.start if launch is not None else None, op=op, linked=linked))
     return launch_order(out)
 
 
 def launch_order(measured: list[Measured]) -> list[Measured]:
-    """Give kernels whose launching op the profile lacks a launch time: that of the kernel before them
-    on the device (on a stream, kernels run in launch order), else of the kernel after them.  Their own
-    start time would not do: a loop that runs ahead of the device is launching later steps by then, and
-    the kernel would land in a later step's stage (one training step spanned 117.9 ms where the meter
-    measured 31.5 ms on an H200)."""
-    known = None
-    orphans = []
-    for m in sorted(measured, key=lambda m: m.start_us):
+    """Give kernels whose launch the profile lacks (no op, no runtime call) a launch time: on a stream
+    kernels run in launch order, so such a kernel was launched before the next kernel on the device was
+    and before it started itself — the earlier of the two.  Its start alone would not do: in a loop that
+    runs ahead of the device, later steps are being launched by then, and the kernel would land in a
+    later step's stage (one 31.5 ms training step spanned 117.9 ms on an H200)."""
+    upper = float("inf")
+    for m in sorted(measured, key=lambda m: m.start_us, reverse=True):
         if m.launch_start_us is None:
-            if known is None:
-                orphans.append(m)
-            else:
-                m.launch_start_us = known
+            m.launch_start_us = min(m.start_us, upper)
         else:
-            known = m.launch_start_us
-            for o in orphans:
-                o.launch_start_us = known
-            orphans = []
-    for o in orphans:  # no kernel with a known launch at all
-        o.launch_start_us = o.start_us
+            upper = min(upper, m.launch_start_us)
     return measured
 
 

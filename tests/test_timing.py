@@ -244,25 +244,27 @@ def test_graph_compiled_inside_the_profile_is_joined(fresh):
 
 
 def test_a_kernel_without_its_launch_op_stays_in_its_step():
-    """A kernel whose launching op the profile lacks takes the launch time of the kernel before it on the
-    device, not its own start: in a loop that runs ahead of the device, its start falls in a later step's
-    CPU range, and that step's span would stretch back to it (seen on an H200: 117.9 ms for a 31.5 ms step)."""
+    """A kernel whose launch the profile lacks was launched before the next kernel on the device was (one
+    stream runs in launch order) and before it started: the earlier of the two, not its start alone — in a
+    loop that runs ahead of the device its start falls in a later step's CPU range, and that step's span
+    would stretch back to it (seen on an H200: 117.9 ms for a 31.5 ms step)."""
     from graphmfu import join
 
     def k(name, start, end, launch):
         return join.Measured(name, start, end, "aten::x" if launch is not None else "", launch)
 
     # steps a, b, c on the CPU at [0,10) [10,20) [20,30); the device runs behind: a's kernels 5..21, then c's
-    a = [k("a1", 5, 12, 1), k("a2", 12, 20, 8), k("a_orphan", 20.5, 21, None)]
-    c = [k("c1", 40, 50, 21), k("c2", 50, 60, 29)]
+    a = [k("a1", 5, 12, 1), k("a_orphan", 12, 13, None), k("a2", 13, 21, 8)]
+    c = [k("c1", 40, 50, 21), k("c2", 50, 60, 29), k("c_orphan", 61, 62, None)]
     measured = join.launch_order(a + c)
-    assert a[2].launch_start_us == 8  # the kernel before it on the device was launched at 8
+    assert a[1].launch_start_us == 8  # before a2's launch at 8 (its own start, 12, is in step b's CPU range)
+    assert c[2].launch_start_us == 61  # nothing after it: its start
     stages = [{"name": n, "start_us": s, "end_us": s + 10} for n, s in (("a", 0), ("b", 10), ("c", 20))]
     for m in measured:
         m.stage = join.stage_of(m, stages)
     rows = {r["name"]: r for r in join._stage_rows(measured, stages)}
-    # a: from its CPU start 0 (an idle device) to 21; c: from 40 (the device was busy until a's 21, then idle
-    # until c's first kernel at 40 - its own CPU start 20 < 21) ... span = 60 - 21 = 39 us; b launched nothing
+    # a: from its CPU start 0 (an idle device) to 21; c: from max(its CPU start 20, the device free at 21)
+    # to c1..c2 ending at 60 (the orphan at 61 launched at 61 is in no step): 60 - 21 = 39 us; b: nothing
     assert rows["a"]["span_s"] == pytest.approx(21e-6) and rows["a"]["launches"] == 3
     assert rows["c"]["span_s"] == pytest.approx(39e-6) and rows["c"]["launches"] == 2
     assert rows["b"]["launches"] == 0
