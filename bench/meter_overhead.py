@@ -133,7 +133,9 @@ def agreement(fn, n, tokens, out):
                                 f"{m.launch_start_us - t0:.1f}, started {m.start_us - t0:.1f}) after "
                                 f"{prev.name[:40]}")
                         prev = m if m.end_us > prev.end_us else prev
-    out(f"  meter FLOPs per step {rows[-1]['flops']:,}; profile stage FLOPs {by_name['step0']['flops']:,}; "
+    same = sum(r["flops"] == by_name[f"step{r['step']}"]["flops"] for r in rows)
+    out(f"  FLOPs: meter = profile stage on {same} of {len(rows)} steps (step 0: meter {rows[0]['flops']:,}, "
+        f"profile {by_name['step0']['flops']:,}; last: meter {rows[-1]['flops']:,}); "
         f"coverage {rep.coverage()['time_attributed'] * 100:.2f}%")
     return worst
 
