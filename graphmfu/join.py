@@ -504,8 +504,15 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
     stage_rows: dict = {}
     total = attributed = 0.0
     for measured, stages in traces:
+        first: dict = {}  # (graph, call) -> its earliest-launched kernel: one call, one stage
         for m in measured:
-            m.stage = stage_of(m, stages)
+            if m.graph is not None:
+                k = (m.graph, m.call)
+                if k not in first or m.launch_start_us < first[k].launch_start_us:
+                    first[k] = m
+        call_stage = {k: stage_of(m, stages) for k, m in first.items()}
+        for m in measured:
+            m.stage = call_stage[(m.graph, m.call)] if m.graph is not None else stage_of(m, stages)
             total += m.time_s
             if m.graph is None:
                 o = other.setdefault((m.name, m.where, m.launch_op, m.stage),
