@@ -317,8 +317,7 @@ def test_untraceable_moe_backward_fails_loudly(fresh):
     naming the data-dependent read, instead of a report missing the experts' backward."""
     with pytest.raises(graphmfu.GraphMFUError, match="reads tensor values"):
         graphmfu.analyze(H.LossOf(case("mixtral").model), **_inputs("mixtral", True), training=True, device="cpu")
-    # the failed trace left its frames marked "skip" in Dynamo (the fresh fixture resets it): a later
-    # analyze() of the same code would run them eagerly on fake tensors, uncounted
+    # a failed trace leaves no Dynamo skip marks (_inductor.no_dynamo_marks; tests/test_failed_compile.py)
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
