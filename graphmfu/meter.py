@@ -93,12 +93,13 @@ class Meter:
     ``graph_time``: events around every graph call on every N-th step (default 10, from the
     first; 1: every step; 0: never) give ``graph_s``/``graph_time_share`` and the time per stage on
     those steps (None on the others); the other steps have one event pair.  ``sync``: finish each step at its
-    end (a synchronisation per step) instead of lazily."""
+    end (a synchronisation per step) instead of lazily.  ``history``: keep only the last N steps (memory
+    bounded in a loop that runs for hours; by default every step is kept until the meter is dropped)."""
 
     def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
                  top_k: int | None = None, num_experts: int | None = None, on_record: Callable | None = None,
                  print_every: int = 0, graph_time: int = 10, cuda: bool | None = None, sync: bool = False,
-                 file=None, world_every: int = 0, group=None):
+                 file=None, world_every: int = 0, group=None, history: int | None = None):
         self.registry = registry or DEFAULT
         self.cuda = torch.cuda.is_available() if cuda is None else bool(cuda)
         self.device = device if isinstance(device, DeviceSpec) else get_device(device if device is not None else
@@ -115,6 +116,9 @@ class Meter:
         self.file = file
         self.world_every = int(world_every)
         self.group = group
+        if history is not None and int(history) < 1:
+            raise GraphMFUError(f"meter(history=N) keeps the last N steps; N must be at least 1, got {history!r}")
+        self.history = int(history) if history is not None else None
         self._window: list = []  # rows since the last world reduction
         self._steps: list[Step] = []  # resolved steps
         self._rows: list[dict] = []
@@ -223,6 +227,8 @@ class Meter:
         st.start = st.end = None
         st.marks = ()
         self._landed.append(st)
+        if self.history is not None and len(self._landed) > self.history:
+            del self._landed[:len(self._landed) - self.history]  # never read: not derived
 
     def _resolve(self) -> None:
         while self._landed:
@@ -245,6 +251,8 @@ class Meter:
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
         step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed)
         self._steps.append(step)
+        if self.history is not None and len(self._steps) > self.history:
+            del self._steps[:len(self._steps) - self.history]
         r = self.row(step)
         if self.world_every:
             self._window.append(r)
@@ -252,6 +260,8 @@ class Meter:
                 r.update(self._world(self._window))
                 self._window = []
         self._rows.append(r)
+        if self.history is not None and len(self._rows) > self.history:
+            del self._rows[:len(self._rows) - self.history]
         if self.on_record is not None:
             self.on_record(r)
         if self.print_every and (step.step + 1) % self.print_every == 0:

@@ -109,6 +109,26 @@ def test_serving_loop_varying_batch_and_cache_each_step_own_hand_count():
     assert len({r["flops"] for r in rows}) == len(plan)
 
 
+def test_history_keeps_the_last_steps_only():
+    reg = Registry()
+    m = _model().eval()
+    step = torch.compile(m.step, backend=graphmfu.Backend(registry=reg), dynamic=True)
+    meter = graphmfu.meter(registry=reg, history=2)
+    hd = CFG.dim // CFG.heads
+    plan = [(1, 7), (2, 9), (3, 12), (1, 30), (4, 5)]
+    with torch.no_grad():
+        for b, s in plan:
+            caches = [(torch.randn(b, CFG.kv_heads, s, hd), torch.randn(b, CFG.kv_heads, s, hd))
+                      for _ in range(CFG.layers)]
+            with meter.step(tokens=b):
+                step(torch.randint(0, CFG.vocab, (b, 1)), caches)
+    rows = meter.records
+    assert [r["step"] for r in rows] == [3, 4] and len(meter.steps) == 2
+    assert [r["flops"] for r in rows] == [decode_step_flops(CFG, 30, 1), decode_step_flops(CFG, 5, 4)]
+    with pytest.raises(graphmfu.GraphMFUError, match="at least 1"):
+        graphmfu.meter(history=0)
+
+
 def test_nothing_attached_outside_a_step_and_steps_do_not_nest():
     reg = Registry()
     m = _model()
