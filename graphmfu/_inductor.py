@@ -290,13 +290,6 @@ class Deferred:
             land()
 
 
-def host_copy(x):
-    """A host copy of ``x`` queued on the current stream (pinned destination), not awaited."""
-    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-        return x.detach().to("cpu", non_blocking=True)
-    return x.detach().clone() if isinstance(x, torch.Tensor) else x
-
-
 def deferred(v) -> bool:
     """Is a call value still to be read (a device count or a deferred probe)?"""
     return isinstance(v, (torch.Tensor, Deferred))
@@ -372,6 +365,7 @@ def device_kernels(prof, op_by_corr: Mapping) -> list[tuple]:
     return out
 
 
+RESET_DYNAMO = "torch._dynamo.reset()"  # the call that clears Dynamo's marks (named in messages; this torch's API)
 PROBE_RANGE = "graphmfu::probe"  # a profiler range around graphmfu's own per-call work (mask probes)
 COMPILE_RANGE = "graphmfu::compile"  # a profiler range around each graph's Inductor compile
 # Dynamo's own ranges around a frame's compile (bytecode tracing, AOTAutograd, Inductor), 2.11 and 2.13

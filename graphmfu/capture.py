@@ -443,6 +443,6 @@ def _report_outside(registry: Registry, outside, device: str) -> None:
     registry.add(g)
     msg = (f"graphmfu: ran outside the compiled graphs, eagerly (frames Dynamo skipped or fell back on, e.g. "
            f"after an earlier failed compile of the same code): {outside.summary()}. Counted op by op (no fusion) "
-           f"as eager graph {g.id}; torch._dynamo.reset() clears the marks of earlier failures.")
+           f"as eager graph {g.id}; {_inductor.RESET_DYNAMO} clears the marks of earlier failures.")
     registry.fail(msg)
     registry.warn_once("outside", msg)
