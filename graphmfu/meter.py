@@ -20,8 +20,8 @@ mask reads, into a pooled pinned buffer), and on every ``graph_time``-th step (d
 step) two events around each call.  A step's time runs from its start event to its end event; when
 the device is still running earlier work as a step starts (a loop that runs ahead of the GPU), the
 start event would complete when that work ends, as the previous step's end event does: the step starts
-at that event instead (one event per step on the stream).  Nothing synchronises: once a step's end event has completed (seen at a later step's
-start) its times are read and its copies land; its mask counts, costs and row are derived when read
+at that event instead (one event per step on the stream).  Nothing synchronises: once a step's end
+event has completed (seen at a later step's start) its times are read and its copies land; its mask counts, costs and row are derived when read
 (``records``, ``summary()``, which wait for running steps) — or as each step finishes when
 ``on_record``, ``print_every`` or ``world_every`` ask for every row, whose work is then in the loop.
 
@@ -30,6 +30,7 @@ data loading) is time without FLOPs, shown as ``graph_time_share`` < 1 and ``out
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import sys
@@ -92,8 +93,8 @@ class Meter:
     and ``world_flops`` of those N steps to the N-th row (a synchronisation then; off by default).
     ``graph_time``: events around every graph call on every N-th step (default 10, from the
     first; 1: every step; 0: never) give ``graph_s``/``graph_time_share`` and the time per stage on
-    those steps (None on the others); the other steps have one event pair.  ``sync``: finish each step at its
-    end (a synchronisation per step) instead of lazily.  ``history``: keep only the last N steps (memory
+    those steps (None on the others).  ``sync``: finish each step at its end (a synchronisation per
+    step) instead of lazily.  ``history``: keep only the last N steps (memory
     bounded in a loop that runs for hours; by default every step is kept until the meter is dropped)."""
 
     def __init__(self, device=None, *, registry: Registry | None = None, model=None, params: int | None = None,
@@ -120,10 +121,11 @@ class Meter:
             raise GraphMFUError(f"meter(history=N) keeps the last N steps; N must be at least 1, got {history!r}")
         self.history = int(history) if history is not None else None
         self._window: list = []  # rows since the last world reduction
-        self._steps: list[Step] = []  # resolved steps
-        self._rows: list[dict] = []
+        self._steps: collections.deque = collections.deque(maxlen=self.history)  # resolved steps
+        self._rows: collections.deque = collections.deque(maxlen=self.history)
         self._pending: list = []  # steps whose end event may still be running
-        self._landed: list = []  # finished steps not yet counted and costed
+        # finished steps not yet counted and costed (beyond ``history``: never read, never derived)
+        self._landed: collections.deque = collections.deque(maxlen=self.history)
         self._costs: dict = {}  # (key, values) -> CallCost
         self._attention = None
         self._plans: dict = {}  # graph key -> GraphPlan
@@ -181,9 +183,7 @@ class Meter:
     def call_end(self, token) -> None:
         if token is not None:
             st, key, sizes, start = token
-            end = self._mark()
-            st.spans.append((key, sizes, start, end))
-            st.marks += (start, end)
+            st.spans.append((key, sizes, start, self._mark()))
 
     def _mark(self):
         if not self.cuda:
@@ -221,18 +221,18 @@ class Meter:
                 if isinstance(v, _inductor.Deferred):
                     v.land()
         st.step_s = self._elapsed(st.start, st.end)
-        st.spans = [(key, self._elapsed(a, b)) for key, _, a, b in st.spans]
         if self.cuda:  # a shared end event goes back with the next step (its start), which lands later
-            self._events.extend(e for e in (st.start,) + (() if st.end_shared else (st.end,)) + st.marks)
+            self._events.append(st.start)
+            if not st.end_shared:
+                self._events.append(st.end)
+            self._events.extend(e for _, _, a, b in st.spans for e in (a, b))
+        st.spans = [(key, self._elapsed(a, b)) for key, _, a, b in st.spans]
         st.start = st.end = None
-        st.marks = ()
         self._landed.append(st)
-        if self.history is not None and len(self._landed) > self.history:
-            del self._landed[:len(self._landed) - self.history]  # never read: not derived
 
     def _resolve(self) -> None:
         while self._landed:
-            self._finish(self._landed.pop(0))
+            self._finish(self._landed.popleft())
 
     def _finish(self, st) -> None:
         for key, values in st.deferred:  # the step is done: reading the counts waits for nothing
@@ -251,8 +251,6 @@ class Meter:
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
         step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed)
         self._steps.append(step)
-        if self.history is not None and len(self._steps) > self.history:
-            del self._steps[:len(self._steps) - self.history]
         r = self.row(step)
         if self.world_every:
             self._window.append(r)
@@ -260,8 +258,6 @@ class Meter:
                 r.update(self._world(self._window))
                 self._window = []
         self._rows.append(r)
-        if self.history is not None and len(self._rows) > self.history:
-            del self._rows[:len(self._rows) - self.history]
         if self.on_record is not None:
             self.on_record(r)
         if self.print_every and (step.step + 1) % self.print_every == 0:
@@ -383,7 +379,6 @@ class _Open:
         self.calls: dict = {}
         self.deferred: list = []  # (graph key, values with device-side probe counts)
         self.spans: list = []  # (graph key, sizes, start, end) per timed call; (key, seconds) once landed
-        self.marks: tuple = ()  # the timed calls' events
         self.start = self.end = None
         self.step_s = 0.0
         self.timed = False

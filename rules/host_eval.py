@@ -12,8 +12,6 @@ for good on any difference.
 Op knowledge (what each ATen op computes) lives here, beside the rules."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from graphmfu.cost import op_name
@@ -233,42 +231,44 @@ _NUMPY = {
 }
 
 
-def supported(op) -> bool:
-    """Has ``op`` (an ATen/prims overload) a NumPy evaluation here?"""
-    return ".".join(op_name(op).split(".")[:2]) in _NUMPY
-
-
 # --------------------------------------------------------------------------- compiling a subgraph
 
 
 def numpy_fn(module):
     """``module`` (an FX mask subgraph) as ``fn(*inputs) -> ndarray`` over host tensors, ints and
-    arrays; None when an op or a dtype has no NumPy evaluation here."""
+    arrays; None when an op or a dtype has no NumPy evaluation here.  Nodes that read no input are
+    computed once, here."""
     np = _np()
     if np is None:
         return None
     nodes = list(module.graph.nodes)
     slot = {n: i for i, n in enumerate(nodes)}
-    consts = {}
-    steps = []  # (kind, slot, fn, args builder, kwargs builder, cast dtype)
-    n_in = 0
+    consts: dict = {}  # slot -> its value, for nodes that read no input
+    inputs_at, calls = [], []  # (slot, input position); (slot, fn, flat args or None, args, kwargs, cast)
     out_slot = None
 
-    def ref(a):
+    def ref(a):  # an argument: ("slot", i) read per call, ("const", value), ("seq", type, [refs])
         if isinstance(a, torch.fx.Node):
-            return ("slot", slot[a])
+            return ("const", consts[slot[a]]) if slot[a] in consts else ("slot", slot[a])
         if isinstance(a, (list, tuple)):
             return ("seq", type(a), [ref(x) for x in a])
-        if isinstance(a, torch.dtype):
-            return ("const", a)
         if isinstance(a, torch.Tensor):
             raise ValueError("tensor constant in arguments")
         return ("const", a)
 
+    def live(r):  # does an argument read a node that depends on the inputs?
+        return r[0] == "slot" or (r[0] == "seq" and any(live(x) for x in r[2]))
+
+    def get(env, r):
+        if r[0] == "slot":
+            return env[r[1]]
+        if r[0] == "seq":
+            return r[1](get(env, x) for x in r[2])
+        return r[1]
+
     for n in nodes:
         if n.op == "placeholder":
-            steps.append(("in", slot[n], n_in))
-            n_in += 1
+            inputs_at.append((slot[n], len(inputs_at)))
         elif n.op == "get_attr":
             obj = module
             for p in n.target.split("."):
@@ -276,14 +276,11 @@ def numpy_fn(module):
             if not isinstance(obj, torch.Tensor) or np_dtype(obj.dtype) is None:
                 return None
             consts[slot[n]] = _host_array(obj.detach().cpu())
-            steps.append(("const", slot[n]))
         elif n.op == "call_function":
             fn = _NUMPY.get(".".join(op_name(n.target).split(".")[:2]))
             val = n.meta.get("val")
-            if fn is None or not isinstance(val, torch.Tensor):
-                return None
-            cast = np_dtype(val.dtype)
-            if cast is None:
+            cast = np_dtype(val.dtype) if isinstance(val, torch.Tensor) else None
+            if fn is None or cast is None:
                 return None
             try:
                 args = [ref(a) for a in n.args]
@@ -291,7 +288,15 @@ def numpy_fn(module):
                                                                                 "requires_grad", "memory_format")}
             except ValueError:
                 return None
-            steps.append(("call", slot[n], fn, args, kwargs, cast))
+            if not any(live(a) for a in (*args, *kwargs.values())):  # reads no input: computed once
+                try:
+                    r = np.asarray(fn(np, *[get([], a) for a in args], **{k: get([], v) for k, v in kwargs.items()}))
+                except Exception:  # noqa: BLE001 - a NumPy evaluation that fails: torch evaluates it
+                    return None
+                consts[slot[n]] = r if r.dtype == cast else r.astype(cast)
+                continue
+            flat = None if kwargs or any(a[0] == "seq" for a in args) else [(a[0] == "slot", a[1]) for a in args]
+            calls.append((slot[n], fn, flat, args, kwargs, cast))
         elif n.op == "output":
             a = n.args[0]
             if not isinstance(a, torch.fx.Node):
@@ -301,41 +306,6 @@ def numpy_fn(module):
             return None
     if out_slot is None:
         return None
-
-    def get(env, r):
-        kind = r[0]
-        if kind == "slot":
-            return env[r[1]]
-        if kind == "seq":
-            return r[1](get(env, x) for x in r[2])
-        return r[1]
-
-    def live(r):  # does an argument read a slot that depends on the inputs?
-        return (r[0] == "slot" and r[1] not in consts) or (r[0] == "seq" and any(live(x) for x in r[2]))
-
-    def frozen(r):  # an argument with its constant slots filled in
-        if r[0] == "slot" and r[1] in consts:
-            return ("const", consts[r[1]])
-        return ("seq", r[1], [frozen(x) for x in r[2]]) if r[0] == "seq" else r
-
-    inputs_at, calls = [], []
-    for st in steps:
-        if st[0] == "in":
-            inputs_at.append((st[1], st[2]))
-        elif st[0] == "call":
-            _, i, fn, args, kwargs, cast = st
-            if not any(live(a) for a in (*args, *kwargs.values())):  # folded once: needs no input
-                try:
-                    r = np.asarray(fn(np, *[get([], frozen(a)) for a in args],
-                                      **{k: get([], frozen(v)) for k, v in kwargs.items()}))
-                except Exception:  # noqa: BLE001 - a NumPy evaluation that fails: torch evaluates it
-                    return None
-                consts[i] = r if r.dtype == cast else r.astype(cast)
-                continue
-            args = [frozen(a) for a in args]
-            kwargs = {k: frozen(v) for k, v in kwargs.items()}
-            simple = all(a[0] != "seq" for a in (*args, *kwargs.values()))
-            calls.append((i, fn, [(a[0] == "slot", a[1]) for a in args] if simple else None, args, kwargs, cast))
     if out_slot in consts:
         folded = consts[out_slot]
         return lambda *inputs: folded
@@ -346,7 +316,7 @@ def numpy_fn(module):
             x = inputs[k]
             env[i] = _host_array(x) if isinstance(x, torch.Tensor) else x
         for i, fn, flat, args, kwargs, cast in calls:
-            if flat is not None and not kwargs:
+            if flat is not None:
                 r = fn(np, *[env[v] if is_slot else v for is_slot, v in flat])
             else:
                 r = fn(np, *[get(env, a) for a in args], **{k: get(env, v) for k, v in kwargs.items()})
@@ -357,18 +327,4 @@ def numpy_fn(module):
     return run
 
 
-def kept_count(mask, lead: int, tq: int, tk: int, masked_at: float) -> int:
-    """``masks.kept_total`` for a NumPy mask: the pairs kept over ``lead`` (batch x heads) entries."""
-    np = _np()
-    m = np.asarray(mask)
-    if m.ndim < 2:
-        m = m.reshape(1, -1)
-    own = math.prod(m.shape[:-2])
-    mq, mk = m.shape[-2], m.shape[-1]
-    if lead % own or (mq not in (1, tq)) or (mk not in (1, tk)):
-        raise ValueError(f"mask of shape {tuple(m.shape)} does not broadcast to ({lead} entries, {tq}, {tk})")
-    keep = m if m.dtype == np.bool_ else (m > masked_at)  # nan and -inf: masked
-    return int(np.count_nonzero(keep)) * ((lead // own) * (tq // mq) * (tk // mk))
-
-
-__all__ = ["numpy_fn", "kept_count", "supported", "np_dtype"]
+__all__ = ["numpy_fn", "np_dtype"]

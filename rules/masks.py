@@ -1449,20 +1449,34 @@ def kept_total(mask: torch.Tensor, lead: int, tq: int, tk: int, rows: int = 4096
     """The (query, key) pairs a real mask keeps, summed over the ``lead`` (batch x heads) entries of the
     attention it broadcasts to: the mask's own leading entries counted once each, times how often
     broadcasting repeats them.  Rows are read ``rows`` at a time (at most ``rows x Tk`` more booleans).
-    A 0-dim int64 tensor on the mask's device (no synchronisation: ``int()`` reads it)."""
+    A 0-dim int64 tensor on the mask's device (no synchronisation: ``int()`` reads it); for a NumPy
+    array (a mask evaluated on the host, rules/host_eval.py) an int."""
+    if not isinstance(mask, torch.Tensor):
+        import numpy as np
+
+        m = np.asarray(mask)
+        m = m.reshape(1, -1) if m.ndim < 2 else m
+        keep = m if m.dtype == np.bool_ else (m > MASKED_AT)  # nan and -inf: masked
+        return int(np.count_nonzero(keep)) * _repeats(m.shape, lead, tq, tk)
     m = mask.detach()
     if m.dim() < 2:
         m = m.reshape(1, -1)
-    own = math.prod(m.shape[:-2])
-    mq, mk = m.shape[-2], m.shape[-1]
-    if lead % own or (mq not in (1, tq)) or (mk not in (1, tk)):
-        raise ValueError(f"mask of shape {tuple(m.shape)} does not broadcast to ({lead} entries, {tq}, {tk})")
+    repeats = _repeats(m.shape, lead, tq, tk)
     total = 0
-    for start in range(0, mq, rows):
+    for start in range(0, m.shape[-2], rows):
         block = m[..., start:start + rows, :]
         keep = block if block.dtype == torch.bool else (block > MASKED_AT)  # nan and -inf: masked
         total = total + keep.sum(dtype=torch.int64)  # left on the device: read when the caller needs it
-    return total * ((lead // own) * (tq // mq) * (tk // mk))
+    return total * repeats
+
+
+def _repeats(shape, lead: int, tq: int, tk: int) -> int:
+    """How often broadcasting a mask of ``shape`` (at least 2-D) to ``lead`` x (tq, tk) repeats each entry."""
+    own = math.prod(shape[:-2])
+    mq, mk = shape[-2], shape[-1]
+    if lead % own or (mq not in (1, tq)) or (mk not in (1, tk)):
+        raise ValueError(f"mask of shape {tuple(shape)} does not broadcast to ({lead} entries, {tq}, {tk})")
+    return (lead // own) * (tq // mq) * (tk // mk)
 
 
 class Probes:
@@ -1844,7 +1858,7 @@ def _host_count(module, copies, lead: int, tq: int, tk: int) -> int:
     fn, n = state[0], None
     if fn is not None:
         try:
-            n = he.kept_count(fn(*copies), lead, tq, tk, MASKED_AT)
+            n = kept_total(fn(*copies), lead, tq, tk)
         except Exception:  # noqa: BLE001 - torch counts it
             state[0] = None
         if n is not None and state[1] <= 0:

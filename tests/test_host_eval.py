@@ -65,18 +65,18 @@ def test_decode_bias_counts_positions_up_to_pos():
     for p in (0, 5, 63):
         got, want = _check(decode_bias, torch.tensor([p]))
         # kept keys = p + 1 of 64; broadcast to 8 batch x heads entries and 1 query: 8 * (p + 1)
-        assert he.kept_count(got, 8, 1, S, masks.MASKED_AT) == 8 * (p + 1)
-        assert he.kept_count(got, 8, 1, S, masks.MASKED_AT) == int(masks.kept_total(want, 8, 1, S))
+        assert masks.kept_total(got, 8, 1, S) == 8 * (p + 1)
+        assert masks.kept_total(got, 8, 1, S) == int(masks.kept_total(want, 8, 1, S))
 
 
 def test_sliding_window_and_chunks_by_hand():
     q = torch.tensor([0, 3, 20, 63])
     got, _ = _check(sliding, q, torch.tensor(40))
     # window 8 ending at each query, keys < 40: q=0 -> 1, q=3 -> 4, q=20 -> 8 (13..20), q=63 -> keys 56..63 all >= 40 -> 0
-    assert he.kept_count(got, 1, 4, S, masks.MASKED_AT) == 1 + 4 + 8 + 0
+    assert masks.kept_total(got, 1, 4, S) == 1 + 4 + 8 + 0
     got, _ = _check(chunked, q)
     # same 16-chunk and causal: q=0 -> 1, q=3 -> 4, q=20 -> 16..20 = 5, q=63 -> 48..63 = 16
-    assert he.kept_count(got, 1, 4, S, masks.MASKED_AT) == 1 + 4 + 5 + 16
+    assert masks.kept_total(got, 1, 4, S) == 1 + 4 + 5 + 16
 
 
 def test_padding_mask_through_an_index_read():
@@ -85,15 +85,15 @@ def test_padding_mask_through_an_index_read():
         am[i, :n] = 1
     got, want = _check(padding, am)
     # 2 heads, 64 queries: each query sees its sequence's real keys: 2 * 64 * (64 + 10 + 1)
-    assert he.kept_count(got, 3 * 2, S, S, masks.MASKED_AT) == 2 * 64 * (64 + 10 + 1)
-    assert he.kept_count(got, 6, S, S, masks.MASKED_AT) == int(masks.kept_total(want, 6, S, S))
+    assert masks.kept_total(got, 3 * 2, S, S) == 2 * 64 * (64 + 10 + 1)
+    assert masks.kept_total(got, 6, S, S) == int(masks.kept_total(want, 6, S, S))
 
 
 def test_documents_bitwise_and_cumsum():
     torch.manual_seed(0)
     ids = torch.sort(torch.randint(0, 4, (2, S)), dim=-1).values
     got, want = _check(document, ids)
-    assert he.kept_count(got, 2, S, S, masks.MASKED_AT) == int(masks.kept_total(want, 2, S, S))
+    assert masks.kept_total(got, 2, S, S) == int(masks.kept_total(want, 2, S, S))
 
 
 def test_unsupported_ops_and_dtypes_fall_back_to_torch():
@@ -112,12 +112,12 @@ def test_bfloat16_mask_computed_in_float32():
     run = he.numpy_fn(gm)
     got = run(torch.tensor([9]))
     assert str(got.dtype) == "float32" and (torch.from_numpy(got.copy()) == gm(torch.tensor([9])).float()).all()
-    assert he.kept_count(got, 4, 1, S, masks.MASKED_AT) == 4 * 10  # 4 entries x keys 0..9
+    assert masks.kept_total(got, 4, 1, S) == 4 * 10  # 4 entries x keys 0..9
 
 
 def test_a_disagreeing_numpy_evaluation_is_dropped_for_torch(monkeypatch):
     gm = make_fx(decode_bias)(torch.tensor([5]))
-    monkeypatch.setattr(he, "kept_count", lambda *a, **k: 12345)  # a wrong NumPy count
+    monkeypatch.setattr(he, "numpy_fn", lambda m: lambda *a: torch.ones(S, dtype=torch.bool).numpy())  # a wrong NumPy mask
     n = masks._host_count(gm, [torch.tensor([5])], 8, 1, S)
     assert n == 8 * 6  # torch's count, 8 entries x keys 0..5
     assert gm._graphmfu_numpy[0] is None  # NumPy is not used again for this subgraph
