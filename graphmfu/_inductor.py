@@ -936,6 +936,16 @@ def op_kind(op) -> str | None:
     return None
 
 
+def decomposed_from(node) -> str | None:
+    """The ATen op a post-grad / AOT graph node was decomposed from (``aten.addmm.default`` for the mul
+    and sum Inductor writes for a small or GEMV-shaped addmm), when it is another op than the node's own;
+    else None.  Read from the node's ``original_aten`` meta (AOTAutograd keeps it while tracing)."""
+    orig = getattr(node, "meta", {}).get("original_aten")
+    if orig is None or orig is getattr(node, "target", None):
+        return None
+    return str(orig)
+
+
 def sym_value(x):
     """An int for a SymInt with a fixed value, else the sympy expression behind it (SymFloat/SymBool
     too); other values unchanged."""

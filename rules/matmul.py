@@ -1,7 +1,17 @@
 """Matrix products: mm, addmm, bmm, baddbmm, matmul/linear (where they survive),
 _scaled_mm (fp8), _int_mm (int8 x int8 -> int32) and grouped mm.  ``2*m*n*k``
-matrix FLOPs; a bias add or ``beta*C`` is vector work (one add per output element)."""
-from graphmfu.cost import REGISTRY, Cost, dtype_name, io_bytes, prod, rule
+matrix FLOPs; a bias add or ``beta*C`` is vector work (one add per output element).
+
+Products Inductor decomposes.  For small or degenerate shapes (CPU: M == 1 with N == 1 or tiny
+weights, K == 1 outer products, mv and dot; CUDA with coordinate-descent tuning, which
+``mode="max-autotune"`` turns on: every M == 1 or N == 1 GEMM, i.e. each decode GEMV) Inductor rewrites
+mm / addmm / bmm / mv / dot as a broadcast ``mul`` and a ``sum`` before graphmfu reads the graph.  The
+graph pass ``decomposed_matmul`` counts them as the products they are: the broadcast mul of the two
+operands holds ``2 * numel(product)`` = ``2*m*n*k`` matrix FLOPs in the operands' dtype (before the
+decomposition's upcast to fp32), the sum that reduces it adds none; bytes stay each node's own; the
+node's note names the decomposition (``original_aten``)."""
+from graphmfu import _inductor
+from graphmfu.cost import REGISTRY, Cost, dtype_name, io_bytes, op_name, prod, rule, symbolic_cost
 import torch
 
 aten = torch.ops.aten
@@ -136,3 +146,84 @@ def register_library_ops() -> list:
 
 
 register_library_ops()
+
+
+# ----------------------------------------------------------------- products Inductor decomposed
+
+DECOMPOSED_MATMUL = REGISTRY.flag(
+    "decomposed_matmul", "a matrix product Inductor decomposed into mul + sum; counted as the product",
+    "{n} node(s) are matrix products Inductor decomposed into a broadcast mul + sum (GEMV, K == 1, tiny "
+    "GEMMs): counted as the products they are (2*m*n*k matrix FLOPs)")
+# ops whose decompositions multiply the two operands elementwise and (except K == 1) sum the products
+PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "dot", "vdot", "matmul", "linear", "addbmm", "addr",
+            "outer", "ger", "inner", "tensordot", "einsum"}
+_CASTS_AND_VIEWS = {"convert_element_type", "_to_copy", "permute", "unsqueeze", "squeeze", "expand", "view",
+                    "reshape", "_unsafe_view", "t", "transpose", "clone", "select", "slice", "alias"}
+
+
+def _short(name: str | None) -> str:
+    return name.split(".")[1] if name and name.count(".") >= 1 else (name or "")
+
+
+def _decomposed_product(node) -> str | None:
+    """The product op ``node`` is a piece of, when Inductor's decomposition made it (else None)."""
+    orig = _inductor.decomposed_from(node)
+    return orig if orig is not None and _short(orig) in PRODUCTS else None
+
+
+def _operand_dtype(node, orig: str):
+    """The dtype of an operand before the decomposition's casts and views (pw_cast_for_opmath upcasts
+    bf16 operands to fp32 before the mul)."""
+    while (node.op == "call_function" and _inductor.decomposed_from(node) == orig and node.args
+           and isinstance(node.args[0], torch.fx.Node) and _short(op_name(node.target)) in _CASTS_AND_VIEWS):
+        node = node.args[0]
+    val = node.meta.get("val")
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def _is_product(node) -> bool:
+    """The broadcast mul of the two operands (not ``alpha * out`` or ``beta * bias``, which take a number)."""
+    if node.op != "call_function" or _short(op_name(node.target)) != "mul" or len(node.args) < 2:
+        return False
+    return all(isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor) and a.meta["val"].dim() > 0
+               for a in node.args[:2])
+
+
+def _as_product(c: Cost, dtype: str) -> Cost:
+    # a mul holds one vector FLOP per product element (rules/pointwise.py): the product's mul + add = 2
+    return Cost.of({dtype: 2 * c.vector_flops}, read=c.bytes_read, written=c.bytes_written)
+
+
+def _without_flops(c: Cost) -> Cost:
+    return Cost.of(read=c.bytes_read, written=c.bytes_written)
+
+
+def _recost(rec, fn) -> None:
+    rec.cost = fn(rec.cost)
+    if rec.sym:
+        s = fn(symbolic_cost(rec.sym))
+        rec.sym, rec.cost_expr = s.formulas(), s.as_strings()
+
+
+@REGISTRY.graph_pass
+def decomposed_matmul(gm, records) -> None:
+    """Count the mul + sum Inductor wrote for a matrix product as that product (module docstring)."""
+    by_name = {r.name: r for r in records}
+    products = set()
+    for node in gm.graph.nodes:
+        orig = _decomposed_product(node) if node.op == "call_function" else None
+        rec = by_name.get(node.name) if orig else None
+        if rec is None or rec.cost is None:
+            continue
+        what = f"{_short(orig)} decomposed by Inductor"
+        if _is_product(node):
+            dts = [_operand_dtype(a, orig) for a in node.args[:2]]
+            dt = dtype_name(next((d for d in dts if d is not None and d.is_floating_point), dts[0]))
+            _recost(rec, lambda c: _as_product(c, dt))
+            products.add(node)
+            rec.flag(DECOMPOSED_MATMUL)
+            rec.note = f"{rec.note} ({what}: the product, 2 FLOPs per element)"
+        elif _short(op_name(node.target)) == "sum" and node.args and node.args[0] in products:
+            _recost(rec, _without_flops)
+            rec.flag(DECOMPOSED_MATMUL)
+            rec.note = f"{rec.note} ({what}: the product's sum, counted in its mul)"
