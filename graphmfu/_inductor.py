@@ -263,8 +263,13 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
             if finish is not None:
                 out[name] = Deferred(finish)
                 continue
-            v = fn(inputs)
-            out[name] = int(v) if resolve else v
+            if not resolve:
+                out[name] = fn(inputs)
+                continue
+            # read the count inside graphmfu's probe range: the read (a tensor's item()) is graphmfu's
+            # work, not the model's; outside it a profile saw it as an unattributed op
+            with (torch.profiler.record_function(PROBE_RANGE) if profiler_running() else contextlib.nullcontext()):
+                out[name] = int(fn(inputs))
         except Exception:  # noqa: BLE001 - a probe never breaks the call
             continue
     return out
