@@ -41,6 +41,14 @@ def report(device=None, registry: Registry | None = None) -> Report:
     'cuda', 'cpu'); default: the device the graphs ran on."""
     reg = registry or _DEFAULT
     if not reg.graphs and not reg.failures:
+        fell = reg.fallbacks()
+        if fell:
+            kind, reason, n = fell[0]
+            raise GraphMFUError(f"no graph was compiled with graphmfu.backend: Dynamo compiled nothing and the "
+                                f"model ran eagerly ({sum(c for _, _, c in fell)} graph break(s) / eager "
+                                f"fallback(s)) — {kind} x{n}: {reason}"
+                                + (f" (and {len(fell) - 1} other reason(s): graphmfu.registry.DEFAULT.fallbacks())"
+                                   if len(fell) > 1 else ""))
         raise GraphMFUError("no graphs compiled with graphmfu.backend yet: compile with "
                             "torch.compile(model, backend=graphmfu.backend) and run the model first")
     rec = reg.record()

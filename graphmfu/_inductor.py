@@ -245,6 +245,35 @@ def frame_name() -> str | None:
         return None
 
 
+def compiling_frame() -> tuple[str, Any, list] | None:
+    """``(code, self, callers)`` of the Python frame Dynamo is compiling now: the code as
+    ``file:function:line``, the frame's ``self`` (the module of a ``forward``; None for a plain function or
+    a resume function without one) and the modules whose methods are running on the Python stack below it
+    (outermost first: the model, then the submodules that called this frame eagerly, e.g. after a graph
+    break).  None outside a Dynamo frame compile (a backward compiled lazily at its first call)."""
+    import sys
+
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        code = tx.f_code
+        me = tx.f_locals.get("self") if "self" in code.co_varnames[:1] else None
+    except Exception:  # noqa: BLE001
+        return None
+    callers, seen = [], set()
+    f = sys._getframe(1)
+    while f is not None:
+        obj = f.f_locals.get("self") if "self" in f.f_code.co_varnames[:1] else None
+        while isinstance(getattr(obj, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            obj = obj._orig_mod
+        if isinstance(obj, torch.nn.Module) and id(obj) not in seen:
+            seen.add(id(obj))
+            callers.append(obj)
+        f = f.f_back
+    return f"{code.co_filename}:{code.co_name}:{code.co_firstlineno}", me, callers[::-1]
+
+
 def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
     """``{"s0": 24, "pairs_x": 900}``: the size symbols' values in one call's inputs (Inductor passes a
     list) and the probes' values; what cannot be read is left out.  ``resolve=False`` leaves a probe's
@@ -647,17 +676,59 @@ def no_dynamo_marks():
         return add(code)
 
     tracker.add = recording_add  # an instance attribute over the method, for this block only
+    counted = _fallback_counters()
+    saved = {cat: dict(c) for cat, c in counted.items()}
     try:
         yield
     finally:
         if tracker.__dict__.get("add") is recording_add:
             del tracker.add
+        for cat, c in counted.items():  # the analysis's graph breaks are not the user's (dynamo_fallbacks)
+            c.clear()
+            c.update(saved[cat])
         for key, code in touched.items():
             with contextlib.suppress(Exception):
                 if key in before:
                     set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.DEFAULT, _FrameAction.DEFAULT))
                 else:
                     reset_code(code)
+
+
+_FALLBACK_KINDS = {"unimplemented": "fell back to eager", "graph_break": "graph break"}
+
+
+def _fallback_counters() -> dict:
+    """Dynamo's process-wide counters of what it could not compile: ``unimplemented`` (a frame or call it
+    gave up on) and ``graph_break`` (a break it resumed after), message -> count."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001
+        return {}
+    return {cat: counters[cat] for cat in _FALLBACK_KINDS}
+
+
+def dynamo_fallbacks() -> dict:
+    """``{(kind, message): count}`` of everything Dynamo could not compile in this process so far (kind:
+    "fell back to eager" or "graph break"; message: Dynamo's own, reason, explanation and hints).  Compare
+    two readings to see what happened in between.  Analyses (``no_dynamo_marks``) leave no trace here."""
+    return {(_FALLBACK_KINDS[cat], msg): int(n) for cat, c in _fallback_counters().items() for msg, n in c.items()
+            if n > 0}
+
+
+def fallback_reason(message: str) -> str:
+    """One line of a Dynamo message: each break's first line and explanation (a break while handling
+    another is chained with ->), whether the frame ran eagerly, and the first hint
+    (``Attempted to wrap RNN, GRU, or LSTM: Dynamo does not support RNN, GRU, or LSTM. Hint: ...``)."""
+    parts, hint = [], ""
+    for seg in str(message).split("*** While handling this graph break, another graph break occurred: ***"):
+        lines = [ln.strip() for ln in seg.splitlines() if ln.strip()]
+        if not lines:
+            continue
+        expl = next((ln[len("Explanation:"):].strip() for ln in lines if ln.startswith("Explanation:")), "")
+        parts.append(lines[0] + (f": {expl}" if expl and expl not in lines[0] else ""))
+        hint = hint or next((ln[len("Hint:"):].strip() for ln in lines if ln.startswith("Hint:")), "")
+    out = " -> ".join(parts) or "?"
+    return out + (f" Hint: {hint}" if hint else "")
 
 
 def ignores_compile_internals() -> bool:

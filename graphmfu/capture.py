@@ -46,7 +46,8 @@ def _graph_device(example_inputs) -> str:
 
 
 def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, source: str,
-                 kernel_entries: list | None = None, prefix: str = "") -> GraphRecord | None:
+                 kernel_entries: list | None = None, prefix: str = "", frame: str | None = None,
+                 ahead: bool = False) -> GraphRecord | None:
     """Analyse one graph into ``registry``; on failure warn once, record the failure, return None.
     ``prefix``: the module path of the graph's frame in the model (a frame Dynamo started inside a
     submodule after a graph break names modules from there), put before every node's module."""
@@ -65,7 +66,8 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
         probe_hints = {name: int(hint) for name, hint, _ in probes_of(gm)}
         g = GraphRecord(gid, registry.key(gid), phase, aot_id, _graph_device(example_inputs), nodes,
                         {**{str(k): int(v) for k, v in hints.items()}, **probe_hints}, source, kernels, tf32,
-                        size_args=_size_args(gm) if hints else [], compile_id=compile_id)
+                        size_args=_size_args(gm) if hints else [], compile_id=compile_id, frame=frame,
+                        ahead=ahead)
     except Exception as e:  # noqa: BLE001 - graphmfu never breaks the model
         where = f"{e.node_name} ({e.op})" if isinstance(e, AnalysisError) else "?"
         cause = e.cause if isinstance(e, AnalysisError) else e
@@ -111,7 +113,16 @@ class Backend:
 
         def on_graph(post_gm, ex, kw, kernels, compiled):
             phase = "backward" if kw.get("is_backward") else ("inference" if kw.get("is_inference") else "forward")
-            g = record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels)
+            here = _inductor.compiling_frame()  # None: a backward compiled lazily, at its first call
+            if here is not None:
+                code, me, callers = here
+                prefix = self.registry.places.prefix(me, callers)
+                frame = f"{code}@{id(me):x}" if me is not None else code
+                self.registry.frames[kw.get("graph_id")] = (frame, prefix)
+            else:
+                frame, prefix = self.registry.frames.get(kw.get("graph_id"), (None, ""))
+            g = record_graph(self.registry, post_gm, ex, phase, kw.get("graph_id"), "backend", kernels,
+                             prefix=prefix, frame=frame, ahead=phase == "backward" and here is not None)
             if g is not None:
                 probes = [(name, fn) for name, _, fn in probes_of(post_gm)]
                 self.registry.tagger.add(compiled, g.key, g.size_args, probes)

@@ -249,19 +249,34 @@ def alternatives(graphs: list[GraphRecord]) -> dict:
     by_frame: dict = defaultdict(set)
     for g in graphs:
         if g.compile_id and "/" in g.compile_id and g.source == "backend":
-            frame, attempt = g.compile_id.split("/", 1)
-            by_frame[frame].add(attempt)
+            by_frame[_frame_of(g)].add(g.compile_id)
     return {f: sorted(a) for f, a in by_frame.items() if len(a) > 1}
+
+
+def _frame_of(g: GraphRecord) -> str:
+    """The code (and module) a graph was compiled from; Dynamo's frame number where that was not recorded
+    (older records: two codes can share a number after ``torch._dynamo.reset()``)."""
+    return g.frame or f"Dynamo frame {g.compile_id.split('/', 1)[0]}"
 
 
 def _alternatives(graphs: list[GraphRecord]) -> list[str]:
     out = []
     for frame, attempts in alternatives(graphs).items():
-        ids = [g.id for g in graphs if g.compile_id and g.compile_id.split("/", 1)[0] == frame]
-        out.append(f"graphs {ids} are {len(attempts)} compilations of the same code (Dynamo frame {frame}: "
+        ids = [g.id for g in graphs if g.compile_id and "/" in g.compile_id and _frame_of(g) == frame]
+        where = frame.rsplit("@", 1)[0]
+        out.append(f"graphs {ids} are {len(attempts)} compilations of the same code ({where}, one module: "
                    f"recompiles for other guards, e.g. grad mode or shapes): the totals add up alternatives, not "
                    f"one model's cost; read them per graph (Report.by_graph(), Report.select(graphs=[...]))")
     return out
+
+
+def _ahead(graphs: list[GraphRecord]) -> list[str]:
+    ids = [g.id for g in graphs if g.ahead]
+    if not ids:
+        return []
+    return [f"graph(s) {ids} are backward graphs compiled ahead with their forward (dynamic shapes), before any "
+            f"backward ran: the static totals include them whether or not a backward ever runs (an inference-only "
+            f"run: Report.select(phase='forward')); under profile() and the meter only calls that ran count"]
 
 
 def _dynamic_notes(graphs: list[GraphRecord]) -> list[str]:
@@ -309,6 +324,7 @@ def views(record: Record, dev: DeviceSpec) -> dict:
         "coverage": cov,
         # a static report sums every graph; a timed one counts each graph's real calls per stage
         "notes": [*record.notes, *_flag_notes(cov), *(_alternatives(graphs) if record.timing is None else []),
+                  *(_ahead(graphs) if record.timing is None else []),
                   *_dynamic_notes(graphs)],
         "kernel_map": [{"graph": g.id, "index": k.index, "name": k.name, "extern": k.extern, "nodes": k.nodes,
                         "module": k.module, **kernel_static(k, dev), "bytes_inductor": k.bytes_inductor,

@@ -126,7 +126,10 @@ class GraphRecord:
     size_args: list = dataclasses.field(default_factory=list)  # [input index, dim or None, symbol]: where
     # each size symbol of a dynamic graph is read from a call's inputs
 
-    compile_id: str | None = None  # Dynamo's frame/attempt ("0/1"): graphs of one frame are alternatives
+    compile_id: str | None = None  # Dynamo's frame/attempt ("0/1")
+    frame: str | None = None  # the code Dynamo compiled (``file:function:line``, ``@<id>`` of its module):
+    # graphs of one frame are alternatives (recompiles), graphs of two frames (or two modules) are not
+    ahead: bool = False  # a backward compiled with its forward (dynamic shapes), before any backward ran
 
     @property
     def dynamic(self) -> bool:

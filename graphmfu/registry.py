@@ -7,16 +7,45 @@ graphs compiled before a reset can never be joined to graphs compiled after it.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 import uuid
 import warnings
+import weakref
 
 import torch
 
+from graphmfu import _inductor
 from graphmfu._inductor import CallTagger
 from graphmfu.record import GraphRecord, Record
+
+
+class ModulePlaces:
+    """Where the module of a compiled frame sits in the model.  After a graph break Dynamo compiles a
+    submodule's ``forward`` (or a resume function inside it) as a frame of its own, and the frame's module
+    paths are relative to it (``o`` for ``layers.0.attn.o``).  The outermost module running on the Python
+    stack when the frame compiles is the model; the frame's module (its ``self``, else the innermost module
+    that called it) gets its path in the model as the prefix.  Path tables are kept per model, weakly."""
+
+    def __init__(self):
+        self._paths: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {id(module): path}
+
+    def prefix(self, me, callers) -> str:
+        own = me if isinstance(me, torch.nn.Module) else (callers[-1] if callers else None)
+        root = callers[0] if callers else own
+        if own is None or root is None or own is root:
+            return ""
+        for refresh in (False, True):
+            paths = None if refresh else self._paths.get(root)
+            if paths is None:
+                paths = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+                with contextlib.suppress(TypeError):
+                    self._paths[root] = paths
+            if id(own) in paths:
+                return paths[id(own)]
+        return ""
 
 
 class Registry:
@@ -25,6 +54,7 @@ class Registry:
     def __init__(self):
         self._lock = threading.Lock()
         self.tagger = CallTagger()
+        self.places = ModulePlaces()  # where compiled frames' modules sit in the model (kept across clear())
         self._start()
 
     def _start(self) -> None:
@@ -33,6 +63,8 @@ class Registry:
         self.graphs: list[GraphRecord] = []
         self.failures: list[str] = []
         self._warned: set[str] = set()
+        self.frames: dict = {}  # AOTAutograd graph id -> (frame, module prefix) of its forward's compile
+        self._fallbacks_before = _inductor.dynamo_fallbacks()  # what Dynamo could not compile before now
         if not hasattr(self, "retired"):
             self.retired: dict[str, GraphRecord] = {}  # key -> graph compiled before a clear()
 
@@ -75,14 +107,33 @@ class Registry:
                 if g is not None:
                     self.graphs.append(g.renumbered(next(self._ids)))
 
+    def fallbacks(self) -> list[tuple]:
+        """``[(kind, reason, count)]``: what Dynamo could not compile since this registry started (or was
+        cleared), most frequent first: graph breaks and frames that fell back to eager, whose ops ran
+        outside every compiled graph (Dynamo's counters are process-wide: any torch.compile counts)."""
+        before = self._fallbacks_before
+        out = [(kind, _inductor.fallback_reason(msg), n - before.get((kind, msg), 0))
+               for (kind, msg), n in _inductor.dynamo_fallbacks().items()]
+        return sorted((x for x in out if x[2] > 0), key=lambda x: (-x[2], -x[1].count(" -> ")))
+
     def record(self, timing=None) -> Record:
         """The collected record of the graphs so far (with ``timing`` from a profile, if any)."""
         with self._lock:
             graphs, failures = list(self.graphs), list(self.failures)
         rank, world = _rank()
-        return Record(graphs=graphs, failures=failures, timing=timing, torch=torch.__version__,
+        notes = [fallback_note(self.fallbacks())] if graphs and self.fallbacks() else []
+        return Record(graphs=graphs, failures=failures, notes=notes, timing=timing, torch=torch.__version__,
                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rank=rank, world_size=world,
                       device=_local_device(g.device for g in graphs))
+
+
+def fallback_note(fallbacks: list[tuple], most: int = 3) -> str:
+    """One line on what Dynamo did not compile (``Registry.fallbacks()``): it ran eagerly, outside the graphs."""
+    n = sum(c for _, _, c in fallbacks)
+    parts = [f"{kind} x{c}: {reason}" for kind, reason, c in fallbacks[:most]]
+    more = f"; and {len(fallbacks) - most} other reason(s)" if len(fallbacks) > most else ""
+    return (f"Dynamo could not compile everything ({n} graph break(s) / eager fallback(s) since graphmfu.reset()): "
+            f"what ran there ran eagerly, outside these graphs, and is not counted — " + "; ".join(parts) + more)
 
 
 def _rank() -> tuple[int, int]:

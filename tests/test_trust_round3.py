@@ -25,3 +25,183 @@ def test_dynamic_graph_with_a_probed_mask_attributes_all_kernel_time(fresh):
     sdpa, = [k for k in rep.kernels if k["name"].startswith("torch.ops.aten._scaled_dot_product")]
     # causal: T(T+1)/2 pairs per head: 36 + 300 + 820 = 1156, x 2 heads x 32 FLOPs = 73984
     assert sdpa["flops"] == (36 + 300 + 820) * H * PER_PAIR == 73984
+
+
+# --------------------------------------------------------------------------- words (item 5)
+
+import pytest  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from graphmfu.errors import GraphMFUError  # noqa: E402
+
+
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.out = nn.LSTM(16, 32, batch_first=True), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0])
+
+
+def test_nothing_compiled_says_why_not_compile_first(fresh):
+    """An LSTM: Dynamo skips the frame and the model runs eagerly.  The report must not tell the user to
+    compile the model (they did): it says Dynamo compiled nothing and gives Dynamo's reason."""
+    torch.compile(WithLSTM(), backend=graphmfu.backend)(torch.randn(2, 5, 16))
+    with pytest.raises(GraphMFUError) as e:
+        graphmfu.report()
+    msg = str(e.value)
+    assert "Dynamo compiled nothing and the model ran eagerly" in msg
+    assert "RNN, GRU, or LSTM" in msg and "allow_rnn" in msg
+    assert "and run the model first" not in msg
+
+
+class Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.lin(x).relu()
+
+
+class LoopWithBreak(nn.Module):
+    def __init__(self, layer=lambda: nn.Linear(16, 16)):
+        super().__init__()
+        self.layers = nn.ModuleList(layer() for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+            torch._dynamo.graph_break()
+        return x
+
+
+def test_graph_break_in_a_loop_over_layers_names_the_loop(fresh):
+    torch.compile(LoopWithBreak(), backend=graphmfu.backend)(torch.randn(2, 16))
+    with pytest.raises(GraphMFUError, match="graph break in loop") as e:
+        graphmfu.report()
+    assert "Dynamo compiled nothing" in str(e.value)
+    graphmfu.reset()
+    torch._dynamo.reset()
+    # layers of the user's own class: Dynamo compiles each layer's frame, the loop itself runs eagerly
+    torch.compile(LoopWithBreak(Layer), backend=graphmfu.backend)(torch.randn(2, 16))
+    notes = graphmfu.report().data["notes"]
+    assert any(n.startswith("Dynamo could not compile everything") and "graph break in loop" in n for n in notes)
+
+
+def test_graphs_with_graph_breaks_say_what_ran_outside_them(fresh):
+    class Half(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            x = self.a(x)
+            torch._dynamo.graph_break()
+            return self.b(x)
+
+    torch.compile(Half(), backend=graphmfu.backend)(torch.randn(2, 16))
+    notes = graphmfu.report().data["notes"]
+    assert any(n.startswith("Dynamo could not compile everything (1 graph break(s)") and "graph_break()" in n
+               for n in notes), notes
+
+
+def test_analysis_graph_breaks_are_not_the_users(fresh):
+    """analyze() runs Dynamo too: its graph breaks must not show in the user's report."""
+    torch.compile(Layer(), backend=graphmfu.backend)(torch.randn(2, 16))
+    graphmfu.analyze(LoopWithBreak(), torch.randn(2, 16), fast=False)
+    assert not [n for n in graphmfu.report().data["notes"] if n.startswith("Dynamo could not compile")]
+
+
+def test_two_modules_are_not_alternatives_of_one_code(fresh):
+    """Model A compiled with and without grad (2 compilations of its code), then, after torch._dynamo.reset(),
+    model B the same way: B's frame numbers repeat A's ("0/0", "0/1").  Each model's compilations are
+    alternatives of its own code; the two models are not one code compiled 4 times."""
+    for model, dim in ((Layer(), 16), (WithLinear(), 16)):
+        cm = torch.compile(model, backend=graphmfu.backend)
+        cm(torch.randn(2, dim))
+        with torch.no_grad():
+            cm(torch.randn(2, dim))
+        torch._dynamo.reset()
+    rep = graphmfu.report()
+    assert [g.compile_id for g in rep.record.graphs] == ["0/0", "0/1", "0/0", "0/1"]
+    notes = [n for n in rep.data["notes"] if "compilations of the same code" in n]
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("graphs [0, 1] are 2 compilations") and notes[1].startswith("graphs [2, 3] are 2")
+
+
+class WithLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.c(x) * 2
+
+
+def test_one_module_recompiled_is_still_alternatives(fresh):
+    m = Layer()
+    cm = torch.compile(m, backend=graphmfu.backend)
+    cm(torch.randn(2, 16))
+    with torch.no_grad():
+        cm(torch.randn(2, 16))
+    notes = graphmfu.report().data["notes"]
+    assert any("2 compilations of the same code" in n and "alternatives" in n for n in notes), notes
+
+
+def test_backward_compiled_ahead_is_named(fresh):
+    """dynamic=True compiles the backward with the forward; an inference-only run never calls it."""
+    torch.compile(Layer(), backend=graphmfu.backend, dynamic=True)(torch.randn(2, 16))
+    rep = graphmfu.report()
+    phases = {g.phase: g for g in rep.record.graphs}
+    assert phases["backward"].ahead and not phases["forward"].ahead
+    assert any(n.startswith(f"graph(s) [{phases['backward'].id}] are backward graphs compiled ahead")
+               for n in rep.data["notes"]), rep.data["notes"]
+
+
+def test_backward_compiled_at_its_first_call_is_not_named(fresh):
+    torch.compile(Layer(), backend=graphmfu.backend)(torch.randn(2, 16)).sum().backward()
+    rep = graphmfu.report()
+    assert not any(g.ahead for g in rep.record.graphs)
+    assert not [n for n in rep.data["notes"] if "compiled ahead" in n]
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.o = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.q(x)
+        torch._dynamo.graph_break()
+        return self.o(h)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Attn()
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(Block() for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_backend_module_paths_are_the_models_across_graph_breaks(fresh):
+    """A graph break inside layers.0.attn: Dynamo compiles attn's forward (and its resume function) as
+    frames of their own, whose module paths are relative to attn (``q``, ``o``)."""
+    with torch.no_grad():
+        torch.compile(Deep(), backend=graphmfu.backend)(torch.randn(2, 16))
+    mods = {n["module"] for n in graphmfu.report().nodes if n["op"] in ("aten.addmm.default", "aten.mm.default")}
+    assert mods == {"layers.0.attn.q", "layers.0.attn.o"}, mods
