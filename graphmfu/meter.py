@@ -131,6 +131,7 @@ class Meter:
         self._plans: dict = {}  # graph key -> GraphPlan
         self._lock = threading.Lock()
         self._open = None  # the step being measured
+        self.raised = 0  # steps whose body raised: not recorded
         self._events: list = []  # a pool of CUDA timing events
         self._n = 0
 
@@ -158,13 +159,22 @@ class Meter:
             st.start = self._mark()  # the events bracket the user's code, not the meter's own bookkeeping
         try:
             yield st
-        finally:
-            st.end = self._mark()
+        except BaseException:
+            # a step whose body raised did not run to its end: not a step (counted in ``raised``)
             self.registry.tagger.detach(self)
             self._open = None
-            self._pending.append(st)
-            world = self.world_every and (st.index + 1) % self.world_every == 0
-            self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
+            self.raised += 1
+            if prev is not None and st.start is prev.end and prev in self._pending:
+                prev.end_shared = False  # the previous step gives its end event back itself
+            elif self.cuda and st.start is not None:
+                self._events.append(st.start)
+            raise
+        st.end = self._mark()
+        self.registry.tagger.detach(self)
+        self._open = None
+        self._pending.append(st)
+        world = self.world_every and (st.index + 1) % self.world_every == 0
+        self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
 
     def call_begin(self, key: str, values: dict | None):
         """The call tagger's report of a compiled graph call starting (any thread)."""
@@ -361,14 +371,23 @@ class Meter:
                 return "-"
             return f.format(v * 1e3 if k == "step_s" else v)
 
-        body = [[fmt(r, k, f) for k, _, f in cols] for r in rows]
-        tail = rows[skip:] or rows
+        body = [[fmt(r, k, f) + (" !" if k == "step" and r.get("flags") else "") for k, _, f in cols] for r in rows]
+        tail = [r for r in (rows[skip:] or rows) if "no_graphs" not in r.get("flags", ())]
         mean = {k: _mean([r.get(k) for r in tail]) for k, _, _ in cols}
         mean["step"] = f"mean {len(tail)}"
         body.append([mean["step"]] + [fmt(mean, k, f) for k, _, f in cols[1:]])
         head = (f"graphmfu meter — {self.device.name}, {len(rows)} step(s)"
                 + (f", N = {self.params:,} parameters (active, without embeddings)" if self.params else ""))
-        return head + "\n" + tabulate(body, headers=[h for _, h, _ in cols], disable_numparse=True)
+        empty = [r["step"] for r in rows if "no_graphs" in r.get("flags", ())]
+        first = []
+        if empty:
+            first.append(f"! {len(empty)} of {len(rows)} step(s) ran no compiled graph (steps {_few(empty)}, marked !): "
+                         f"their FLOPs are not counted (0 is not their work) and they are left out of the means; "
+                         f"compile the model with graphmfu.backend (or use graphmfu.capture_all()) and run it "
+                         f"inside the step")
+        if self.raised:
+            first.append(f"! {self.raised} step(s) raised inside 'with meter.step()' and are not recorded")
+        return "\n".join([*first, head, tabulate(body, headers=[h for _, h, _ in cols], disable_numparse=True)])
 
 
 class _Open:
@@ -383,6 +402,10 @@ class _Open:
         self.step_s = 0.0
         self.timed = False
         self.end_shared = False  # the next step starts at this step's end event
+
+
+def _few(xs: list, most: int = 8) -> str:
+    return ", ".join(map(str, xs[:most])) + (f", ... ({len(xs)} in all)" if len(xs) > most else "")
 
 
 def _mean(xs):
@@ -539,12 +562,22 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
         out.update({"nd_flops": None, "nd_rule": None, "flops_vs_nd": None})
     if step.processed and step.tokens is not None and u["mfu"] is not None:
         out["goodput_mfu"] = u["mfu"] * step.tokens / step.processed
+    out["flags"] = ["no_graphs"] if not calls else []
+    if not calls:
+        out["note"] = NO_GRAPHS
     return out
+
+
+NO_GRAPHS = ("no compiled graph ran in this step: its FLOPs are not counted (0 is not its work) and it is left out "
+             "of the means; compile the model with graphmfu.backend (or use graphmfu.capture_all()) and run it "
+             "inside the step")
 
 
 def line(r: dict) -> str:
     """One printable line of a row."""
     parts = [f"step {r['step']}", f"{r['step_s'] * 1e3:.2f} ms"]
+    if "no_graphs" in r.get("flags", ()):
+        parts.append("! no compiled graph ran: FLOPs not counted")
     if r.get("tflops") is not None:
         parts.append(f"{r['tflops']:.2f} TFLOP/s")
     for k in ("mfu", "hfu", "mbu"):

@@ -205,3 +205,53 @@ def test_backend_module_paths_are_the_models_across_graph_breaks(fresh):
         torch.compile(Deep(), backend=graphmfu.backend)(torch.randn(2, 16))
     mods = {n["module"] for n in graphmfu.report().nodes if n["op"] in ("aten.addmm.default", "aten.mm.default")}
     assert mods == {"layers.0.attn.q", "layers.0.attn.o"}, mods
+
+
+def test_meter_step_without_graphs_is_flagged_and_left_out_of_the_means():
+    """Steps 0 and 2 run the compiled model (2 * 16 * 16 = 512 FLOPs per token at batch 1 x 1 token... of one
+    Linear(16, 16) on 4 tokens: 2 * 4 * 16 * 16 = 2048 FLOPs, 512 per token); step 1 runs the plain model:
+    no graph, 0 counted.  Its row says so and the means are over the two counted steps: 512 FLOPs/token,
+    not (512 + 0 + 512) / 3."""
+    from graphmfu.registry import Registry
+
+    reg = Registry()
+    m = nn.Linear(16, 16)
+    cm = torch.compile(m, backend=graphmfu.Backend(registry=reg))
+    meter = graphmfu.meter(registry=reg)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        cm(x)
+        for fn in (cm, m, cm):
+            with meter.step(tokens=4):
+                fn(x)
+    rows = meter.records
+    assert [r["flops"] for r in rows] == [2 * 4 * 16 * 16, 0, 2048]
+    assert [r["flags"] for r in rows] == [[], ["no_graphs"], []]
+    assert "no compiled graph ran in this step" in rows[1]["note"]
+    text = meter.summary(skip=0)
+    assert text.startswith("! 1 of 3 step(s) ran no compiled graph (steps 1, marked !)")
+    import re
+
+    head, mean = text.splitlines()[2], text.splitlines()[-1]
+    cols = dict(zip(re.split(r"\s{2,}", head.strip()), re.split(r"\s{2,}", mean.strip())))
+    assert cols["step"] == "mean 2" and cols["FLOP/tok"] == "512"  # over the two counted steps
+
+
+def test_meter_step_that_raised_is_not_recorded():
+    from graphmfu.registry import Registry
+
+    reg = Registry()
+    cm = torch.compile(nn.Linear(16, 16), backend=graphmfu.Backend(registry=reg))
+    meter = graphmfu.meter(registry=reg)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        with meter.step(tokens=4):
+            cm(x)
+        with pytest.raises(RuntimeError, match="boom"):
+            with meter.step(tokens=4):
+                cm(x)
+                raise RuntimeError("boom")
+        with meter.step(tokens=4):
+            cm(x)
+    assert len(meter.records) == 2 and meter.raised == 1
+    assert "1 step(s) raised inside 'with meter.step()' and are not recorded" in meter.summary()
