@@ -17,6 +17,8 @@ def logged(row: dict | None, prefix: str = "graphmfu/") -> dict:
     """The numbers of a meter row worth logging, under ``prefix`` (None values left out)."""
     if not row:
         return {}
+    if "no_graphs" in row.get("flags", ()):  # no compiled graph ran: its 0 FLOPs are not a measurement
+        return {prefix + k: float(row[k]) for k in ("step_s", "tokens_per_s") if row.get(k) is not None}
     return {prefix + k: float(row[k]) for k in LOGGED if row.get(k) is not None}
 
 
