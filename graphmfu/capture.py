@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
 import types
@@ -429,19 +430,34 @@ def _outside_recorder(registry: Registry, roots):
     return OutsideGraphs(-1, _inductor.matmul_allows_tf32(), paths)  # numbered if it is kept
 
 
+def _call_copy(registry: Registry, g: GraphRecord, first: str, here: str) -> GraphRecord:
+    """Another call of graph ``g`` in module ``here`` (its first call ran in ``first``): a copy under a new id
+    and key whose module paths under ``first`` move under ``here`` (layer 0's graph run by layer 1)."""
+    def moved(path: str) -> str:
+        if first and (path == first or path.startswith(first + ".")):
+            return here + path[len(first):]
+        return path
+    gid = registry.next_id()
+    return dataclasses.replace(
+        g.renumbered(gid), key=registry.key(gid),
+        nodes=[dataclasses.replace(n, graph=gid, module=moved(n.module)) for n in g.nodes],
+        kernels=[dataclasses.replace(k, graph=gid, module=moved(k.module)) for k in g.kernels])
+
+
 def _report_outside(registry: Registry, outside, device: str) -> None:
     """Ops with work that ran outside the compiled graphs: recorded as one eager graph (op by op, so the
     totals hold them) and named in the failures, never dropped silently.  Glue alone (views and detaches
     of AOTAutograd's wrappers, no FLOPs) is not worth a line and is dropped."""
-    for g, calls in outside.reused():
+    for g, paths in outside.reused():
+        copies = [_call_copy(registry, g, paths[0], here) for here in paths[1:]]
+        for c in copies:
+            registry.add(c)
         flops = sum(int(n.cost.flops) for n in g.nodes if n.cost is not None)
-        vector = sum(int(n.cost.vector_flops) for n in g.nodes if n.cost is not None)
-        msg = (f"graphmfu: graph {g.id} ({g.phase}) ran {calls} times in the analysed call: Dynamo compiled its "
-               f"frame once and ran it again (e.g. each layer calling a frame a graph break split out); the report "
-               f"counts it once: {(calls - 1) * flops:,} FLOPs, {(calls - 1) * vector:,} vector FLOPs of the other "
-               f"{calls - 1} call(s) are not in the totals")
-        registry.fail(msg)
-        registry.warn_once(f"reused:{g.id}", msg)
+        msg = (f"graphmfu: graph {g.id} ({g.phase}) ran {len(paths)} times in the analysed call (Dynamo compiled its "
+               f"frame once and ran it again, e.g. each layer calling a frame a graph break split out): each call is "
+               f"counted, the others as graph(s) {[c.id for c in copies]} ({(len(paths) - 1) * flops:,} FLOPs) with "
+               f"their own module paths ({', '.join(sorted(set(paths))[:4])}{', ...' if len(set(paths)) > 4 else ''})")
+        registry.note(msg)
     if outside.failure is not None:
         msg = (f"graphmfu: ops ran outside the compiled graphs and one could not be costed ({outside.failure}); "
                f"they are missing from the report")

@@ -223,7 +223,8 @@ class OutsideGraphs(Recorder):
         super().__init__(_StackModules(names), _AutogradPhase(), gid, tf32)
         self.inside = 0
         self.graph_nodes: set = set()  # the autograd nodes that ran a compiled backward graph
-        self.calls: dict = {}  # id(graph) -> [graph, calls]: graphs Dynamo reuses run more than once
+        self.calls: dict = {}  # id(graph) -> [graph, [module path of each call]]: graphs Dynamo reuses run
+        # more than once (the innermost analysed module running the call: each layer its own)
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -246,7 +247,8 @@ class OutsideGraphs(Recorder):
             with contextlib.suppress(TypeError):
                 self.graph_nodes.add(node)
         if graph is not None:
-            self.calls.setdefault(id(graph), [graph, 0])[1] += 1
+            here = max(self.tracker.parents, key=lambda p: (p.count(".") + 1 if p else 0, len(p)), default="")
+            self.calls.setdefault(id(graph), [graph, []])[1].append(here)
         with self.paused():
             yield
 
@@ -260,9 +262,10 @@ class OutsideGraphs(Recorder):
             self.inside -= 1
 
     def reused(self) -> list[tuple]:
-        """[(graph record, calls)] of the graphs that ran more than once in the analysed call: Dynamo
-        compiled a frame once and ran it again (each layer calling a frame that a graph break split out)."""
-        return [(g, n) for g, n in self.calls.values() if n > 1]
+        """[(graph record, [module path of each call])] of the graphs that ran more than once in the analysed
+        call: Dynamo compiled a frame once and ran it again (each layer calling a frame that a graph break
+        split out)."""
+        return [(g, paths) for g, paths in self.calls.values() if len(paths) > 1]
 
     def significant(self) -> list[OpRecord]:
         """The ops with work the graphs miss: FLOPs (matmuls, convolutions, attention) or vector FLOPs

@@ -62,6 +62,7 @@ class Registry:
         self._ids = itertools.count()
         self.graphs: list[GraphRecord] = []
         self.failures: list[str] = []
+        self.notes: list[str] = []
         self._warned: set[str] = set()
         self.frames: dict = {}  # AOTAutograd graph id -> (frame, module prefix) of its forward's compile
         self._fallbacks_before = _inductor.dynamo_fallbacks()  # what Dynamo could not compile before now
@@ -83,6 +84,12 @@ class Registry:
     def fail(self, msg: str) -> None:
         with self._lock:
             self.failures.append(msg)
+
+    def note(self, msg: str) -> None:
+        """A line for the report's notes (what was counted and how; not a failure)."""
+        with self._lock:
+            if msg not in self.notes:
+                self.notes.append(msg)
 
     def warn_once(self, key: str, msg: str) -> None:
         with self._lock:
@@ -119,9 +126,11 @@ class Registry:
     def record(self, timing=None) -> Record:
         """The collected record of the graphs so far (with ``timing`` from a profile, if any)."""
         with self._lock:
-            graphs, failures = list(self.graphs), list(self.failures)
+            graphs, failures, notes = list(self.graphs), list(self.failures), list(self.notes)
         rank, world = _rank()
-        notes = [fallback_note(self.fallbacks())] if graphs and self.fallbacks() else []
+        fell = self.fallbacks() if graphs else []
+        if fell:
+            notes.append(fallback_note(fell))
         return Record(graphs=graphs, failures=failures, notes=notes, timing=timing, torch=torch.__version__,
                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), rank=rank, world_size=world,
                       device=_local_device(g.device for g in graphs))
