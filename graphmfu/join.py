@@ -140,6 +140,11 @@ def _is_cpp_kernel(name: str) -> bool:
     return site_name(name) != name
 
 
+def _is_cpp_template(name: str) -> bool:
+    """A C++ template kernel's profile name (``graph_0_kernel``, ``graph_0_<prefix>_kernel``)."""
+    return _is_cpp_kernel(name) and (site_name(name) == "kernel" or site_name(name).endswith("_kernel"))
+
+
 def stage_ranges(events) -> list[dict]:
     """Every ``graphmfu.stage`` occurrence: name (``a/b`` when nested) and CPU start/end."""
     return [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
@@ -211,6 +216,7 @@ def _match(call: _Call) -> dict:
     expected = call.graph.kernels
     out: dict[int, object] = {}
     pos, busy_until = 0, float("-inf")
+    present = None
     for e in call.sites:
         if call.nested and e.time_range.start < busy_until:
             continue  # inside the previous match: that op's own internals
@@ -218,6 +224,14 @@ def _match(call: _Call) -> dict:
         j = pos
         while j < len(expected) and expected[j].site != name:
             j += 1
+        if j == len(expected) and _is_cpp_template(e.name):
+            # a C++ template (CPU flex attention, a max-autotune GEMM) profiles as graph_<id>_[<prefix>_]kernel,
+            # not under the name Inductor gave it: the next kernel in order whose own name no site carries
+            if present is None:
+                present = {site_name(x.name) for x in call.sites}
+            j = pos
+            while j < len(expected) and (expected[j].extern or expected[j].site in present):
+                j += 1
         if j < len(expected):
             out[id(e)] = expected[j]
             pos = j + 1

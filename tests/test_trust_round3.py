@@ -255,3 +255,27 @@ def test_meter_step_that_raised_is_not_recorded():
             cm(x)
     assert len(meter.records) == 2 and meter.raised == 1
     assert "1 step(s) raised inside 'with meter.step()' and are not recorded" in meter.summary()
+
+
+def test_cpu_flex_attention_is_joined_under_profile(fresh):
+    """The CPU flex template profiles as ``graph_0_kernel``, not under its Inductor name: nothing was joined
+    (the report said the model was compiled without graphmfu).  Now it is joined by order and costed at the
+    blocks the call's BlockMask runs."""
+    fa = pytest.importorskip("torch.nn.attention.flex_attention")
+
+    def causal(b, h, q, kv):
+        return q >= kv
+
+    t = 256  # two 128-blocks per side
+    bm = fa.create_block_mask(causal, 1, H, t, t, device="cpu")
+    q, k, v = (torch.randn(1, H, t, D) for _ in range(3))
+    f = torch.compile(lambda q, k, v, bm: fa.flex_attention(q, k, v, block_mask=bm), backend=graphmfu.backend)
+    with torch.no_grad():
+        f(q, k, v, bm)
+        with graphmfu.profile() as p, graphmfu.stage("attn"):
+            f(q, k, v, bm)
+    rep = p.report()
+    assert rep.coverage()["time_attributed"] == 1.0, rep.coverage()["unattributed_kernels"]
+    flex, = rep.kernels
+    # causal at 128-blocks: 3 blocks of 128 x 128 per head, 2 heads: 98304 pairs x 32 FLOPs per pair (D = 8)
+    assert flex["calls"] == 1 and flex["flops"] == 3 * 128 * 128 * H * PER_PAIR == 3145728
