@@ -8,6 +8,7 @@ breaking the user's model.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from typing import Any, Callable, Mapping
 
@@ -491,10 +492,12 @@ def mode_config(mode: str | None) -> dict:
     try:
         return dict(torch._inductor.list_mode_options(mode))
     except Exception as e:
-        from graphmfu.errors import GraphMFUError
+        raise UnknownMode(f"unknown mode {mode!r}; use one of default, reduce-overhead, max-autotune, "
+                          f"max-autotune-no-cudagraphs") from e
 
-        raise GraphMFUError(f"unknown mode {mode!r}; use one of default, reduce-overhead, max-autotune, "
-                            f"max-autotune-no-cudagraphs") from e
+
+class UnknownMode(ValueError):
+    """``mode_config`` was given a mode torch.compile does not know (the caller says it to the user)."""
 
 
 # --------------------------------------------------------------------------- shapes
@@ -600,6 +603,33 @@ def analysis_backend(on_graph: Callable[..., None], names: Callable[[], Mapping[
     return backend
 
 
+# --------------------------------------------------------------------------- Dynamo's names
+
+_ROOT = re.compile(r"^(?:L|G)\[['\"]([^'\"]+)['\"]\]")
+_ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
+
+
+def module_path(raw: str) -> str:
+    """Dynamo's ``L['self'].layers[0]._modules['attn'].q`` -> ``layers.0.attn.q``.
+
+    A module passed as the compiled frame's local (``L[...]``: ``self``, or a
+    function's argument) is the root and is dropped; a global one
+    (``G['model']``) keeps its name."""
+    s = raw.strip()
+    m = _ROOT.match(s)
+    keep = None
+    if m:
+        if s.startswith("G"):
+            keep = m.group(1)
+        s = s[m.end():]
+    s = re.sub(r"(^|\.)_modules(?=\[)", r"\1", s)  # ._modules['x'], not an attribute like down_modules
+    s = _ITEM.sub(lambda mm: "." + mm.group(1), s)
+    parts = [p for p in s.split(".") if p]
+    if keep:
+        parts.insert(0, keep)
+    return ".".join(parts)
+
+
 def frame_prefix(gm, names: Mapping[int, list]) -> str:
     """The module path, in the analysed model, of the module a Dynamo graph's frame runs in.
 
@@ -608,8 +638,6 @@ def frame_prefix(gm, names: Mapping[int, list]) -> str:
     several when tied, e.g. ``decoder.block.0...weight``) ends with that local path, and what comes
     before it is the prefix.  "" when the frame is the model's own (or nothing tells: no parameter,
     only tied ones, no grapharg metadata on this torch)."""
-    from graphmfu.nodes import module_path
-
     prefixes = None
     for node in gm.graph.nodes:
         if node.op != "placeholder":

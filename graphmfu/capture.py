@@ -86,6 +86,13 @@ def record_graph(registry: Registry, gm, example_inputs, phase: str, aot_id, sou
 # --------------------------------------------------------------------------- backend
 
 
+def _mode_config(mode: str | None) -> dict:
+    try:
+        return _inductor.mode_config(mode)
+    except _inductor.UnknownMode as e:
+        raise GraphMFUError(str(e)) from None
+
+
 class Backend:
     """``torch.compile(model, backend=graphmfu.backend)`` or ``backend=graphmfu.backend(mode=...)``.
 
@@ -95,7 +102,7 @@ class Backend:
     def __init__(self, mode: str | None = None, options: dict | None = None, registry: Registry | None = None):
         if options is not None and not isinstance(options, dict):
             raise GraphMFUError(f"graphmfu.backend(options=...) takes a dict of Inductor config, got {options!r}")
-        self.config = {**_inductor.mode_config(mode), **(options or {})}
+        self.config = {**_mode_config(mode), **(options or {})}
         self.registry = registry or DEFAULT
 
     def __deepcopy__(self, memo):
@@ -107,7 +114,7 @@ class Backend:
         return self
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **options):
-        config = {**self.config, **_inductor.mode_config(options.pop("mode", None)), **options.pop("options", {}),
+        config = {**self.config, **_mode_config(options.pop("mode", None)), **options.pop("options", {}),
                   **options}
         if _graph_device(example_inputs) == "cpu":  # C++ kernels become visible to the profiler
             config = {**_inductor.kernel_profile_config(), **config}

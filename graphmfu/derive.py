@@ -255,7 +255,7 @@ def alternatives(graphs: list[GraphRecord]) -> dict:
 
 def _frame_of(g: GraphRecord) -> str:
     """The code (and module) a graph was compiled from; Dynamo's frame number where that was not recorded
-    (older records: two codes can share a number after ``torch._dynamo.reset()``)."""
+    (older records: two codes can share a number after a reset of Dynamo)."""
     return g.frame or f"Dynamo frame {g.compile_id.split('/', 1)[0]}"
 
 

@@ -3,13 +3,13 @@ and cost.  Pure functions of an FX graph; nothing here knows about Inductor."""
 from __future__ import annotations
 
 import operator
-import re
 from typing import Any, Mapping
 
 import torch
 import torch.fx
 
 from graphmfu import _inductor
+from graphmfu._inductor import module_path
 from graphmfu.cost import REGISTRY, Cost, Subgraph, TensorSpec, ensure_builtin_rules, nbytes, op_name, tensors
 from graphmfu.errors import GraphMFUError
 from graphmfu.record import OpRecord
@@ -24,31 +24,6 @@ class AnalysisError(Exception):
 
 
 # --------------------------------------------------------------------------- module paths
-
-_ROOT = re.compile(r"^(?:L|G)\[['\"]([^'\"]+)['\"]\]")
-_ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
-
-
-def module_path(raw: str) -> str:
-    """Dynamo's ``L['self'].layers[0]._modules['attn'].q`` -> ``layers.0.attn.q``.
-
-    A module passed as the compiled frame's local (``L[...]``: ``self``, or a
-    function's argument) is the root and is dropped; a global one
-    (``G['model']``) keeps its name."""
-    s = raw.strip()
-    m = _ROOT.match(s)
-    keep = None
-    if m:
-        if s.startswith("G"):
-            keep = m.group(1)
-        s = s[m.end():]
-    s = re.sub(r"(^|\.)_modules(?=\[)", r"\1", s)  # ._modules['x'], not an attribute like down_modules
-    s = _ITEM.sub(lambda mm: "." + mm.group(1), s)
-    parts = [p for p in s.split(".") if p]
-    if keep:
-        parts.insert(0, keep)
-    return ".".join(parts)
-
 
 def node_module(node: torch.fx.Node, backward: bool) -> str:
     keys = ("fwd_nn_module_stack", "nn_module_stack") if backward else ("nn_module_stack", "fwd_nn_module_stack")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Mapping
 
 from graphmfu.errors import GraphMFUError
-from graphmfu.hardware import DTYPES, DeviceSpec
+from graphmfu.hardware.spec import DTYPES, DeviceSpec
 
 _VERSION = "v3"  # v3: int8 peak and the machine load in the cache; older caches are re-measured
 # Load average (1 min) per CPU above which a cached measurement is suspect: the GEMMs use every core,

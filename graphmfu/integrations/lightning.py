@@ -17,10 +17,10 @@ class GraphMFUCallback(_L.Callback):
     """A meter step around every training batch; its numbers logged through the LightningModule."""
 
     def __init__(self, meter=None, tokens_per_step: int | None = None, **meter_kwargs):
-        import graphmfu
+        from graphmfu.meter import meter as make_meter
 
         super().__init__()
-        self.meter = meter if meter is not None else graphmfu.meter(**meter_kwargs)
+        self.meter = meter if meter is not None else make_meter(**meter_kwargs)
         self.tokens_per_step = tokens_per_step
         self._scope = StepScope(self.meter)
 

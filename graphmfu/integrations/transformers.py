@@ -17,7 +17,8 @@ _tf = require("transformers", "transformers")
 
 def register_backend(name: str = "graphmfu") -> None:
     """Make ``torch.compile(backend="graphmfu")`` work."""
-    from graphmfu import _inductor, backend
+    from graphmfu import _inductor
+    from graphmfu.capture import backend
 
     _inductor.register_backend(name, backend)
 
@@ -29,9 +30,9 @@ class GraphMFUCallback(_tf.TrainerCallback):
     """A meter step around every Trainer step; its numbers in the Trainer's logs."""
 
     def __init__(self, meter=None, tokens_per_step: int | None = None, **meter_kwargs):
-        import graphmfu
+        from graphmfu.meter import meter as make_meter
 
-        self.meter = meter if meter is not None else graphmfu.meter(**meter_kwargs)
+        self.meter = meter if meter is not None else make_meter(**meter_kwargs)
         self.tokens_per_step = tokens_per_step
         self._scope = StepScope(self.meter)
 
