@@ -60,22 +60,69 @@ def reset() -> None:
     _DEFAULT.clear()
 
 
-def analyze(model_or_fn, *args, training: bool = False, device=None, fast: bool = False, **kwargs) -> Report:
+def analyze(model_or_fn, *args, training: bool = False, device=None, fast: bool | None = None, **kwargs) -> Report:
     """Analyse ``model_or_fn(*args, **kwargs)`` on fake tensors: nothing real is allocated and no
     GPU is needed.  ``training=True`` also captures the backward (of ones through every output
     that requires grad, i.e. ``out.sum().backward()``).  ``device`` picks the ceilings (default:
     the current GPU, else measured CPU).  A function may close over its model (real weights too):
     the modules and tensors it reaches are fake for the analysis and restored after.
 
-    ``fast=True`` (planning at scale, graphmfu/plan.py): the model runs once on meta tensors under
-    a dispatch-level recorder instead of being traced by Dynamo and AOTAutograd: eager ATen ops
-    (``aten.mm``, not Inductor's post-grad nodes), the same matrix FLOPs and module tree, costs
-    memoized per op signature so repeated layers are nearly free (a 70B model in about
-    FlopCounterMode's time)."""
+    Two paths give the same matrix FLOPs and module tree:
+
+    * ``fast=True`` (planning at scale, graphmfu/plan.py): the model runs once on meta tensors under a
+      dispatch-level recorder: eager ATen ops (``aten.mm``, not Inductor's post-grad nodes), costs
+      memoized per op signature, a 70B model in about FlopCounterMode's time;
+    * ``fast=False``: Dynamo + AOTAutograd with Inductor's decompositions, the graphs Inductor would
+      compile (post-grad nodes, masks read from the graph), several times slower on large models.
+
+    By default (``fast=None``) the fast path runs, and the compiled graphs are traced instead only where
+    they would answer differently: an attention mask the fast path cannot read (its values are not on meta
+    tensors, the graph shows how it is built), attention written as matmul + softmax (its mask is read from
+    the graph), flex_attention, or a fast run that failed.  The report's notes say which path ran and why."""
     _ensure_rules()
     dev = get_device(device)
-    if fast:
-        from graphmfu.plan import plan
+    from graphmfu.plan import plan
 
+    if fast:
         return Report(plan(model_or_fn, args, kwargs, training=training, device=device).record(), dev)
-    return Report(_trace(model_or_fn, args, kwargs, training=training, device=device).record(), dev)
+    if fast is None:
+        try:
+            reg = plan(model_or_fn, args, kwargs, training=training, device=device)
+            why = _graphs_answer_differently(reg)
+        except GraphMFUError as e:
+            reg, why = None, f"the fast run failed ({e})"
+        if why is None:
+            reg.note("analysis path: fast (eager ATen ops on meta tensors, graphmfu/plan.py; the same matrix FLOPs "
+                     "as Inductor's graphs); analyze(..., fast=False) traces the compiled graphs instead")
+            return Report(reg.record(), dev)
+    else:
+        why = "fast=False"
+    reg = _trace(model_or_fn, args, kwargs, training=training, device=device)
+    reg.note(f"analysis path: compiled graphs (Dynamo + AOTAutograd, Inductor's decompositions): {why}")
+    return Report(reg.record(), dev)
+
+
+_SOFTMAX_LIKE = {"aten._softmax.default", "aten.softmax.int", "aten._safe_softmax.default", "aten.exp.default",
+                 "prims.prepare_softmax_online.default"}
+
+
+def _graphs_answer_differently(reg: Registry) -> str | None:
+    """Why the compiled graphs would answer differently than the fast run in ``reg`` (None: they would not)."""
+    if reg.failures:
+        return f"the fast run could not count everything ({reg.failures[0]})"
+    flops = {"forward": 0, "backward": 0}
+    for g in reg.graphs:
+        for n in g.nodes:
+            where = n.module or "the model"
+            if "mask_inputs" in n.flags:
+                return f"an attention mask ({where}) whose values the fast run cannot see (the graph shows how it is built)"
+            if n.op in _SOFTMAX_LIKE:
+                return f"a softmax written out ({n.op} in {where}): attention as matmul + softmax, its mask read from the graph"
+            if "flex_attention" in n.op:
+                return f"flex_attention ({where}): its block mask is read from the compiled graph"
+            if g.phase in flops and n.cost is not None:
+                flops[g.phase] += int(n.cost.flops)
+    if flops["backward"] > 2 * flops["forward"]:  # every product's backward is at most 2 products: recompute
+        return ("the backward computes more than twice the forward's matrix FLOPs (activation checkpointing: the "
+                "compiled graphs tell recomputation from model work)")
+    return None

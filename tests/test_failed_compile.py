@@ -4,7 +4,9 @@ marks) their ops must be counted and named, never silently dropped.
 
 The failing model: a custom op whose backward reads ``offs.tolist()`` (as transformers 5.17's fp32 MoE
 experts did).  AOTAutograd traces that backward on fake tensors -> DataDependentOutputException, which
-Dynamo turns into a graph break that skips the frame (``FrameAction.SKIP``, applied to the code)."""
+Dynamo turns into a graph break that skips the frame (``FrameAction.SKIP``, applied to the code).
+
+Every analysis here is the compiled-graph path (``fast=False``): Dynamo's marks are what is tested."""
 from __future__ import annotations
 
 import contextlib
@@ -80,14 +82,15 @@ def outside_lines(report) -> list[str]:
 def _fail_training():
     """The training analysis fails loudly (the backward's data-dependent read)."""
     with pytest.raises(GraphMFUError, match="reads tensor values"):
-        graphmfu.analyze(Net(), torch.randn(B, D, requires_grad=True), training=True, device="cpu")
+        graphmfu.analyze(Net(), torch.randn(B, D, requires_grad=True), training=True, device="cpu",
+                         fast=False)
 
 
 def test_failed_analysis_leaves_no_skip_marks(fresh):
-    before = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu")
+    before = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu", fast=False)
     assert [g.source for g in before.record.graphs] == ["analyze"] and flops(before) == MM
     _fail_training()  # compiles Net.forward and Block.forward again (codes seen before) and fails
-    after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu")
+    after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu", fast=False)
     assert [g.source for g in after.record.graphs] == ["analyze"], after.record.failures
     assert flops(after) == MM  # 512, as before the failure
     assert after.record.failures == []
@@ -100,7 +103,7 @@ def test_failed_analysis_leaves_no_skip_marks(fresh):
 def test_failed_first_analysis_leaves_no_skip_marks(fresh):
     """The same when the failing analysis is the first to show Dynamo these codes (reset, not restored)."""
     _fail_training()
-    after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu")
+    after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu", fast=False)
     assert [g.source for g in after.record.graphs] == ["analyze"] and flops(after) == MM
     cnt = CompileCounter()
     torch.compile(Net(), backend=cnt)(torch.randn(B, D))
@@ -114,7 +117,7 @@ def test_marks_would_undercount_silently_without_the_reset(fresh, monkeypatch):
     monkeypatch.setattr(_inductor, "no_dynamo_marks", contextlib.nullcontext)
     _fail_training()
     with pytest.warns(RuntimeWarning, match="ran outside the compiled graphs"):
-        after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu")
+        after = graphmfu.analyze(Net(), torch.randn(B, D), device="cpu", fast=False)
     assert [g.source for g in after.record.graphs] == ["eager"]
     assert flops(after) == MM  # the eager aten.mm: 512
     (line,) = outside_lines(after)
@@ -140,7 +143,8 @@ def test_users_failed_compile_is_counted_and_named(fresh):
 
     torch.compile(Lin(), backend=failing)(torch.randn(B, D))  # Dynamo falls back to eager and skips the frame
     with pytest.warns(RuntimeWarning, match="ran outside the compiled graphs"):
-        r = graphmfu.analyze(Lin(), torch.randn(B, D, requires_grad=True), training=True, device="cpu")
+        r = graphmfu.analyze(Lin(), torch.randn(B, D, requires_grad=True), training=True, device="cpu",
+                             fast=False)
     assert [g.source for g in r.record.graphs] == ["eager"]
     # forward x @ W^T: 512; backward dX = dY @ W: 512, dW = dY^T @ X: 512 -> 3 * 512 = 1536
     assert flops(r) == 3 * MM
@@ -154,7 +158,8 @@ def test_users_failed_compile_is_counted_and_named(fresh):
     # the same matrix FLOPs as the compiled analysis of the same model once the marks are gone (its vector
     # FLOPs differ: Inductor's decompositions turn threshold_backward into le + where, 3 * B * D = 96)
     torch._dynamo.reset()
-    compiled = graphmfu.analyze(Lin(), torch.randn(B, D, requires_grad=True), training=True, device="cpu")
+    compiled = graphmfu.analyze(Lin(), torch.randn(B, D, requires_grad=True), training=True, device="cpu",
+                                fast=False)
     assert {g.source for g in compiled.record.graphs} == {"analyze"} and compiled.record.failures == []
     assert flops(compiled) == flops(r) == 3 * MM
 
@@ -173,7 +178,8 @@ def test_clean_analysis_has_no_outside_line(fresh):
             torch._dynamo.graph_break()
             return self.lin(y) + x
 
-    r = graphmfu.analyze(Broken(), torch.randn(B, D, requires_grad=True), training=True, device="cpu")
+    r = graphmfu.analyze(Broken(), torch.randn(B, D, requires_grad=True), training=True, device="cpu",
+                         fast=False)
     assert [g.source for g in r.record.graphs] == ["analyze"] * 4 and r.record.failures == []
     # forward 2 mm; backward per graph dW and dX: 4 mm -> 6 * 512
     assert flops(r) == 6 * MM

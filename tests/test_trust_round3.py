@@ -279,3 +279,72 @@ def test_cpu_flex_attention_is_joined_under_profile(fresh):
     flex, = rep.kernels
     # causal at 128-blocks: 3 blocks of 128 x 128 per head, 2 heads: 98304 pairs x 32 FLOPs per pair (D = 8)
     assert flex["calls"] == 1 and flex["flops"] == 3 * 128 * 128 * H * PER_PAIR == 3145728
+
+
+# --------------------------------------------------------------------------- the default analyze path (item 6)
+
+
+def _llama():
+    from examples.minimal_llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(dim=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=100)).eval()
+
+
+def test_default_analyze_takes_the_fast_path_when_it_answers_the_same():
+    """A Llama with SDPA(is_causal): the fast path's answer is the compiled graphs' (matrix FLOPs, dense and
+    causal, per module), so the default runs it and says so.  Hand count: 2 * 8 tokens * 160256 (projections,
+    MLP, head per token; tests/test_meter.py) + causal attention 2 layers * 2 batch * 4 heads * 36 pairs * 64
+    = 2564096 + 36864 = 2600960."""
+    m, x = _llama(), torch.randint(0, 100, (2, 8))
+    default = graphmfu.analyze(m, x, device="cpu")
+    compiled = graphmfu.analyze(m, x, device="cpu", fast=False)
+    assert any(n.startswith("analysis path: fast") for n in default.data["notes"])
+    assert any(n.startswith("analysis path: compiled graphs") and "fast=False" in n for n in compiled.data["notes"])
+    for key in ("flops", "flops_dense"):
+        assert default.totals[key] == compiled.totals[key]
+    assert default.totals["flops"] == 2 * 8 * 160256 + 2 * 2 * 4 * 36 * 64 == 2600960
+    mods = lambda r: {m["module"]: m["flops"] for m in r.by_module(2)}  # noqa: E731
+    assert mods(default) == mods(compiled)
+
+
+class SoftmaxAttention(nn.Module):
+    """Attention written out (matmul, mask, softmax, matmul) with a causal mask built from sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(H * D, 3 * H * D)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, H, D).permute(2, 0, 3, 1, 4)
+        i = torch.arange(t)
+        s = q @ k.transpose(-1, -2) + torch.where(i[:, None] >= i[None, :], 0.0, float("-inf"))
+        return (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, H * D)
+
+
+def test_default_analyze_traces_the_graphs_where_they_read_a_mask():
+    """Written-out attention: the fast run counts the two matmuls dense, the graphs read the causal mask
+    (16 tokens: 136 of 256 pairs).  The default takes the graphs and says why."""
+    x = torch.randn(1, 16, H * D)
+    rep = graphmfu.analyze(SoftmaxAttention(), x, device="cpu")
+    note = next(n for n in rep.data["notes"] if n.startswith("analysis path"))
+    assert note.startswith("analysis path: compiled graphs") and "softmax" in note
+    # qkv 2*16*16*48 = 24576; the two products at 136 pairs x H=2 x 2*D=16 each: 2 * 4352
+    assert rep.totals["flops"] == 2 * 16 * (H * D) * (3 * H * D) + 2 * 136 * H * 2 * D == 33280
+
+
+def test_default_analyze_traces_the_graphs_for_activation_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    class Ck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 64)
+
+        def forward(self, x):
+            return checkpoint(lambda y: self.b(torch.relu(self.a(y))), x, use_reentrant=False)
+
+    rep = graphmfu.analyze(Ck(), torch.randn(8, 64, requires_grad=True), training=True, device="cpu")
+    assert any(n.startswith("analysis path: compiled graphs") and "checkpointing" in n for n in rep.data["notes"])
+    assert rep.totals["flops"] == 6 * 2 * 8 * 64 * 64  # recomputation is not model work
