@@ -601,19 +601,30 @@ _loaded: set[str] = set()
 
 
 def _load_file(path: Path, modname: str) -> None:
-    spec = importlib.util.spec_from_file_location(modname, path)
+    """Import ``path`` as ``modname``: a .py file, or a folder with an ``__init__.py`` as a package (its
+    modules import each other relatively, as ``modname.<module>``)."""
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(modname, path / "__init__.py",
+                                                      submodule_search_locations=[str(path)])
+    else:
+        spec = importlib.util.spec_from_file_location(modname, path)
     if spec is None or spec.loader is None:  # importlib finds no loader for a name not ending .py
         raise GraphMFUError(f"rules file {path} is not a Python file: give a .py file that defines rules with "
                             f"@graphmfu.rule (to load_rules / GRAPHMFU_RULES)")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
+
+    def _unload():  # a failed import leaves nothing behind, the modules of its package neither
+        for name in [n for n in sys.modules if n == modname or n.startswith(modname + ".")]:
+            sys.modules.pop(name, None)
+
     try:
         spec.loader.exec_module(mod)
     except GraphMFUError:
-        sys.modules.pop(modname, None)
+        _unload()
         raise
     except Exception as e:
-        sys.modules.pop(modname, None)
+        _unload()
         raise GraphMFUError(
             f"could not import rules file {path}: {type(e).__name__}: {e} (fix the file, or remove it from "
             f"GRAPHMFU_RULES / load_rules())"
@@ -636,7 +647,9 @@ def ensure_builtin_rules() -> None:
 
             define_inductor_prims()
             d = builtin_rules_dir()
-            for f in sorted(d.glob("*.py")):
+            # rule files (name.py) and rule packages (name/__init__.py), in the order of their names
+            found = [*d.glob("*.py"), *(p.parent for p in d.glob("*/__init__.py"))]
+            for f in sorted(found, key=lambda f: f.stem):
                 if not f.name.startswith("_") and f"graphmfu.rules.{f.stem}" not in sys.modules:
                     _load_file(f, f"graphmfu.rules.{f.stem}")
             _loaded.add("builtin")
