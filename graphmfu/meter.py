@@ -449,10 +449,14 @@ class GraphPlan:
         self.varying = tuple(k for k, v in zip(g.kernels, varies) if v)
         # with kernels (which carry the costs) only recomputed and attention nodes are read one by one
         self.nodes = [n for n in g.nodes if n.cost is not None and (
-            not g.kernels or n.recompute or n.event in self.attention_ops)]
-        self._kv = {id(n): _kv_bytes(n, {}) for n in self.nodes if n.event in self.attention_ops
+            not g.kernels or n.recompute or self.attention(n))]
+        self._kv = {id(n): _kv_bytes(n, {}) for n in self.nodes if self.attention(n)
                     and not _shape_symbols(n)}  # key/value bytes of attention nodes with static shapes
         self._t_min: dict = {}  # device name -> roofline time of the fixed kernels
+
+    def attention(self, n) -> bool:
+        """An attention op (rules/attention.py), or attention's matmul written out (rules/masks: flagged)."""
+        return n.event in self.attention_ops or "attention_matmul" in n.flags
 
     def fixed_t_min(self, dev: DeviceSpec) -> float:
         t = self._t_min.get(dev.name)
@@ -474,7 +478,7 @@ class GraphPlan:
                 continue
             if not g.kernels:
                 node_total = node_total + c
-            if n.event in self.attention_ops:
+            if self.attention(n):
                 attention = attention + Cost(c.matrix, c.matrix_dense)
                 k = self._kv.get(id(n))
                 kv += k if k is not None else _kv_bytes(n, sizes)

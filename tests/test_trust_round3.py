@@ -348,3 +348,59 @@ def test_default_analyze_traces_the_graphs_for_activation_checkpointing():
     rep = graphmfu.analyze(Ck(), torch.randn(8, 64, requires_grad=True), training=True, device="cpu")
     assert any(n.startswith("analysis path: compiled graphs") and "checkpointing" in n for n in rep.data["notes"])
     assert rep.totals["flops"] == 6 * 2 * 8 * 64 * 64  # recomputation is not model work
+
+
+# --------------------------------------------------------------------------- eager attention, padding (item 2)
+
+
+def _eager_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+# per token: 2 layers x (q, k, v, o: 4 x 64*64; MLP 3 x 64*128) x 2, and the head 2*64*256: 196608
+LINEAR_PER_TOKEN = 2 * (4 * 64 * 64 + 3 * 64 * 128) * 2 + 2 * 64 * 256
+PER_PAIR_HF = 2 * 16 + 2 * 16  # Q@K^T and P@V per kept pair, head dim 16
+
+
+def _kept(pads, t=8):
+    """Causal with left padding p: query i >= p sees keys p..i: (t-p)(t-p+1)/2 pairs per head."""
+    return sum((t - p) * (t - p + 1) // 2 for p in pads)
+
+
+@pytest.mark.parametrize("pads", [(3,), (6,), (3, 6)])
+def test_eager_attention_with_padding_is_counted_per_call(fresh, pads):
+    """transformers' eager attention (matmul, + mask, softmax, matmul) with left padding: the padding mask is
+    an input, so the graph alone gives the causal bound (36 pairs per head); per call the real mask keeps
+    (8-p)(9-p)/2: 15 for p=3, 3 for p=6, in the meter and under profile()."""
+    m = _eager_llama()
+    b, t = len(pads), 8
+    ids = torch.randint(0, 256, (b, t))
+    am = torch.ones(b, t, dtype=torch.long)
+    for row, p in enumerate(pads):
+        am[row, :p] = 0
+    attention = 2 * 4 * _kept(pads) * PER_PAIR_HF  # 2 layers x 4 heads
+    hand = b * t * LINEAR_PER_TOKEN + attention
+    assert _kept((3,)) == 15 and _kept((6,)) == 3
+    cm = torch.compile(m, backend=graphmfu.backend)
+    meter = graphmfu.meter()
+    with torch.no_grad():
+        cm(input_ids=ids, attention_mask=am)
+        with meter.step(tokens=b * t):
+            cm(input_ids=ids, attention_mask=am)
+        with graphmfu.profile() as p, graphmfu.stage("forward"):
+            cm(input_ids=ids, attention_mask=am)
+    row, = meter.records
+    assert row["flops"] == hand
+    assert row["attention_flops"] == attention  # was 0: eager attention is attention too
+    assert row["attention_flops_dense"] == 2 * 4 * b * 64 * PER_PAIR_HF
+    st = {s["name"]: s for s in p.report().stages}["forward"]
+    assert st["flops"] == hand
+    rep = graphmfu.report()
+    exp_nodes = [n for n in rep.nodes if "decomposed_attention" in n.get("flags", ())]
+    assert exp_nodes and all("counted dense" not in n["note"] and "counted per call" in n["note"] for n in exp_nodes)

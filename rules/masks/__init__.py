@@ -125,7 +125,7 @@ def _masked_attention(gm, records) -> None:
         if mc is None:
             continue
         _apply(rec, node, spec, mc, probes)
-    _decomposed(gm, records, walker, cid)
+    _decomposed(gm, records, walker, cid, probes)
     _varlen(gm, records, probes)
     _flex(gm, records, probes)
     probes.attach()

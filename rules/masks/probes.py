@@ -45,8 +45,12 @@ class Probes:
             pass
 
     # --------------------------------------------------------------- the mask's subgraph
-    def _subgraph(self, mask_node):
-        need, stack = set(), [mask_node]
+    def _subgraph(self, mask_node, finish=None):
+        """The graph's nodes that compute ``mask_node`` (a node, or a list of nodes) copied into a module of
+        their own, and which inputs it takes; None when that reaches a heavy op or too many nodes.  The
+        module returns ``mask_node``, or what ``finish(graph, env)`` adds (``env``: original node -> copy)."""
+        roots = list(mask_node) if isinstance(mask_node, (list, tuple)) else [mask_node]
+        need, stack = set(), list(roots)
         while stack:
             n = stack.pop()
             if n in need:
@@ -73,7 +77,7 @@ class Probes:
                 used.append(index[n])
             else:
                 env[n] = g.node_copy(n, lambda a: env[a])
-        g.output(env[mask_node])
+        g.output(finish(g, env) if finish is not None else env[roots[0]])
         return torch.fx.GraphModule(self.gm, g), used
 
     def _size_reader(self):
@@ -96,66 +100,71 @@ class Probes:
     # --------------------------------------------------------------- one SDPA node
     def per_call(self, rec, node, spec, mc: MaskCount) -> bool:
         """Give SDPA ``node`` (record ``rec``) a per-call pair count; False when its mask cannot be probed."""
-        import sympy
-
         mask = _mask_arg(node, spec)
         qv, kv = _q_k(node, spec)
-        exprs = [_sym_or_int(x) for x in (*qv.shape[:-2], qv.shape[-2], kv.shape[-2])]
-        lead_e, tq_e, tk_e = sympy.Mul(*exprs[:-2]) if len(exprs) > 2 else 1, exprs[-2], exprs[-1]
-        lead_e = int(lead_e) if getattr(lead_e, "is_Integer", False) or isinstance(lead_e, int) else lead_e
-        key = (mask.name, str(lead_e), str(tq_e), str(tk_e))
-        name = self.by_key.get(key)
+        lead_e, tq_e, tk_e = dims_of((*qv.shape[:-2], qv.shape[-2], kv.shape[-2]))
+        hint = mc.pairs * math.prod(_int_of(s) for s in qv.shape[:-2])
+        name = self.probe(mask.name, lambda: self._subgraph(mask), (lead_e, tq_e, tk_e), hint, node.name)
         if name is None:
-            sub = self._subgraph(mask)
-            if sub is None:
-                return False
-            module, used = sub
-            same = (_signature(module), tuple(used), *key[1:])  # the same mask computed twice (per layer)
-            name = self.by_key.get(same)
-            if name is not None:
-                self.by_key[key] = name
-                self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
-                return True
-            name = f"pairs_{mask.name}" if not any(k[0] == mask.name for k in self.by_key) else \
-                f"pairs_{mask.name}_{node.name}"
-            hint = mc.pairs * math.prod(_int_of(s) for s in qv.shape[:-2])
-            dims = (lead_e, tq_e, tk_e)
-
-            def probe(inputs, module=module, used=used, dims=dims, hint=hint):
-                try:
-                    lead, tq, tk = self._ints(list(dims), inputs)
-                    with torch.no_grad(), _probe_range():  # the count's own ops too: graphmfu's, not the model's
-                        return kept_total(module(*[inputs[i] for i in used]), lead, tq, tk)
-                except Exception:  # noqa: BLE001 - never break the call: the count without values
-                    return hint
-
-            def defer(inputs, module=module, used=used, dims=dims, hint=hint):
-                """No waiting for the device (the meter): the sizes now, host copies of the mask's inputs
-                queued, the count on the host when the step is done.  None when the inputs are large
-                (a 4-D mask: then the probe counts on the device at the call)."""
-                xs = [inputs[i] for i in used]
-                if sum(x.numel() * x.element_size() for x in xs if isinstance(x, torch.Tensor)) > _DEFER_BYTES:
-                    return None
-                lead, tq, tk = self._ints(list(dims), inputs)
-                copies = [self._copies.of(inputs, i) for i in used]  # (no profile runs: no probe range)
-
-                def finish():
-                    try:
-                        return _host_count(module, [c.wait() for c in copies], lead, tq, tk)
-                    except Exception:  # noqa: BLE001 - the count without values
-                        return hint
-
-                def land():  # the step is done: the copies' values to ordinary memory, counted later
-                    for c in copies:
-                        c.land()
-                finish.land = land
-                return finish
-
-            probe.defer = defer
-            self.by_key[key] = self.by_key[same] = name
-            self.items.append((name, hint, probe))
+            return False
         self._symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e)
         return True
+
+    def probe(self, stem: str, build, dims: tuple, hint: int, owner: str) -> str | None:
+        """The symbol of a per-call count of the mask ``stem`` names: ``build()`` gives its subgraph
+        ``(module, used inputs)`` (None: it cannot be probed), which returns a mask (bool: True kept; float,
+        additive: above MASKED_AT kept) that broadcasts to ``dims`` = (leading entries, Tq, Tk), each an int
+        or a formula of the graph's size symbols; ``hint`` is the count without values.  The same mask
+        computed again (per layer: the same subgraph over the same inputs) shares one symbol."""
+        key = (stem, *map(str, dims))
+        name = self.by_key.get(key)
+        if name is not None:
+            return name
+        sub = build()
+        if sub is None:
+            return None
+        module, used = sub
+        same = (_signature(module), tuple(used), *key[1:])  # the same mask computed twice (per layer)
+        name = self.by_key.get(same)
+        if name is not None:
+            self.by_key[key] = name
+            return name
+        name = f"pairs_{stem}" if not any(k[0] == stem for k in self.by_key) else f"pairs_{stem}_{owner}"
+
+        def probe(inputs, module=module, used=used, dims=dims, hint=hint):
+            try:
+                lead, tq, tk = self._ints(list(dims), inputs)
+                with torch.no_grad(), _probe_range():  # the count's own ops too: graphmfu's, not the model's
+                    return kept_total(module(*[inputs[i] for i in used]), lead, tq, tk)
+            except Exception:  # noqa: BLE001 - never break the call: the count without values
+                return hint
+
+        def defer(inputs, module=module, used=used, dims=dims, hint=hint):
+            """No waiting for the device (the meter): the sizes now, host copies of the mask's inputs
+            queued, the count on the host when the step is done.  None when the inputs are large
+            (a 4-D mask: then the probe counts on the device at the call)."""
+            xs = [inputs[i] for i in used]
+            if sum(x.numel() * x.element_size() for x in xs if isinstance(x, torch.Tensor)) > _DEFER_BYTES:
+                return None
+            lead, tq, tk = self._ints(list(dims), inputs)
+            copies = [self._copies.of(inputs, i) for i in used]  # (no profile runs: no probe range)
+
+            def finish():
+                try:
+                    return _host_count(module, [c.wait() for c in copies], lead, tq, tk)
+                except Exception:  # noqa: BLE001 - the count without values
+                    return hint
+
+            def land():  # the step is done: the copies' values to ordinary memory, counted later
+                for c in copies:
+                    c.land()
+            finish.land = land
+            return finish
+
+        probe.defer = defer
+        self.by_key[key] = self.by_key[same] = name
+        self.items.append((name, hint, probe))
+        return name
 
     @staticmethod
     def _symbolic_cost(rec, node, spec, mc, name, lead_e, tq_e, tk_e) -> None:
@@ -281,6 +290,17 @@ def _probe_range():
     """The profiler range around a probe's own ops (graphmfu's overhead, not the model's work: the join
     leaves them out)."""
     return torch.profiler.record_function(_inductor.PROBE_RANGE)
+
+
+def dims_of(sizes) -> tuple:
+    """(leading entries, Tq, Tk) of an attention's score shape ``(*lead, Tq, Tk)``: ints, or sympy formulas
+    of the graph's size symbols."""
+    import sympy
+
+    exprs = [_sym_or_int(x) for x in sizes]
+    lead = sympy.Mul(*exprs[:-2]) if len(exprs) > 2 else 1
+    lead = int(lead) if getattr(lead, "is_Integer", False) or isinstance(lead, int) else lead
+    return lead, exprs[-2], exprs[-1]
 
 
 def _sym_or_int(x):
