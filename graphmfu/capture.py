@@ -99,6 +99,8 @@ class Backend:
     Options: ``mode`` (as torch.compile's: default, reduce-overhead, max-autotune...),
     ``options`` (Inductor config patches, as torch.compile's ``options``)."""
 
+    _graphmfu_backend = True  # how a torch.compile wrapper tells graphmfu's backend from another
+
     def __init__(self, mode: str | None = None, options: dict | None = None, registry: Registry | None = None):
         if options is not None and not isinstance(options, dict):
             raise GraphMFUError(f"graphmfu.backend(options=...) takes a dict of Inductor config, got {options!r}")
@@ -151,6 +153,9 @@ def backend(gm=None, example_inputs=None, **options):
         raise GraphMFUError("graphmfu.backend takes the GraphModule torch.compile passes, or keyword options only: "
                             "torch.compile(model, backend=graphmfu.backend) or backend=graphmfu.backend(mode=...)")
     return Backend(**options)
+
+
+backend._graphmfu_backend = True
 
 
 # --------------------------------------------------------------------------- analyze

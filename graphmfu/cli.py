@@ -314,6 +314,11 @@ class _Stopped(Exception):
 class _Counted:
     """graphmfu's backend for a routed ``torch.compile``, counting compiles for the progress line."""
 
+    _graphmfu_backend = True
+
+    def __deepcopy__(self, memo):  # as graphmfu's Backend: a handle, not a value
+        return self
+
     def __init__(self, backend, run: "Run"):
         self.backend, self.run = backend, run
 
@@ -330,8 +335,7 @@ class Run:
     def __init__(self, a):
         self.a = a
         self.compiles = self.calls = 0
-        self.routed: list[str] = []
-        self.left_alone: list[str] = []
+        self.capture = None  # the run's graphmfu.capture_all()
         self.own = None  # the run's own ProfileSession
         self.own_stopped = False
         self.sessions: list = []  # the script's own graphmfu.profile()/attach() sessions
@@ -339,28 +343,16 @@ class Run:
         self.bar = None
 
     # ---------------------------------------------------------------- routing torch.compile
-    def _compile(self, original):
-        from graphmfu.capture import Backend, backend as factory
+    def _capture(self):
+        """graphmfu.capture_all() for the script, each routed compile counted for the progress line and each
+        compiled result marking the profiler's steps."""
+        from graphmfu.capture_all import CaptureAll
 
-        run = self
+        return CaptureAll(wrap=lambda b: _Counted(b, self), on_compiled=self._stepped)
 
-        def compile(model=None, **kw):
-            if model is None:  # @torch.compile(mode=...) as a decorator factory
-                return lambda m: compile(m, **kw)
-            backend = kw.get("backend", "inductor")
-            if backend is None or backend == "inductor":
-                kw["backend"] = _Counted(Backend(mode=kw.pop("mode", None), options=kw.pop("options", None)), run)
-                run.routed.append(getattr(model, "__name__", type(model).__name__))
-            elif isinstance(backend, Backend) or backend is factory or backend == "graphmfu":
-                # already graphmfu's (the registered name too): counted, not changed
-                kw["backend"] = _Counted(factory if backend == "graphmfu" else backend, run)
-                run.routed.append(getattr(model, "__name__", type(model).__name__))
-            elif not isinstance(backend, _Counted):
-                run.left_alone.append(str(getattr(backend, "__name__", backend)))
-            return run._stepped(original(model, **kw))
-
-        compile.__doc__ = original.__doc__
-        return compile
+    @property
+    def left_alone(self) -> list[str]:
+        return [e["backend"] for e in self.capture.left_alone] if self.capture is not None else []
 
     def _stepped(self, compiled):
         """Calls of the first compiled object that runs mark the profiler's steps (with a schedule)."""
@@ -453,7 +445,7 @@ class Run:
             raise GraphMFUError(f"run: no such script {path!r}; give the path of a Python file: graphmfu run "
                                 f"script.py -- [its arguments]")
         pkg = sys.modules["graphmfu"]  # the package the script imports: its profile/attach are patched below
-        patches = [(torch, "compile", self._compile(torch.compile))]
+        patches = []
         if not self.a.no_profile:
             patches += [(pkg, "profile", self._script_profile(pkg.profile)),
                         (pkg, "attach", self._script_attach(pkg.attach))]
@@ -463,6 +455,7 @@ class Run:
         failed = None
         self.bar = progress(desc="graphmfu run")
         try:
+            self.capture = self._capture()
             for obj, name, new in patches:
                 setattr(obj, name, new)
             sys.argv = [path, *self.a.script_args]
@@ -486,6 +479,8 @@ class Run:
                 self.own.__exit__(None, None, None)
             for obj, name, old in saved:
                 setattr(obj, name, old)
+            if self.capture is not None:
+                self.capture.close()
             sys.argv, sys.path[:] = argv, syspath
             self.bar.close()
         self._write(failed)

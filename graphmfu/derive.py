@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 from graphmfu.cost import REGISTRY, Cost, ensure_builtin_rules
 from graphmfu.hardware import DeviceSpec
+from graphmfu.join import FOREIGN
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord, Record
 from graphmfu.roofline import matrix_time_s, place, rate, roofs, utilisation
 
@@ -213,7 +214,8 @@ def stage_row(measured: dict, kernels: list[dict], unattributed: list[dict], dev
             "flops_dense": a["flops_dense"], "vector_flops": a["vector_flops"], "bytes": a["bytes"],
             "kernel_time_s": a["time_s"], "kernel_launches": measured["launches"], "mfu": u["mfu"],
             "mfu_busy": rate(a["t_matrix_s"], busy), "mbu": u["mbu"], "memory_bound_share": a["memory_bound_share"],
-            "unattributed_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name))}
+            "unattributed_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name)),
+            "foreign_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name) and o["where"] == FOREIGN)}
 
 
 # --------------------------------------------------------------------------- the document
@@ -346,11 +348,47 @@ def views(record: Record, dev: DeviceSpec) -> dict:
                           "cuda": t.cuda, "notes": t.notes}
         cov["time_attributed"] = rate(t.attributed_time_s, t.device_kernel_time_s) or 0.0
         cov["unattributed_kernels"] = _merge_unattributed(t.unattributed)
+        cov["foreign_time_s"] = t.foreign_time_s
+        cov["foreign_share"] = rate(t.foreign_time_s, t.device_kernel_time_s) or 0.0
+        inside = sum(o["time_s"] for o in t.unattributed if o["where"] == "inside graph")
+        outside = sum(o["time_s"] for o in t.unattributed if o["where"] == "outside graphs")
+        cov["time_attributed_in_graphs"] = rate(t.attributed_time_s, t.attributed_time_s + inside) or 0.0
+        cov["outside_graphs_share"] = rate(outside, t.device_kernel_time_s) or 0.0
         data["notes"] += t.notes
+        if cov["outside_graphs_share"] > 0.5:  # what is not ours to count comes first
+            data["notes"].insert(0, f"MOST OF THE KERNEL TIME IS NOT IN COMPILED GRAPHS: {cov['outside_graphs_share']:.1%} "
+                                    f"ran eagerly, outside every compiled graph (coverage.unattributed_kernels, 'outside "
+                                    f"graphs'): its FLOPs are not counted; the graphs' own kernel time is "
+                                    f"{cov['time_attributed_in_graphs']:.1%} attributed")
+        if t.foreign_time_s:
+            data["notes"].insert(0, foreign_note(cov["foreign_share"], t.foreign_time_s, t.foreign_sites))
         flagged = {f for k in kernels for f in k["flags"]}  # the tables' legend: why a value passes 100%
         data["flagged"] = [f"{sum(f in k['flags'] for k in kernels)} kernel row(s) flagged {f}: "
                            + FLAGS[f].format(cache=dev.cache_mb) for f in FLAGS if f in flagged]
     return data
+
+
+def likely_caller(sites: list) -> str:
+    """`` (likely transformers/modeling_utils.py:4826 get_compiled_call: torch.compile with backend inductor,
+    mode reduce-overhead; ...)``: the most recent torch.compile call with another backend (``Timing.foreign_sites``
+    form), or ""."""
+    if not sites:
+        return ""
+    s = sites[-1]
+    more = f"; {len(sites) - 1} other such call(s)" if len(sites) > 1 else ""
+    hint = ("; transformers' generate() compiles the model's forward itself with a static cache: also "
+            "generate(..., compile_config=CompileConfig(backend=graphmfu.backend))" if "transformers/" in s["caller"]
+            else "")
+    return (f" (likely {s['caller']}: torch.compile with backend {s['backend']}"
+            + (f", mode {s['mode']}" if s.get("mode") else "") + f"{more}{hint})")
+
+
+def foreign_note(share: float, seconds: float, sites: list) -> str:
+    """The line a report opens with when kernels ran in graphs graphmfu did not compile."""
+    head = "MOST OF THE KERNEL TIME IS NOT COUNTED: " if share > 0.5 else ""
+    return (f"{head}{share:.1%} of the kernel time ({seconds * 1e3:.3g} ms) ran in graphs compiled outside graphmfu"
+            f"{likely_caller(sites)}: their FLOPs are not counted and their kernels are listed as '{FOREIGN}'; route "
+            f"every torch.compile through graphmfu with graphmfu.capture_all() (or compile with graphmfu.backend)")
 
 
 def graph_calls(kernels: list[dict]) -> dict:

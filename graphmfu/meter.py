@@ -59,6 +59,8 @@ class Step:
     tokens: int | None = None
     samples: int | None = None
     processed: int | None = None  # tokens computed (speculative decoding: drafted + verified)
+    foreign: dict = dataclasses.field(default_factory=dict)  # calls of graphs graphmfu did not compile:
+    # {"compiled": Inductor graphs compiled elsewhere, "cuda_graph": CUDA graphs replayed outside any graph call}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Meter:
         self._n += 1
         self._open = st
         self.registry.tagger.attach(self)
+        _inductor.ForeignCalls.listen(self)
         prev = self._pending[-1] if self._pending else None
         if self.cuda and prev is not None and not prev.end_shared and not prev.end.query():
             # the device is still running earlier work: a start event recorded now would complete when
@@ -162,6 +165,7 @@ class Meter:
         except BaseException:
             # a step whose body raised did not run to its end: not a step (counted in ``raised``)
             self.registry.tagger.detach(self)
+            _inductor.ForeignCalls.unlisten(self)
             self._open = None
             self.raised += 1
             if prev is not None and st.start is prev.end and prev in self._pending:
@@ -171,7 +175,15 @@ class Meter:
             raise
         st.end = self._mark()
         self.registry.tagger.detach(self)
+        _inductor.ForeignCalls.unlisten(self)
         self._open = None
+        if st.discard:  # an integration's step that turned out to run nothing: not a step
+            if self.cuda:
+                self._events.extend(e for e in (st.end, None if prev is not None and st.start is prev.end
+                                                else st.start) if e is not None)
+                if prev is not None and st.start is prev.end and prev in self._pending:
+                    prev.end_shared = False
+            return
         self._pending.append(st)
         world = self.world_every and (st.index + 1) % self.world_every == 0
         self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
@@ -189,6 +201,13 @@ class Meter:
             with self._lock:
                 st.calls[(key, sizes)] = st.calls.get((key, sizes), 0) + 1
         return (st, key, sizes, self._mark()) if st.timed else None
+
+    def foreign_call(self, kind: str) -> None:
+        """A graph graphmfu did not compile ran (``_inductor.ForeignCalls``): counted, not costed."""
+        st = self._open
+        if st is not None:
+            with self._lock:
+                st.foreign[kind] = st.foreign.get(kind, 0) + 1
 
     def call_end(self, token) -> None:
         if token is not None:
@@ -259,7 +278,8 @@ class Meter:
                 graph_s += dt
                 stage = self._stage(key)
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
-        step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed)
+        step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed,
+                    dict(st.foreign))
         self._steps.append(step)
         r = self.row(step)
         if self.world_every:
@@ -372,14 +392,19 @@ class Meter:
             return f.format(v * 1e3 if k == "step_s" else v)
 
         body = [[fmt(r, k, f) + (" !" if k == "step" and r.get("flags") else "") for k, _, f in cols] for r in rows]
-        tail = [r for r in (rows[skip:] or rows) if "no_graphs" not in r.get("flags", ())]
+        tail = [r for r in (rows[skip:] or rows) if "no_graphs" not in r.get("flags", ())]  # foreign steps stay:
+        # their own graphs' numbers are real, the flag says what they leave out
         mean = {k: _mean([r.get(k) for r in tail]) for k, _, _ in cols}
         mean["step"] = f"mean {len(tail)}"
         body.append([mean["step"]] + [fmt(mean, k, f) for k, _, f in cols[1:]])
         head = (f"graphmfu meter — {self.device.name}, {len(rows)} step(s)"
                 + (f", N = {self.params:,} parameters (active, without embeddings)" if self.params else ""))
-        empty = [r["step"] for r in rows if "no_graphs" in r.get("flags", ())]
+        empty = [r["step"] for r in rows if "no_graphs" in r.get("flags", ()) and not r.get("foreign_calls")]
         first = []
+        alien = [r for r in rows if r.get("foreign_calls")]
+        if alien:  # not ours to count: said first
+            first.append(f"! {len(alien)} of {len(rows)} step(s) ran graphs compiled outside graphmfu (steps "
+                         f"{_few([r['step'] for r in alien])}, marked !): {alien[-1]['note']}")
         if empty:
             first.append(f"! {len(empty)} of {len(rows)} step(s) ran no compiled graph (steps {_few(empty)}, marked !): "
                          f"their FLOPs are not counted (0 is not their work) and they are left out of the means; "
@@ -396,12 +421,14 @@ class _Open:
     def __init__(self, index, tokens, samples, processed):
         self.index, self.tokens, self.samples, self.processed = index, tokens, samples, processed
         self.calls: dict = {}
+        self.foreign: dict = {}  # kind -> calls of graphs graphmfu did not compile
         self.deferred: list = []  # (graph key, values with device-side probe counts)
         self.spans: list = []  # (graph key, sizes, start, end) per timed call; (key, seconds) once landed
         self.start = self.end = None
         self.step_s = 0.0
         self.timed = False
         self.end_shared = False  # the next step starts at this step's end event
+        self.discard = False  # set inside the step: it is not recorded (an integration's empty step)
 
 
 def _few(xs: list, most: int = 8) -> str:
@@ -566,8 +593,12 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
         out.update({"nd_flops": None, "nd_rule": None, "flops_vs_nd": None})
     if step.processed and step.tokens is not None and u["mfu"] is not None:
         out["goodput_mfu"] = u["mfu"] * step.tokens / step.processed
-    out["flags"] = ["no_graphs"] if not calls else []
-    if not calls:
+    foreign = sum(step.foreign.values())
+    out["foreign_calls"] = foreign
+    out["flags"] = [f for f, on in (("no_graphs", not calls), ("foreign_graphs", foreign)) if on]
+    if foreign:
+        out["note"] = foreign_note(step.foreign)
+    elif not calls:
         out["note"] = NO_GRAPHS
     return out
 
@@ -577,10 +608,23 @@ NO_GRAPHS = ("no compiled graph ran in this step: its FLOPs are not counted (0 i
              "inside the step")
 
 
+def foreign_note(foreign: dict) -> str:
+    from graphmfu.derive import likely_caller
+
+    sites = [s for s in _inductor.compile_sites() if s["backend"] != "graphmfu"]
+    parts = ", ".join(f"{n} {'CUDA-graph replay(s)' if k == 'cuda_graph' else 'graph call(s)'}"
+                      for k, n in sorted(foreign.items()))
+    return (f"{parts} compiled outside graphmfu ran in this step{likely_caller(sites)}: their FLOPs are not "
+            f"counted; route every torch.compile through graphmfu with graphmfu.capture_all() (or compile with "
+            f"graphmfu.backend)")
+
+
 def line(r: dict) -> str:
     """One printable line of a row."""
     parts = [f"step {r['step']}", f"{r['step_s'] * 1e3:.2f} ms"]
-    if "no_graphs" in r.get("flags", ()):
+    if r.get("foreign_calls"):
+        parts.append(f"! {r['foreign_calls']} call(s) of graphs compiled outside graphmfu: not counted")
+    elif "no_graphs" in r.get("flags", ()):
         parts.append("! no compiled graph ran: FLOPs not counted")
     if r.get("tflops") is not None:
         parts.append(f"{r['tflops']:.2f} TFLOP/s")

@@ -15,6 +15,7 @@ import torch
 
 from graphmfu import _inductor, join, overlap
 from graphmfu.errors import GraphMFUError
+from graphmfu.derive import likely_caller
 from graphmfu.hardware import device_for
 from graphmfu.registry import DEFAULT, Registry
 from graphmfu.report import Report
@@ -64,6 +65,8 @@ class ProfileSession:
         try:
             if self._own:
                 self.prof.__enter__()
+            if self.cuda:
+                _inductor.profiler_warmup()
         except BaseException:
             self.registry.tagger.disable()
             self._running = False
@@ -135,6 +138,8 @@ class ProfileSession:
         traces = [(t[0], t[1]) for t in self._traces]
         timing = join.timing(traces, notes, self.cuda)  # sets each measured kernel's stage
         timing.exposed_comm = overlap.exposed(traces)  # collective time no compute kernel overlapped
+        if timing.foreign_time_s:
+            timing.foreign_sites = foreign_sites()
         return self.registry.record(timing)
 
     def _nothing_joined(self) -> str:
@@ -145,8 +150,8 @@ class ProfileSession:
         if any(overlap.FSDP_EAGER_NOTE in t[2] for t in self._traces):
             return overlap.FSDP_EAGER_NOTE
         if any(e.name.startswith(join.INDUCTOR_CALL) for e in _events(self.prof)):
-            return ("the profiled model was compiled without graphmfu's backend: use "
-                    "torch.compile(model, backend=graphmfu.backend)")
+            return ("every compiled graph in this profile was compiled outside graphmfu"
+                    + likely_caller(foreign_sites()) + ": nothing could be counted; " + FOREIGN_FIX)
         return ("no graphmfu-compiled graph ran inside graphmfu.profile(); compile with backend=graphmfu.backend, "
                 "run it once to compile, then run it inside the block")
 
@@ -216,6 +221,15 @@ class ProfileSession:
                           f"{summary['joined_kernel_events']} joined kernel events were not found in the exported "
                           f"trace and carry no graphmfu fields", stacklevel=2)
         return summary
+
+
+FOREIGN_FIX = ("compile it with graphmfu.backend, or route every torch.compile in the process through graphmfu with "
+               "graphmfu.capture_all() (frameworks that compile for you: transformers' generate(), continuous batching)")
+
+
+def foreign_sites() -> list:
+    """The torch.compile calls seen in this process with a backend other than graphmfu's (newest last)."""
+    return [s for s in _inductor.compile_sites() if s["backend"] != "graphmfu"]
 
 
 def _events(prof) -> list:

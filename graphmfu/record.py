@@ -151,7 +151,8 @@ class Timing:
     ``stages``: one row per stage name: calls, span_s, busy_s, launches (all kernels launched in it).
     ``unattributed``: per (name, where, launch_op, stage): count, time_s.
     ``exposed_comm``: one row per stage (``overlap.exposed``): comm_s (collective kernel time, union),
-    exposed_s (of it, the time no compute kernel of this rank ran), compute_s (compute kernel time, union)."""
+    exposed_s (of it, the time no compute kernel of this rank ran), compute_s (compute kernel time, union).
+    ``foreign_time_s``: of the kernel time, what ran in graphs graphmfu did not compile."""
     cuda: bool
     launches: list = dataclasses.field(default_factory=list)
     stages: list = dataclasses.field(default_factory=list)
@@ -160,6 +161,9 @@ class Timing:
     attributed_time_s: float = 0.0
     notes: list = dataclasses.field(default_factory=list)
     exposed_comm: list = dataclasses.field(default_factory=list)
+    foreign_time_s: float = 0.0  # kernel time of graphs graphmfu did not compile (join.FOREIGN), in the total
+    foreign_sites: list = dataclasses.field(default_factory=list)  # torch.compile calls with another backend
+    # seen in this process (``{"backend", "mode", "caller"}``): where those graphs likely came from
 
 
 @dataclasses.dataclass

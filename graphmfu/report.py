@@ -238,7 +238,10 @@ class Report:
                 lines.append(f"  {ph:9s} matrix {num(p['flops'])} (dense {num(p['flops_dense'])}), "
                              f"t_min {ms(p['t_min_s'])} ms")
         lines.append(self.coverage_line())
-        return lines + [f"note: {n}" for n in self.data["notes"]]
+        notes = self.data["notes"]
+        cov = self.coverage()
+        first = bool(cov.get("foreign_share")) + (cov.get("outside_graphs_share", 0) > 0.5)  # not ours: said first
+        return [*(f"note: {n}" for n in notes[:first]), *lines, *(f"note: {n}" for n in notes[first:])]
 
     def summary(self) -> str:
         return "\n".join(self._summary_lines())
