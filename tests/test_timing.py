@@ -263,8 +263,10 @@ def test_a_kernel_without_its_launch_op_stays_in_its_step():
     for m in measured:
         m.stage = join.stage_of(m, stages)
     rows = {r["name"]: r for r in join._stage_rows(measured, stages)}
-    # a: from its CPU start 0 (an idle device) to 21; c: from max(its CPU start 20, the device free at 21)
-    # to c1..c2 ending at 60 (the orphan at 61 launched at 61 is in no step): 60 - 21 = 39 us; b: nothing
-    assert rows["a"]["span_s"] == pytest.approx(21e-6) and rows["a"]["launches"] == 3
+    # a: on an idle device, from its first kernel's start (5) less the CPU's time from the stage start to that
+    # kernel's launch (1 - 0: the launch latency of 4 is not the stage's) to 21: 17 us; c: from max(its CPU start
+    # 20, the device free at 21) to c1..c2 ending at 60 (the orphan at 61 launched at 61 is in no step): 60 - 21
+    # = 39 us; b: nothing
+    assert rows["a"]["span_s"] == pytest.approx(17e-6) and rows["a"]["launches"] == 3
     assert rows["c"]["span_s"] == pytest.approx(39e-6) and rows["c"]["launches"] == 2
     assert rows["b"]["launches"] == 0
