@@ -58,9 +58,10 @@ def hand() -> dict:
     one position per row and forward; attention 4*hd*H per (query, key) pair per layer (Q@K^T and P@V)."""
     b, hd = len(PADS), D // H
     per_pos, head, pair = L * 2 * (4 * D * D + 3 * D * FFN), 2 * D * V, L * H * 4 * hd
+    rope = 2 * b * (hd // 2)  # per position: the rotary table's inv_freq[hd/2, 1] @ position[1, T] (once per forward)
     cache = PROMPT + NEW - 1  # the static cache's length (the last new token is never cached): dense meets all of it
     forwards = [PROMPT] + [1] * (NEW - 1)
-    linear = sum(b * (n * per_pos + head) for n in forwards)
+    linear = sum(b * (n * per_pos + head) + rope * n for n in forwards)
     dense = sum(b * n * cache for n in forwards) * pair
     eff = 0
     for p in PADS:
@@ -68,8 +69,9 @@ def hand() -> dict:
         eff += real * (real + 1) // 2  # prefill: the real tokens, causal (pads attend to nothing)
         eff += sum(PROMPT + k - p for k in range(1, NEW))  # decode step k at position PROMPT-1+k: keys p..that
     return {"linear": linear, "attention_dense": dense, "attention": eff * pair, "dense": linear + dense,
-            "effective": linear + eff * pair, "prefill": b * (PROMPT * per_pos + head) + sum(
-                (PROMPT - p) * (PROMPT - p + 1) // 2 for p in PADS) * pair}
+            "effective": linear + eff * pair, "prefill": b * (PROMPT * per_pos + head) + rope * PROMPT + sum(
+                (PROMPT - p) * (PROMPT - p + 1) // 2 for p in PADS) * pair,
+            "decode": [b * (per_pos + head) + rope + sum(PROMPT + k - p for p in PADS) * pair for k in range(1, NEW)]}
 
 
 def main(argv=None) -> int:
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=["issue", "capture"], default=None)
     a = ap.parse_args(argv)
     ids, am = inputs()
     kw = dict(attention_mask=am, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
@@ -96,11 +99,21 @@ def main(argv=None) -> int:
     with torch.no_grad():
         plain_tokens = model.generate(ids, **kw)  # transformers' own compile (Inductor, reduce-overhead)
         plain_tokens = model.generate(ids, **kw)
+    torch._dynamo.reset()
+    inductor_model = build()
+    inductor_model.forward = torch.compile(inductor_model.forward)  # the issue's script with plain Inductor
+    with torch.no_grad():
+        inductor_model.generate(ids, **kw)
+        inductor_tokens = inductor_model.generate(ids, **kw)
+    del inductor_model
+    torch._dynamo.reset()
     lines.append(f"  hand count: effective {h['effective']:,}, dense {h['dense']:,} (attention {h['attention']:,} "
                  f"of dense {h['attention_dense']:,})")
     lines.append(f"  FlopCounterMode, eager generate(): {fc_total:,} (dense == hand: {fc_total == h['dense']})")
 
     # the issue's script
+    if a.only == "capture":
+        return _capture(a, model, ids, kw, h, plain_tokens, out, lines)
     graphmfu.reset()
     model.forward = torch.compile(model.forward, backend=graphmfu.backend)
     meter = graphmfu.meter()
@@ -121,7 +134,7 @@ def main(argv=None) -> int:
                     "profile": {"flops": st["flops"], "flops_dense": st["flops_dense"],
                                 "in_graphs": cov["time_attributed_in_graphs"], "attributed": cov["time_attributed"],
                                 "foreign_share": cov.get("foreign_share"), "notes": rep.data["notes"][:3]},
-                    "same_tokens": bool(torch.equal(tok_meter, plain_tokens) and torch.equal(tok_prof, plain_tokens)),
+                    "same_tokens": bool(torch.equal(tok_meter, inductor_tokens) and torch.equal(tok_prof, inductor_tokens)),
                     "compile_s": t_compile}
     lines += [f"  the issue's script (forward compiled with graphmfu, generate(static)):",
               f"    meter   flops {row['flops']:,}  dense {row['flops_dense']:,}  calls {row['graph_calls']}  foreign "
@@ -132,11 +145,16 @@ def main(argv=None) -> int:
               f"{row['flops'] == h['effective']} ({row['flops'] - h['effective']:+,}); same tokens "
               f"{out['issue']['same_tokens']}"]
 
-    # capture_all(), one meter step per forward
+    return _capture(a, model, ids, kw, h, plain_tokens, out, lines)
+
+
+def _capture(a, model, ids, kw, h, plain_tokens, out, lines) -> int:
+    from graphmfu.integrations import transformers as gt
+
+    # capture_all(), one meter step per forward; the forward not compiled by the user: the prefill runs eagerly
     graphmfu.reset()
     torch._dynamo.reset()
     model2 = build()
-    model2.forward = torch.compile(model2.forward, backend=graphmfu.backend)
     with torch.no_grad(), graphmfu.capture_all() as cap:
         model2.generate(ids, **kw)
         m2 = graphmfu.meter()
@@ -145,11 +163,15 @@ def main(argv=None) -> int:
     out["capture"] = {"routed": cap.routed, "rows": [{k: r.get(k) for k in ("flops", "flops_dense", "graph_calls",
                                                                             "foreign_calls", "step_s", "mfu", "mbu")}
                                                      for r in rows], "same_tokens": bool(torch.equal(tok_cap, plain_tokens))}
-    total = sum(r["flops"] for r in rows)
-    lines += [f"  capture_all() + per-forward steps: {len(rows)} steps, prefill {rows[0]['flops']:,} (hand "
-              f"{h['prefill']:,}), sum {total:,} (== hand {total == h['effective']}), foreign calls "
-              f"{sum(r['foreign_calls'] for r in rows)}, routed {[r['what'] for r in cap.routed]}, same tokens "
-              f"{out['capture']['same_tokens']}"]
+    decode = [r["flops"] for r in rows[1:]]
+    lines += [f"  capture_all() (no compile of the user's), one step per forward: {len(rows)} steps; prefill "
+              f"{rows[0]['flops']:,} flags {rows[0].get('flags')} (eager); decode steps == hand "
+              f"{decode == h['decode']} (sum {sum(decode):,} vs {sum(h['decode']):,}); foreign calls "
+              f"{sum(r['foreign_calls'] for r in rows)}; routed {[(r['what'], r['mode']) for r in cap.routed]}; "
+              f"same tokens as plain generate() {out['capture']['same_tokens']}"]
+    from graphmfu import _inductor
+
+    lines.append(f"  torch.compile calls seen: {[(c['backend'], c['mode'], c['caller']) for c in _inductor.compile_sites()]}")
     print("\n".join(lines))
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)

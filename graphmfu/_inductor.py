@@ -359,6 +359,7 @@ def _tagging_class(cls):
                 if (sizes or probes) and args else None
             meters = tagger.meters
             tokens = [m.call_begin(key, values) for m in meters] if meters else None
+            _in_graph.depth = getattr(_in_graph, "depth", 0) + 1  # what runs inside is this graph's (ForeignCalls)
             try:
                 if tagger._active:
                     name = key + ("|" + ",".join(f"{k}={int(v)}" for k, v in values.items()) if values else "")
@@ -366,6 +367,7 @@ def _tagging_class(cls):
                         return base_call(self, *args, **kwargs)
                 return base_call(self, *args, **kwargs)
             finally:
+                _in_graph.depth -= 1
                 if tokens is not None:
                     for m, t in zip(meters, tokens):
                         m.call_end(t)
@@ -1329,7 +1331,9 @@ class ForeignCalls:
             call = fx.__dict__["__call__"]
 
             def __call__(self, *args, **kwargs):
-                if getattr(self, "_graphmfu_tagger", None) is None:
+                # a graph no CallTagger owns, called from outside every graph call (a CUDA-graph tree runs its
+                # graphs from inside the graph's own call)
+                if getattr(self, "_graphmfu_tagger", None) is None and not getattr(_in_graph, "depth", 0):
                     cls._report("compiled")
                 _in_graph.depth = getattr(_in_graph, "depth", 0) + 1
                 try:

@@ -279,7 +279,10 @@ def join(prof, graphs: list[GraphRecord], cuda: bool) -> tuple[list[Measured], l
                          f"(the op sequence changed between the recorded and the timed call)")
     measured = gpu_kernels(prof, events) if cuda else []
     if compiles or probes:
-        measured = [m for m in measured if m.op is None or not _in_compile(m.op, compiles + probes)]
+        # a kernel with no launching op (the profiler's first launches: graphmfu's warm-up) is graphmfu's when it
+        # ran inside a probe range (the range waits for its kernels)
+        measured = [m for m in measured if (not _in_compile(m.op, compiles + probes) if m.op is not None
+                                            else not any(s <= m.start_us <= e for s, e, _ in probes))]
     replays: dict[int, list] = {}
     for m in measured:
         for a in ([m.op, *_ancestors(m.op)] if m.op is not None else []):
