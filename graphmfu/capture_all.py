@@ -11,7 +11,7 @@ use Inductor, not graphmfu, and graphmfu would see none of their graphs.  While 
   Inductor, so outputs are those of the original backend.
 * an Inductor wrapper made before capture_all (``f = torch.compile(g)`` earlier, a decorator at import)
   compiles its next graphs the same way (frames it already compiled keep their plain Inductor code until
-  Dynamo recompiles them, e.g. after ``torch._dynamo.reset()``).
+  Dynamo recompiles them, e.g. after a reset of Dynamo).
 * any other backend (``"aot_eager"``, ``"cudagraphs"``, a function) is left alone and named in ``left_alone``
   (and in one warning): its graphs are not counted.
 
