@@ -150,8 +150,9 @@ class ProfileSession:
         if any(overlap.FSDP_EAGER_NOTE in t[2] for t in self._traces):
             return overlap.FSDP_EAGER_NOTE
         if any(e.name.startswith(join.INDUCTOR_CALL) for e in _events(self.prof)):
-            return ("every compiled graph in this profile was compiled outside graphmfu"
-                    + likely_caller(foreign_sites()) + ": nothing could be counted; " + FOREIGN_FIX)
+            return ("the profiled model was compiled without graphmfu's backend: every compiled graph in this profile "
+                    "was compiled outside graphmfu" + likely_caller(foreign_sites()) + ", so nothing could be counted; "
+                    + FOREIGN_FIX)
         return ("no graphmfu-compiled graph ran inside graphmfu.profile(); compile with backend=graphmfu.backend, "
                 "run it once to compile, then run it inside the block")
 
