@@ -38,11 +38,11 @@ _INT8_SIZES = (512, 1024, 2048)
 # A size is timed at most 5 times and for about _BUDGET_S (at least twice); a larger size is not tried once
 # a product takes _ENOUGH_S: on a CPU that slow the smaller product already keeps every core busy (a CPU
 # without bf16 or int8 units: one 2048^3 int8 product took 10 s, the whole measurement over a minute)
-_BUDGET_S = 1.0
+_BUDGET_S = 0.3
 _ENOUGH_S = 0.1
 _COPY_ELEMS = 64 * 1024 * 1024  # fp32: 256 MB
 _RATES = (*DTYPES, "dram_gbps")  # the keys a cache (and raise_ceiling's ``observed``) may hold
-_METHOD = ("best of up to 5 (about 1 s per size; larger sizes skipped once one product takes 0.1 s): fp32 GEMM "
+_METHOD = ("best of up to 5 (about 0.3 s per size; larger sizes skipped once one product takes 0.1 s): fp32 GEMM "
            "1024^3/2048^3, bf16 512^3/1024^3, {int8}, 256 MB copy; fp16 assumed = bf16, fp64 = fp32/2")
 
 
