@@ -61,6 +61,9 @@ class Step:
     processed: int | None = None  # tokens computed (speculative decoding: drafted + verified)
     foreign: dict = dataclasses.field(default_factory=dict)  # calls of graphs graphmfu did not compile:
     # {"compiled": Inductor graphs compiled elsewhere, "cuda_graph": CUDA graphs replayed outside any graph call}
+    extra: dict = dataclasses.field(default_factory=dict)  # what an integration knows of the step (a serving
+    # engine's prefill/decode tokens, requests, context) — shown in the row; "notes": lines said in its note
+    padding: object = None  # padding.Padding: the step's padded and real rows (model FLOPs exclude the padded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +191,21 @@ class Meter:
         world = self.world_every and (st.index + 1) % self.world_every == 0
         self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
 
+    @contextlib.contextmanager
+    def hold(self):
+        """Keep graphmfu's per-call hooks in place from one step to the next (a serving engine's loop of
+        many short steps): a step then attaches the meter to hooks already in place instead of putting
+        them in and taking them out (each compiled graph's class swapped, Inductor's call wrapped), at the
+        price of the hooks' small cost on calls made between steps."""
+        hold = _Hold()
+        self.registry.tagger.attach(hold)
+        _inductor.ForeignCalls.listen(hold)
+        try:
+            yield self
+        finally:
+            self.registry.tagger.detach(hold)
+            _inductor.ForeignCalls.unlisten(hold)
+
     def call_begin(self, key: str, values: dict | None):
         """The call tagger's report of a compiled graph call starting (any thread)."""
         st = self._open
@@ -279,7 +297,7 @@ class Meter:
                 stage = self._stage(key)
                 stage_s[stage] = stage_s.get(stage, 0.0) + dt
         step = Step(st.index, st.step_s, graph_s, stage_s, dict(st.calls), st.tokens, st.samples, st.processed,
-                    dict(st.foreign))
+                    dict(st.foreign), dict(st.extra), st.padding)
         self._steps.append(step)
         r = self.row(step)
         if self.world_every:
@@ -384,6 +402,11 @@ class Meter:
                 ("mfu", "MFU", "{:.2%}"), ("hfu", "HFU", "{:.2%}"), ("mbu", "MBU", "{:.2%}"),
                 ("tokens_per_s", "tok/s", "{:.1f}"), ("flops_per_token", "FLOP/tok", "{:.4g}"),
                 ("flops_vs_nd", "÷ND", "{:.3f}"), ("graph_time_share", "in graphs", "{:.1%}")]
+        if any(r.get("engine_step") for r in rows):  # a serving engine's steps (integrations.continuous_batching)
+            cols[1:1] = [("engine_step", "engine", "{}"), ("prefill_tokens", "prefill", "{}"),
+                         ("decode_tokens", "decode", "{}")]
+        if any(r.get("padding_share") is not None for r in rows):
+            cols.append(("padding_share", "padding", "{:.0%}"))
 
         def fmt(r, k, f):
             v = r.get(k)
@@ -406,13 +429,34 @@ class Meter:
             first.append(f"! {len(alien)} of {len(rows)} step(s) ran graphs compiled outside graphmfu (steps "
                          f"{_few([r['step'] for r in alien])}, marked !): {alien[-1]['note']}")
         if empty:
+            own = [r["note"] for r in rows if r["step"] in empty and r.get("note") and r["note"] != NO_GRAPHS]
             first.append(f"! {len(empty)} of {len(rows)} step(s) ran no compiled graph (steps {_few(empty)}, marked !): "
-                         f"their FLOPs are not counted (0 is not their work) and they are left out of the means; "
-                         f"compile the model with graphmfu.backend (or use graphmfu.capture_all()) and run it "
-                         f"inside the step")
+                         + (own[-1] if own else
+                            "their FLOPs are not counted (0 is not their work) and they are left out of the means; "
+                            "compile the model with graphmfu.backend (or use graphmfu.capture_all()) and run it "
+                            "inside the step"))
+        said = {"no_graphs", "foreign_graphs"}
+        other = [r for r in rows if set(r.get("flags", ())) - said and r["step"] not in empty and not r.get("foreign_calls")]
+        if other:  # an integration's flag (attention outside graphs, a replayed CUDA graph ...): its words first
+            flags = sorted({f for r in other for f in r["flags"]} - said)
+            first.append(f"! {len(other)} of {len(rows)} step(s) flagged {', '.join(flags)} (steps "
+                         f"{_few([r['step'] for r in other])}, marked !): {other[-1].get('note', '')}")
         if self.raised:
             first.append(f"! {self.raised} step(s) raised inside 'with meter.step()' and are not recorded")
         return "\n".join([*first, head, tabulate(body, headers=[h for _, h, _ in cols], disable_numparse=True)])
+
+
+class _Hold:
+    """A listener that counts nothing: while attached, the call hooks stay in place (Meter.hold)."""
+
+    def call_begin(self, key, values):
+        return None
+
+    def call_end(self, token) -> None:
+        pass
+
+    def foreign_call(self, kind) -> None:
+        pass
 
 
 class _Open:
@@ -429,6 +473,8 @@ class _Open:
         self.timed = False
         self.end_shared = False  # the next step starts at this step's end event
         self.discard = False  # set inside the step: it is not recorded (an integration's empty step)
+        self.extra: dict = {}  # set inside the step by an integration (Step.extra)
+        self.padding = None  # set inside the step by an integration (Step.padding)
 
 
 def _few(xs: list, most: int = 8) -> str:
@@ -436,7 +482,7 @@ def _few(xs: list, most: int = 8) -> str:
 
 
 def _mean(xs):
-    xs = [x for x in xs if x is not None]
+    xs = [x for x in xs if x is not None and not isinstance(x, str)]
     return sum(xs) / len(xs) if xs else None
 
 
@@ -480,6 +526,7 @@ class GraphPlan:
         self._kv = {id(n): _kv_bytes(n, {}) for n in self.nodes if self.attention(n)
                     and not _shape_symbols(n)}  # key/value bytes of attention nodes with static shapes
         self._t_min: dict = {}  # device name -> roofline time of the fixed kernels
+        self._padded: dict = {}  # (sizes, Padding) -> matrix work on padded rows
 
     def attention(self, n) -> bool:
         """An attention op (rules/attention.py), or attention's matmul written out (rules/masks: flagged)."""
@@ -511,6 +558,16 @@ class GraphPlan:
                 kv += k if k is not None else _kv_bytes(n, sizes)
         total = sum(kernels, self.fixed_total) if g.kernels else node_total
         return CallCost(self.stage, kernels, total, recompute, attention, kv, self)
+
+
+    def padded(self, sizes: tuple, p) -> Cost:
+        """The matrix work of a call at ``sizes`` spent on ``p``'s padded rows (padding.padded_cost), memoized."""
+        c = self._padded.get((sizes, p))
+        if c is None:
+            from graphmfu.padding import padded_cost
+
+            c = self._padded[(sizes, p)] = padded_cost(self.g, dict(sizes), p, self.attention)
+        return c
 
 
 def call_cost(g, values: dict, frame: str | None = None, attention_ops: frozenset | None = None) -> CallCost:
@@ -558,6 +615,7 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
     total, recompute, attention = Cost(), Cost(), Cost()
     t_min, kv, calls = 0.0, 0, 0
     stages: set = set()
+    padded = Cost()
     for (key, sizes), n in step.calls.items():
         c = cost(key, sizes)
         stages.add(c.stage)
@@ -566,8 +624,15 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
             total = total + c.total
             recompute = recompute + c.recompute
             attention = attention + c.attention
+            if step.padding is not None and c.plan is not None:
+                padded = padded + c.plan.padded(sizes, step.padding)
         kv += n * c.kv_bytes
         t_min += n * c.t_min(dev)
+    executed = total
+    if step.padding is not None:  # the model's work: the padded rows' products left out
+        from graphmfu.padding import minus
+
+        total = minus(total, padded)
     t = step.step_s
     u = utilisation(matrix_time_s(total, dev), total.bytes, t_min, t, dev)
     training = "backward" in stages
@@ -593,13 +658,26 @@ def row(step: Step, cost: Callable, dev: DeviceSpec, params: int | None = None) 
         out.update({"nd_flops": None, "nd_rule": None, "flops_vs_nd": None})
     if step.processed and step.tokens is not None and u["mfu"] is not None:
         out["goodput_mfu"] = u["mfu"] * step.tokens / step.processed
+    if step.padding is not None:
+        out.update({"flops_executed": executed.flops, "padding_flops": executed.flops - total.flops,
+                    "padding_share": rate(executed.flops - total.flops, executed.flops),
+                    "mfu_executed": rate(matrix_time_s(executed, dev), t), "padded_tokens": step.padding.padded_tokens})
+    extra = {}
+    for k, v in step.extra.items():  # an integration's record of the step, derived now (``fields()``)
+        extra.update(v.fields() if hasattr(v, "fields") else {k: v})
+    notes = list(extra.pop("notes", ()))
+    more = list(extra.pop("flags", ()))
+    out.update(extra)
     foreign = sum(step.foreign.values())
     out["foreign_calls"] = foreign
     out["flags"] = [f for f, on in (("no_graphs", not calls), ("foreign_graphs", foreign)) if on]
+    out["flags"] += [f for f in more if f not in out["flags"]]
     if foreign:
-        out["note"] = foreign_note(step.foreign)
+        notes.insert(0, foreign_note(step.foreign))
     elif not calls:
-        out["note"] = NO_GRAPHS
+        notes.append(NO_GRAPHS)
+    if notes:
+        out["note"] = "; ".join(notes)
     return out
 
 

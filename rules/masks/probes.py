@@ -218,7 +218,13 @@ def _signature(module) -> tuple:
                  for n in module.graph.nodes)
 
 
-_DEFER_BYTES = 1 << 20  # a mask's inputs copied to the host per call when they are at most this large
+# a mask's inputs copied to the host per call when they are at most this large; above it the count is made
+# on the device at the call (a few small kernels, 8 bytes read when the step is done).  A host copy costs
+# its bytes twice on the host (the copy, then the move out of the pinned pool when the step lands):
+# transformers' continuous batching passes a [1, 1, 64, 4160] bf16 mask per decode step (532 KB), whose
+# copies took 0.4 ms of a 3 ms engine step on an H200 (bench/probe/cb_cost_diag.py); a padding mask
+# [batch, T] of int64 is a few KB.
+_DEFER_BYTES = 64 << 10
 
 
 def _on_host(module):
@@ -288,7 +294,11 @@ PROBE_RANGE = _inductor.PROBE_RANGE
 
 def _probe_range():
     """The profiler range around a probe's own ops (graphmfu's overhead, not the model's work: the join
-    leaves them out)."""
+    leaves them out); nothing when no profiler runs (the meter alone: a range costs two ops per call)."""
+    if not _inductor.profiler_running():
+        import contextlib
+
+        return contextlib.nullcontext()
     return torch.profiler.record_function(_inductor.PROBE_RANGE)
 
 
