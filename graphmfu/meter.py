@@ -142,10 +142,12 @@ class Meter:
 
     # ---------------------------------------------------------------- measuring
     @contextlib.contextmanager
-    def step(self, tokens: int | None = None, samples: int | None = None, processed: int | None = None):
+    def step(self, tokens: int | None = None, samples: int | None = None, processed: int | None = None,
+             stream=None):
         """Measure one step.  ``tokens``: tokens this step produced or trained on (speculative decoding:
         the accepted ones, with ``processed`` the tokens computed: goodput MFU beside raw MFU);
-        ``samples``: sequences/images."""
+        ``samples``: sequences/images; ``stream``: the CUDA stream the step's work runs on (default: the
+        current one), where its start and end events go."""
         if self._open is not None:
             raise GraphMFUError("meter.step() is already open: steps do not nest (close the previous "
                                 "'with meter.step():' block first)")
@@ -162,7 +164,7 @@ class Meter:
             # that work ends, as the previous step's end event does — one event fewer on the stream
             st.start, prev.end_shared = prev.end, True
         else:
-            st.start = self._mark()  # the events bracket the user's code, not the meter's own bookkeeping
+            st.start = self._mark(stream)  # the events bracket the user's code, not the meter's own bookkeeping
         try:
             yield st
         except BaseException:
@@ -176,7 +178,7 @@ class Meter:
             elif self.cuda and st.start is not None:
                 self._events.append(st.start)
             raise
-        st.end = self._mark()
+        st.end = self._mark(stream)
         self.registry.tagger.detach(self)
         _inductor.ForeignCalls.unlisten(self)
         self._open = None
@@ -232,11 +234,11 @@ class Meter:
             st, key, sizes, start = token
             st.spans.append((key, sizes, start, self._mark()))
 
-    def _mark(self):
+    def _mark(self, stream=None):
         if not self.cuda:
             return time.perf_counter()
         ev = self._events.pop() if self._events else torch.cuda.Event(enable_timing=True)
-        ev.record()
+        ev.record() if stream is None else ev.record(stream)
         return ev
 
     def _elapsed(self, a, b) -> float:

@@ -81,6 +81,8 @@ def test_each_engine_step_counts_its_own_tokens_and_context_without_the_padding(
         assert r["kv_bytes_read"] == 2 * sum(x.k["full_attention"] for x in b.requests) * 2 * 4 * 16 * 4
         assert r["flags"] == [] and r["tokens"] == 3
     assert rows[0]["attention_flops"] == PER_PAIR * (15 + 6 + 55)
+    # the mask's kept pairs come from the engine's lengths once two probes agreed: 4 heads x the kept pairs
+    assert list(steps.pairs.trusted.values()) == [("full_attention", 4)] and not steps.pairs.refused
     text = meter.summary()
     assert "prefill" in text and "padding" in text
     assert any("padded its batches" in n for n in graphmfu.report().data["notes"])
@@ -197,3 +199,34 @@ def test_a_replayed_cuda_graph_is_named_with_its_fix():
     assert "use_cuda_graph=False" in CUDA_GRAPH_NOTE
     assert fields["kv_bytes_read"] == 2 * 11 * 2 * 4 * 16 * 2  # 2 layers x 11 keys x K,V x 4 heads x 16 x bf16
     assert fields["engine_step"] == "decode" and fields["decode_tokens"] == 1
+
+
+def test_pair_counts_trust_only_what_the_mask_confirmed():
+    """PairCounts: trusted after two checks with different counts (the probe read each time); a probe whose
+    value is no whole multiple of the kept pairs is refused and keeps running."""
+    from graphmfu.integrations.continuous_batching import Batch, PairCounts, Request, _pairs
+
+    assert _pairs(0, 5, None) == 15 and _pairs(10, 1, None) == 11 and _pairs(3, 4, None) == 4 * 3 + 10
+    assert _pairs(6, 3, 4) == 4 + 4 + 4 and _pairs(0, 3, 4) == 1 + 2 + 3  # a 4-wide sliding window
+    windows = {"full_attention": None}
+    prefill = Batch((Request("a", 0, 5, {}, 5, True), Request("b", 0, 3, {}, 3, True)), 8, 2, False)
+    decode = Batch((Request("a", 5, 1, {}, 0, True), Request("b", 3, 1, {}, 0, True)), 2, 2, False)
+    ran = []
+
+    def probe(heads, counts):
+        def fn(inputs):  # what the mask would give: heads x the kept pairs (+ an error to plant)
+            ran.append(1)
+            return heads * counts.kept["full_attention"] + inputs
+        return fn
+
+    pc = PairCounts()
+    pc.begin(prefill, windows)
+    assert pc("p", probe(8, pc), 0) == 8 * (15 + 6)  # checked: read from the mask
+    pc.begin(decode, windows)
+    assert pc("p", probe(8, pc), 0) == 8 * (6 + 4)  # checked again, different counts: trusted
+    assert pc.trusted == {"p": ("full_attention", 8)} and len(ran) == 2
+    assert pc("p", probe(8, pc), 0) == 8 * 10 and len(ran) == 2  # now from the lengths: the probe does not run
+    wrong = PairCounts()
+    wrong.begin(prefill, windows)
+    assert wrong("q", probe(8, wrong), 5) == 8 * 21 + 5  # not a multiple of 21: refused
+    assert "q" in wrong.refused and wrong("q", probe(8, wrong), 5) is None  # the probe runs (call_values)

@@ -28,7 +28,7 @@ on the package (``monkeypatch.setattr(_inductor, ...)``) is seen by every caller
 tagging call's patches need; the rooms otherwise call their own names.
 """
 from graphmfu._inductor.calls import (
-    CALL_RANGE, CallTagger, Deferred, call_values, deferred, parse_call_range)
+    CALL_RANGE, CallTagger, Deferred, call_values, counts_from, deferred, parse_call_range)
 from graphmfu._inductor.compile import (
     HookUnavailable, UnknownMode, analysis_backend, caches_off, compile_plain, compile_with_inner_hook, fresh_dynamo,
     kernel_hook, kernel_profile_config, mode_config, register_backend)

@@ -106,6 +106,22 @@ class CallTagger:
         self._compiled[:] = alive
 
 
+_counts = threading.local()  # .fn: this thread's provider of probe values (``counts_from``)
+
+
+@contextlib.contextmanager
+def counts_from(fn):
+    """While open, in this thread, each probe of a graph call asks ``fn(name, probe, inputs)`` first: an int
+    (the count, from what the caller knows: a serving engine's own sequence lengths) or None (the probe
+    runs).  ``fn`` may run ``probe(inputs)`` itself (to check its knowledge against the mask)."""
+    prev = getattr(_counts, "fn", None)
+    _counts.fn = fn
+    try:
+        yield
+    finally:
+        _counts.fn = prev
+
+
 def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
     """``{"s0": 24, "pairs_x": 900}``: the size symbols' values in one call's inputs (Inductor passes a
     list) and the probes' values; what cannot be read is left out.  ``resolve=False`` leaves a probe's
@@ -118,8 +134,14 @@ def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
             out[name] = int(x if d is None else x.shape[d])
         except (IndexError, TypeError, AttributeError):
             continue
+    known = getattr(_counts, "fn", None)
     for name, fn in probes:
         try:
+            if known is not None:
+                v = known(name, fn, inputs)
+                if v is not None:
+                    out[name] = v
+                    continue
             finish = fn.defer(inputs) if not resolve and getattr(fn, "defer", None) is not None else None
             if finish is not None:
                 out[name] = _package().Deferred(finish)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import threading
 from typing import NamedTuple
 
@@ -154,6 +153,52 @@ PADDING_NOTE = ("transformers' continuous batching padded its batches (query tok
                 "'flops' and show them as 'padding_flops'")
 
 
+def _pairs(past: int, q: int, window: int | None) -> int:
+    """(query, key) pairs the engine's mask keeps for a request computing ``q`` tokens after ``past`` cached
+    ones: each query at position t sees keys up to t (``utils.build_attention_mask``: causal, bottom-right),
+    the last ``window`` of them in a sliding layer."""
+    if window is None:
+        return q * past + q * (q + 1) // 2  # sum of t + 1 for t in past .. past + q - 1
+    return sum(min(t + 1, window) for t in range(past, past + q))
+
+
+class PairCounts:
+    """The pairs the engine's attention masks keep, from its own sequence lengths, given to the meter in place
+    of a per-call probe of the mask (``_inductor.counts_from``: a probe costs a few small kernels per call).
+    Trusted per probe only once checked: at its first ``checks`` calls with different counts the probe runs
+    and is read (a synchronisation), and its value must be a whole multiple of one layer type's kept pairs,
+    the same multiple each time (the heads the mask broadcasts to); otherwise the probe keeps running."""
+
+    def __init__(self, checks: int = 2):
+        self.checks = checks
+        self.kept: dict = {}  # layer type -> pairs kept in the step being computed
+        self.trusted: dict = {}  # probe name -> (layer type, multiple)
+        self._seen: dict = {}  # probe name -> [(kept, candidates)]
+        self.refused: set = set()
+
+    def begin(self, b: "Batch", windows: dict) -> None:
+        self.kept = {lt: sum(_pairs(r.past, r.q, w) for r in b.requests) for lt, w in windows.items()}
+
+    def __call__(self, name, probe, inputs):
+        got = self.trusted.get(name)
+        if got is not None:
+            return got[1] * self.kept.get(got[0], 0)
+        if name in self.refused:
+            return None
+        value = int(probe(inputs))  # checked against the mask itself (a synchronisation, a few calls only)
+        cands = {(lt, value // k) for lt, k in self.kept.items() if k and value > 0 and value % k == 0}
+        seen = self._seen.setdefault(name, [])
+        if seen and tuple(self.kept.values()) == seen[-1][0]:
+            return value  # the same counts as the last check: no new evidence
+        cands = cands & seen[-1][1] if seen else cands
+        seen.append((tuple(self.kept.values()), cands))
+        if not cands:
+            self.refused.add(name)
+        elif len(seen) >= self.checks and len(cands) == 1:
+            self.trusted[name] = next(iter(cands))
+        return value
+
+
 class EngineSteps:
     """Engine steps of transformers' continuous batching as meter steps (and ``graphmfu.stage``s: ``prefill``,
     ``decode`` or ``mixed``, under ``graphmfu.profile()``).  A context manager; one at a time."""
@@ -167,6 +212,7 @@ class EngineSteps:
         self._hold = None
         self._forwards: dict = {}  # (id(runner), block table) -> compiled | eager | cuda_graph
         self._padding_said = False
+        self.pairs = PairCounts()  # the masks' kept pairs from the engine's lengths, once checked
 
     # ------------------------------------------------------------------ patches
     def __enter__(self) -> "EngineSteps":
@@ -234,19 +280,20 @@ class EngineSteps:
             (self.meter.registry if self.meter is not None else DEFAULT).note(PADDING_NOTE)
             self._padding_said = True
         with contextlib.ExitStack() as stack:
-            if stream is not None:  # the step's events on the stream that runs its work
-                stack.enter_context(torch.cuda.stream(stream))
             if staged:
                 from graphmfu.stage import stage
 
                 stack.enter_context(stage(b.kind))
             if self.meter is not None:
-                st = stack.enter_context(self.meter.step(tokens=b.new_tokens or None))
+                # the step's events on the stream that runs its work
+                st = stack.enter_context(self.meter.step(tokens=b.new_tokens or None, stream=stream))
                 facts = self._model(model)
                 st.extra = {"engine": EngineStep(b, facts["layers"], facts["kv_token_bytes"],
                                                  self._forward(runner), facts["attention_outside"])}
                 if b.padded and (b.num_q_tokens != b.q_tokens or b.sequences != b.new_tokens):
                     st.padding = Padding((b.num_q_tokens, b.q_tokens), (b.sequences, b.new_tokens), facts["vocab"])
+                self.pairs.begin(b, facts["windows"])
+                stack.enter_context(_inductor.counts_from(self.pairs))
             return compute(runner, model, batch_data, *args, **kwargs)
 
     def _forward(self, runner) -> str:
@@ -278,12 +325,13 @@ class EngineSteps:
                 "layers": tuple(sorted(_layers_by_type(config).items())),
                 "kv_token_bytes": 2 * kv_heads * head_dim * itemsize,  # K and V of one token in one layer
                 "vocab": int(getattr(config, "vocab_size", 0) or 0) or None,
-                "attention_outside": _attention_outside(model)}
+                "attention_outside": _attention_outside(model),
+                "windows": {lt: (getattr(config, "sliding_window", None) if lt == "sliding_attention" else None)
+                            for lt in _layers_by_type(config)}}
         return got
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineStep:
+class EngineStep(NamedTuple):
     """What a meter row knows of one engine step (``Step.extra["engine"]``), derived when the row is read."""
     batch: Batch
     layers: tuple  # ((layer type, layers of that type), ...)
@@ -318,4 +366,4 @@ def generate_batch(model, inputs, *, meter=None, stages: bool = True, **kwargs):
         return model.generate_batch(inputs, **kwargs)
 
 
-__all__ = ["EngineSteps", "EngineStep", "Batch", "Request", "generate_batch"]
+__all__ = ["EngineSteps", "EngineStep", "PairCounts", "Batch", "Request", "generate_batch"]
