@@ -74,6 +74,10 @@ def _show(a) -> None:
             if a.ceilings:
                 doc = doc.on(ceilings=a.ceilings)
             text = f"{doc.summary()}\n\n{doc.table(by=a.by, depth=a.depth, top=a.top)}"
+            if a.headroom:
+                from graphmfu.headroom.cli import show_headroom
+
+                text += "\n\n" + show_headroom(doc, top=a.top or None)
         if a.html:
             doc.save(a.html if a.html.endswith((".html", ".htm")) else a.html + ".html", depth=a.depth)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
@@ -250,6 +254,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--html", default=None, help="also write the report as one self-contained HTML page here")
     s.add_argument("--ceilings", choices=("datasheet", "calibrated"), default=None,
                    help="SOL against the datasheet or the ceilings graphmfu calibrate measured")
+    s.add_argument("--headroom", action="store_true",
+                   help="time above the roofline per stage, module and kernel, and its causes (timed reports)")
     s.set_defaults(fn=_show)
     pl = sub.add_parser("plot", help="draw a saved report's roofline: graphmfu plot r.json -o roofline.png")
     pl.add_argument("report")
@@ -281,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--html", help="write the comparison as one self-contained HTML page here")
     c.add_argument("--no-clean", action="store_true", help="skip the unprofiled timing iterations")
     c.set_defaults(fn=_compare)
+    sub.add_parser("predict", help="predict a timed report on another device: graphmfu predict r.json --on b200",
+                   add_help=False)
     d = sub.add_parser("devices", help="list the device table (dense peaks, DRAM bandwidth, sources)")
     d.set_defaults(fn=_devices)
     return p
@@ -290,6 +298,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ncu"]:  # its own argument parser (graphmfu/ncu.py)
         return _ncu(argv[1:])
+    if argv[:1] == ["predict"]:  # its own argument parser (graphmfu/headroom/cli.py)
+        from graphmfu.headroom.cli import predict_main
+
+        return predict_main(argv[1:])
     p = parser()
     rest = []
     if "--" in argv:  # everything after -- belongs to the compared script

@@ -249,6 +249,44 @@ class Report:
     def __str__(self) -> str:
         return self.summary()
 
+    # ---------------------------------------------------------------- headroom (graphmfu/headroom/)
+    def _require_timing(self, what: str) -> None:
+        if self.record.timing is None or not self.kernels:
+            raise GraphMFUError(f"{what} needs a timed report (measured kernels): use graphmfu.profile() around the "
+                                f"compiled model, then p.report()")
+
+    def headroom(self, depth: int | None = 2):
+        """Time above the roofline per kernel, module (cut to ``depth``) and stage, ranked, with each row's share
+        of the step (``headroom.ranking``): ``.rows(by)``, ``.table()``."""
+        from graphmfu.headroom.ranking import headroom
+
+        self._require_timing("headroom()")
+        return headroom(self.data, self.record.timing.unattributed, depth)
+
+    def causes(self, ncu=None) -> list:
+        """Where the lost time comes from: ``Cause(kind, where, lost_s, evidence, action)`` ranked by ``lost_s``
+        (``headroom.causes``).  ``ncu``: an ``ncu.join`` table, for hardware against model FLOPs."""
+        from graphmfu.headroom.causes import causes
+
+        self._require_timing("causes()")
+        return causes(self.data, self.record, self.device, ncu)
+
+    def predict(self, device, ceilings: str | None = None):
+        """This run's step and stage times predicted on ``device``, per kernel class (``headroom.predict``);
+        ``ceilings``: None (calibrated where known, else datasheet), "datasheet" or "calibrated"."""
+        from graphmfu.headroom.predict import devices, predict
+
+        self._require_timing("predict()")
+        measured, target, which = devices(self.device, device, ceilings)
+        data = self.data if measured == self.device else self.on(measured).data
+        return predict(data, self.record, measured, target, which)
+
+    def headroom_sections(self, top: int | None = 10) -> list[Section]:
+        """The headroom tables and the ranked causes, as sections (the text and HTML reports show them)."""
+        from graphmfu.headroom.causes import section
+
+        return [*self.headroom().sections(top), section(self.causes(), top)]
+
     # ---------------------------------------------------------------- plots and frames
     def roofline_view(self, by: str = "kernel", stage: str | None = None, color: str | None = None,
                       depth: int | None = 2, top: int = 5) -> dict:

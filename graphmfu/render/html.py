@@ -261,6 +261,28 @@ def _coverage(rep) -> str:
     return "\n".join(parts)
 
 
+def _headroom(rep, top: int) -> str:
+    """Ranked headroom per stage, module and kernel (exact values in data-v) and the ranked causes."""
+    try:
+        h, found = rep.headroom(), rep.causes()
+    except Exception as e:  # noqa: BLE001 - the rest of the page stands without this section
+        return _lines([f"headroom: not derived ({type(e).__name__}: {e})"])
+    parts = [f'<p class="note">step {_e(ms(h.step_s))} ms; headroom = measured - roofline t_min; share = '
+             f'headroom / step (docs/headroom.md)</p>']
+    for by in ("stage", "module", "kernel"):
+        rows = [("<tr>" + _cell(r["name"] or "(root)") + _cell(r.get("stage") or "-")
+                 + _cell(ms(r["measured_s"]), r["measured_s"], "measured_s") + _cell(ms(r["t_min_s"]), r["t_min_s"], "t_min_s")
+                 + _cell(ms(r["headroom_s"]), r["headroom_s"], "headroom_s")
+                 + _cell(pct(r["share_of_step"]), r["share_of_step"], "share_of_step")
+                 + _cell(pct(r["sol"]), r["sol"], "sol") + _cell(r["bound"]) + "</tr>") for r in h.rows(by)[:top]]
+        if rows:
+            parts.append(f"<h3>by {by}</h3>" + _table([by, "stage", "measured ms", "t_min ms", "headroom ms",
+                                                        "% of step", "SOL %", "bound"], rows, f"headroom-{by}-table"))
+    parts.append("<h3>causes (ranked by estimated lost time; they can overlap)</h3>"
+                 + (_lines([c.line() for c in found[:top]]) if found else _lines(["no cause found"])))
+    return "\n".join(parts)
+
+
 def report_page(rep, depth=2, top: int = 25) -> str:
     d = rep.data["device"]
     body = [_section("summary", "Summary", _cards(rep) + _lines(rep._summary_lines()))]
@@ -277,6 +299,8 @@ def report_page(rep, depth=2, top: int = 25) -> str:
     if rep.kernels:
         body.append(_section("kernels", f"Top {min(top, len(rep.kernels))} kernels by measured time",
                              _kernel_table(rep, top)))
+    if rep.kernels and rep.record.timing is not None:
+        body.append(_section("headroom", "Headroom: time above the roofline, and its causes", _headroom(rep, top)))
     if len(rep.by_graph()) > 1:
         body.append(_generic(rep._graph_section(), "graphs"))
     body.append(_section("static", f"Static cost by module (depth {depth})", _static_table(rep, depth, top)))

@@ -1,0 +1,207 @@
+"""What-if on another device: the measured run's step and stage times carried to another device's ceilings.
+
+Per kernel class — ``gemm`` (matrix FLOPs), ``attention`` (SDPA / flex / attention written as matmuls),
+``memory`` (no matrix FLOPs: memory-bound and vector work), ``collective`` (NCCL / c10d kernels),
+``uncosted`` (kernels outside every graph, of no known cost) and ``idle`` (launch gaps: span - busy):
+
+  achieved_c   = sum t_min_c(measured device) / sum time_c      (the class's fraction of its roofline)
+  predicted_c  = sum t_min_c(target) / achieved_c  =  time_c x t_min_c(target) / t_min_c(measured)
+  uncosted     : time x DRAM GB/s(measured) / DRAM GB/s(target)
+  collective   : time x NVLink GB/s(measured) / NVLink GB/s(target) when both have a figure, else unchanged
+  idle         : unchanged (the host and its launch path are the same)
+
+Per stage (inclusive of nested stages, each with its own classes): predicted span = idle + busy x (predicted
+kernel time / measured kernel time).  The step is the top-level stages plus kernels outside stages (no
+stages: the kernel time); predicted MFU = the step's matrix FLOPs at the target's peaks / predicted step.
+Predicting the measured device returns the measured times.  ``Prediction.assumes`` says all of this.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from graphmfu.derive import in_stage, views
+from graphmfu.headroom.ranking import step_s
+from graphmfu.overlap import is_comm
+from graphmfu.render import Section, ms, pct
+
+CLASSES = ("gemm", "attention", "memory", "collective", "uncosted")
+
+
+@dataclasses.dataclass
+class Prediction:
+    measured_device: str
+    device: str
+    ceilings: str
+    step_s: float
+    predicted_step_s: float
+    mfu: float | None
+    predicted_mfu: float | None
+    classes: list
+    stages: list
+    assumes: list
+
+    @property
+    def speedup(self) -> float | None:
+        return self.step_s / self.predicted_step_s if self.predicted_step_s else None
+
+    def sections(self) -> list[Section]:
+        head = [f"predicted on {self.device} ({self.ceilings}) from the run measured on {self.measured_device}: "
+                f"step {ms(self.step_s)} -> {ms(self.predicted_step_s)} ms (x{self.speedup or 0:.3g}), "
+                f"MFU {pct(self.mfu)}% -> {pct(self.predicted_mfu)}%"]
+        out = [Section(lines=head),
+               Section("per kernel class", ["class", "measured ms", "t_min ms", "achieved %", "t_min on target ms",
+                                            "predicted ms"],
+                       [[c["class"], ms(c["measured_s"]), ms(c["t_min_s"]), pct(c["achieved"]),
+                         ms(c["t_min_target_s"]), ms(c["predicted_s"])] for c in self.classes])]
+        if self.stages:
+            out.append(Section("per stage", ["stage", "measured ms", "predicted ms", "idle ms (kept)"],
+                               [[s["name"], ms(s["measured_s"]), ms(s["predicted_s"]), ms(s["idle_s"])]
+                                for s in self.stages]))
+        out.append(Section("assumes", lines=[f"- {a}" for a in self.assumes]))
+        return out
+
+    def table(self) -> str:
+        from graphmfu.render import tabulate
+
+        parts = []
+        for s in self.sections():
+            if s.title:
+                parts.append(f"{s.title}:")
+            if s.headers:
+                parts.append(tabulate(s))
+            parts += s.lines
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "speedup": self.speedup}
+
+
+def kernel_class(k: dict, ops) -> str:
+    """The class of a kernel row (``ops``: its origin OpRecords)."""
+    if is_comm(k["name"]) or any(is_comm(g) for g in k.get("gpu_kernels", ())) or "c10d" in k["op"]:
+        return "collective"
+    if any("attention" in o.op or "attention_matmul" in o.flags for o in ops):
+        return "attention"
+    return "gemm" if k["flops"] else "memory"
+
+
+def _ratios(classes: dict, uncosted: float, collective: float) -> dict:
+    out = {"uncosted": uncosted, "collective": collective}
+    for c, (t, tmin, tmin_target) in classes.items():
+        if c not in out:
+            out[c] = tmin_target / tmin if tmin else 1.0
+    return out
+
+
+def _sum(rows: list, key) -> dict:
+    """class -> [measured time, t_min measured, t_min target] over (row, class, t_min target) triples."""
+    out = {c: [0.0, 0.0, 0.0] for c in CLASSES}
+    for k, c, tt in rows:
+        if key(k):
+            out[c][0] += k["time_s"]
+            out[c][1] += k["t_min_s"]
+            out[c][2] += tt
+    return out
+
+
+def _bandwidth_ratio(measured, target) -> tuple[float, float | None]:
+    from graphmfu.hardware.links import links_for
+
+    def nvlink(dev):
+        try:
+            return links_for(dev).nvlink_gbps
+        except Exception:  # noqa: BLE001 - no link figure is not an error here
+            return None
+
+    a, b = nvlink(measured), nvlink(target)
+    return measured.dram_gbps / target.dram_gbps, (a / b if a and b else None)
+
+
+def predict(data: dict, record, measured, target, ceilings: str = "datasheet") -> Prediction:
+    """``data``: the derived document of ``record`` on ``measured`` (Report.data); ``target``: a DeviceSpec."""
+    tdata = data if target == measured else views(record, target)
+    t_target = {(k["graph"], k["index"], k["stage"]): k["t_min_s"] for k in tdata.get("kernels", [])}
+    t_matrix = {(k["graph"], k["index"], k["stage"]): k["t_matrix_s"] for k in tdata.get("kernels", [])}
+    ops_by = {g.id: {o.name: o for o in g.nodes} for g in record.graphs}
+    rows = []
+    for k in data.get("kernels", []):
+        ops = [ops_by[k["graph"]][n] for n in k["nodes"] if n in ops_by[k["graph"]]]
+        rows.append((k, kernel_class(k, ops), t_target[(k["graph"], k["index"], k["stage"])]))
+    un = record.timing.unattributed if record.timing is not None else []
+    bw, link = _bandwidth_ratio(measured, target)
+    ratio_of = lambda cls: _ratios(cls, bw, link if link is not None else 1.0)  # noqa: E731
+
+    def carried(key, ukey) -> tuple[float, float, dict]:
+        cls = _sum(rows, key)
+        cls["uncosted"][0] += sum(o["time_s"] for o in un if ukey(o))
+        r = ratio_of(cls)
+        t = sum(v[0] for v in cls.values())
+        return t, sum(v[0] * r[c] for c, v in cls.items()), {c: (v, r[c]) for c, v in cls.items()}
+
+    stages = []
+    for s in data.get("stages", []):
+        t, pt, _ = carried(lambda k, n=s["name"]: in_stage(k["stage"], n), lambda o, n=s["name"]: in_stage(o["stage"], n))
+        idle = s["span_s"] - s["busy_s"]
+        busy = s["busy_s"] * (pt / t) if t else s["busy_s"]
+        stages.append({"name": s["name"], "parent": s["parent"], "measured_s": s["span_s"], "predicted_s": idle + busy,
+                       "idle_s": idle, "kernel_s": t, "predicted_kernel_s": pt})
+    step = step_s(data, un)
+    if stages:
+        _, outside, _ = carried(lambda k: not k["stage"], lambda o: not o["stage"])
+        predicted = sum(s["predicted_s"] for s in stages if s["parent"] is None) + outside
+    else:
+        t, pt, _ = carried(lambda k: True, lambda o: True)
+        predicted = step * (pt / t) if t else step
+    _, _, cls = carried(lambda k: True, lambda o: True)
+    classes = [{"class": c, "measured_s": v[0], "t_min_s": v[1], "achieved": v[1] / v[0] if v[0] and v[1] else None,
+                "t_min_target_s": v[2], "predicted_s": v[0] * r, "ratio": r} for c, (v, r) in cls.items() if v[0]]
+    idle_all = sum(s["idle_s"] for s in stages if s["parent"] is None)
+    if idle_all:
+        classes.append({"class": "idle", "measured_s": idle_all, "t_min_s": 0.0, "achieved": None,
+                        "t_min_target_s": 0.0, "predicted_s": idle_all, "ratio": 1.0})
+    mfu = sum(k["t_matrix_s"] for k in data.get("kernels", [])) / step if step else None
+    pmfu = sum(t_matrix.values()) / predicted if predicted else None
+    return Prediction(measured.name, target.name, ceilings, step, predicted, mfu, pmfu, classes, stages,
+                      assumes(measured, target, ceilings, link is not None))
+
+
+def assumes(measured, target, ceilings: str, link: bool) -> list[str]:
+    out = [f"each kernel class keeps the fraction of its roofline minimum it reached on {measured.name} "
+           f"(same kernels, shapes, dtypes and fusion; per stage, class time x t_min on {target.name} / t_min "
+           f"on {measured.name})",
+           f"ceilings: {target.name} {ceilings} ({target.source}); {measured.name}: {measured.source}",
+           "launch gaps (span - busy) are unchanged: the same host, launch path and Python overhead",
+           "kernels of no known cost (outside every graph, unknown ops) scale with DRAM bandwidth",
+           ("collectives scale with NVLink bandwidth" if link else
+            "collectives are unchanged (no link figure for both devices)"),
+           "overlap is unchanged: busy time scales with the stage's kernel time",
+           "TF32 and dtypes as recorded: a faster path the target offers (fp8, TF32 left off) is not taken"]
+    if measured.measured and not target.measured:
+        out.append(f"measured on a CPU ({measured.name}): its achieved fractions say little about a GPU; read the "
+                   f"prediction as arithmetic, not a forecast")
+    return out
+
+
+
+
+
+def devices(measured, device, ceilings: str | None = None) -> tuple:
+    """(measured, target, ceilings used): ``device`` resolved; ``ceilings`` None: the target's calibrated
+    ceilings where ``graphmfu calibrate`` measured it (then the measured device's too, when it has them),
+    else the datasheet's; "datasheet" / "calibrated" as ``Report.on``."""
+    from graphmfu.calibrate import ceilings_for, entry
+    from graphmfu.hardware import get_device
+
+    target = get_device(device)
+    which = ceilings or ("calibrated" if target.measured or entry(target.name) else "datasheet")
+    if which == "calibrated":
+        target = ceilings_for(target, "calibrated")
+        if measured.measured or entry(measured.name):
+            measured = ceilings_for(measured, "calibrated")
+    elif ceilings == "datasheet":
+        target = ceilings_for(target, "datasheet")
+    return measured, target, which
+__all__ = ["predict", "devices", "Prediction", "kernel_class", "CLASSES", "assumes"]

@@ -1,0 +1,327 @@
+"""Headroom, causes and predict (graphmfu/headroom/), on CPU: small models compiled with graphmfu.backend under
+graphmfu.profile(), one planted case per cause with a clean negative, and predict() on a synthetic record whose
+arithmetic is written out beside the golden values."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphmfu
+from graphmfu import eager
+from graphmfu.cost import Cost
+from graphmfu.hardware import DeviceSpec
+from graphmfu.headroom.cli import predict_main, show_headroom
+from graphmfu.headroom.launch import MIN_IDLE_SHARE
+from graphmfu.profile import ProfileSession
+from graphmfu.record import GraphRecord, KernelRecord, OpRecord, Record, Timing
+from graphmfu.registry import Registry
+from graphmfu.report import Report
+
+VOCAB = 32001
+
+
+class Broken(nn.Module):
+    """A hidden projection, a graph break, an LM head whose vocab is not a multiple of 64."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(64, 64), nn.Linear(64, VOCAB)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        torch._dynamo.graph_break()
+        return self.head(y)
+
+
+class Clean(nn.Module):
+    def __init__(self, d=64):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class Norm(nn.Module):
+    """RMS-style norm written as separate ops."""
+
+    def __init__(self, d=256):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        c = x - x.mean(-1, keepdim=True)
+        return c * torch.rsqrt((c * c).mean(-1, keepdim=True) + 1e-5) * self.w
+
+
+def _timed(model, x, stage="step", calls=2, loop=0):
+    cm = torch.compile(model, backend=graphmfu.backend)
+    with torch.no_grad():
+        cm(x)
+        with graphmfu.profile() as p:
+            with graphmfu.stage(stage):
+                for _ in range(calls):
+                    cm(x)
+            if loop:
+                t = torch.ones(4)
+                with graphmfu.stage("loop"):
+                    for _ in range(loop):  # a Python loop of tiny ops, run eagerly
+                        t = t * 1.0001 + 0.5
+    return p.report()
+
+
+@pytest.fixture(scope="module")
+def broken():
+    torch._dynamo.reset()
+    graphmfu.reset()
+    rep = _timed(Broken(), torch.randn(32, 64), loop=150)
+    yield rep
+    graphmfu.reset()
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def clean():
+    torch._dynamo.reset()
+    graphmfu.reset()
+    rep = _timed(Clean(256), torch.randn(512, 256))  # big enough to be compute-bound on an H100's roofline
+    yield rep
+    graphmfu.reset()
+    torch._dynamo.reset()
+
+
+def _kinds(causes):
+    return {c.kind for c in causes}
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def test_headroom_is_measured_minus_t_min_and_ranked(broken):
+    h = broken.headroom()
+    by_key = {(k["graph"], k["index"], k["stage"]): k for k in broken.kernels}
+    assert len(h.kernels) == len(broken.kernels)
+    for r in h.kernels:
+        k = by_key[(r["graph"], r["index"], r["stage"])]
+        assert r["measured_s"] == k["time_s"] and r["t_min_s"] == k["t_min_s"]
+        assert r["headroom_s"] == k["time_s"] - k["t_min_s"]  # exactly the report's own numbers
+        assert r["share_of_step"] == r["headroom_s"] / h.step_s
+    # the step: top-level stage spans, plus what ran outside every stage (ops between the two stages)
+    outside = sum(o["time_s"] for o in broken.record.timing.unattributed if not o["stage"])
+    outside += sum(k["time_s"] for k in broken.kernels if not k["stage"])
+    assert h.step_s == pytest.approx(sum(s["span_s"] for s in broken.stages if s["parent"] is None) + outside)
+    for by in ("kernel", "module", "stage"):
+        rows = h.rows(by)
+        assert [r["headroom_s"] for r in rows] == sorted((r["headroom_s"] for r in rows), reverse=True)
+        top = [r for r in rows if by != "stage" or r["parent"] is None]
+        assert sum(max(r["share_of_step"], 0) for r in top) <= 1
+    # modules hold each kernel once: they sum to the kernels
+    assert sum(r["headroom_s"] for r in h.modules) == pytest.approx(sum(r["headroom_s"] for r in h.kernels))
+    st = {r["name"]: r for r in h.stages}["step"]
+    in_step = [k for k in broken.kernels if k["stage"] == "step"]
+    assert st["headroom_s"] == st["measured_s"] - st["t_min_s"]
+    assert st["t_min_s"] == pytest.approx(sum(k["t_min_s"] for k in in_step))
+    # the LM head's GEMM holds most of the kernel headroom
+    assert h.modules[0]["name"] == "head"
+    assert "headroom by kernel" in h.table() and "headroom by stage" in str(h)
+
+
+def test_static_report_has_no_headroom():
+    rep = graphmfu.analyze(Clean(), torch.randn(4, 64))
+    with pytest.raises(graphmfu.GraphMFUError, match="timed report"):
+        rep.headroom()
+
+
+# --------------------------------------------------------------------------- causes, planted and clean
+
+
+def test_tile_padding_pads_vocab_to_the_next_multiple_of_64(broken, clean):
+    pads = [c for c in broken.causes() if c.kind == "tile_padding"]
+    assert len(pads) == 1 and pads[0].where.startswith("head")
+    assert f"pad vocab {VOCAB} -> 32064" in pads[0].action  # 32001 -> 501 x 64 = 32064
+    assert "[32x64] x [64x32001]" in pads[0].evidence
+    head = [k for k in broken.kernels if k["module"] == "head"]
+    assert pads[0].lost_s == pytest.approx(sum(k["time_s"] - k["t_min_s"] for k in head))
+    # with an Nsight Compute table imported, its hardware/model FLOPs ratio is part of the evidence
+    ncu = [{"graph": k["graph"], "index": k["index"], "padding": 0.00197} for k in head]
+    pad = next(c for c in broken.causes(ncu=ncu) if c.kind == "tile_padding")
+    assert "ncu: hardware FLOPs = model x 1.0020" in pad.evidence
+    assert "tile_padding" not in _kinds(clean.causes())  # 256 and 512 are multiples of 64
+
+
+def test_graph_break_quotes_dynamos_reason_and_line(broken, clean):
+    import inspect
+
+    line = next(i for i, s in enumerate(inspect.getsource(Broken).splitlines())
+                if "graph_break()" in s) + inspect.getsourcelines(Broken)[1]
+    gb = [c for c in broken.causes() if c.kind == "graph_break"]
+    assert len(gb) == 1
+    assert gb[0].where == f"{__file__}:{line}"
+    assert f"the graph break at {__file__}:{line}: " in gb[0].action
+    assert "graph_break" in gb[0].action.lower()  # Dynamo's reason: a call to graph_break()
+    reason = next(n for n in broken.record.notes if n.startswith("Dynamo could not compile"))
+    assert gb[0].action.split(": ", 1)[1].split(" — ")[0] in reason  # quoted from the registry's fallbacks
+    assert "graph_break" not in _kinds(clean.causes())
+
+
+def test_python_loop_of_tiny_ops_is_eager_work_and_launch_bound(broken, clean):
+    found = broken.causes()
+    eager_loop = [c for c in found if c.kind == "eager_work" and c.where == "stage loop"]
+    assert eager_loop and "aten::mul x150" in eager_loop[0].evidence and "aten::add x150" in eager_loop[0].evidence
+    loop = {s["name"]: s for s in broken.stages}["loop"]
+    launch = [c for c in found if c.kind == "launch_bound" and c.where == "stage loop"]
+    idle = loop["span_s"] - loop["busy_s"]  # Python between the ops: the CPU runs no op there
+    if idle / loop["span_s"] >= MIN_IDLE_SHARE:  # 34% here; a loaded machine can stretch the ops instead
+        assert launch and launch[0].lost_s == idle and "reduce-overhead" in launch[0].action
+    else:
+        assert not launch
+    assert "eager_work" not in _kinds(clean.causes())  # everything inside the compiled graph
+
+
+def test_unfused_norm_run_eagerly_is_an_unfused_chain():
+    m, x = Norm(), torch.randn(512, 256)
+    reg = Registry()
+    with torch.no_grad():
+        eager.record(m, lambda: m(x), "norm", reg, "cpu")  # one kernel per op, as eager runs it
+        with ProfileSession(registry=reg) as p:
+            for _ in range(2):
+                with graphmfu.stage("norm"):
+                    m(x)
+    chains = [c for c in p.report().causes() if c.kind == "unfused_chain"]
+    assert len(chains) == 1 and "[512, 256] tensor" in chains[0].evidence and "torch.compile" in chains[0].action
+    assert chains[0].lost_s > 0
+
+
+def test_compiled_norm_is_not_an_unfused_chain(fresh):
+    rep = _timed(Norm(), torch.randn(512, 256))
+    assert "unfused_chain" not in _kinds(rep.causes())
+
+
+def test_tf32_off_only_for_fp32_matmuls_compiled_without_tf32(clean, fresh):
+    """On CPU the condition is the record's: graphs compiled while torch.backends.cuda.matmul.allow_tf32 is
+    False (the default) carry tf32=False and fp32 matrix FLOPs; placed on an H100 (TF32 peak 495 > fp32 67
+    TFLOP/s) the 512x256x512 products are compute-bound, so TF32 would shorten them."""
+    assert not any(g.tf32 for g in clean.record.graphs)
+    assert "tf32_off" not in _kinds(clean.causes())  # the CPU has no TF32 peak
+    on_h100 = clean.on("h100-sxm")
+    tf = [c for c in on_h100.causes() if c.kind == "tf32_off"]
+    assert len(tf) == 1 and "torch.backends.cuda.matmul.allow_tf32" in tf[0].action and tf[0].lost_s > 0
+    # the same model compiled with TF32 allowed: its matrix FLOPs are tf32, nothing to say
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        rep = _timed(Clean(256), torch.randn(512, 256))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert all(g.tf32 for g in rep.record.graphs)
+    assert "tf32_off" not in _kinds(rep.on("h100-sxm").causes())
+
+
+def test_causes_are_ranked_and_rendered(broken, tmp_path):
+    found = broken.causes()
+    assert [c.lost_s for c in found] == sorted((c.lost_s for c in found), reverse=True)
+    assert all(c.evidence and c.action for c in found)
+    text = broken.save(tmp_path / "r.txt").read_text()
+    assert "headroom by stage" in text and "causes (ranked" in text and "pad vocab 32001 -> 32064" in text
+    html = broken.save(tmp_path / "r.html").read_text()
+    assert 'id="headroom"' in html and 'id="headroom-kernel-table"' in html and "32064" in html
+    shown = show_headroom(broken)
+    assert "headroom by kernel" in shown and "[tile_padding]" in shown
+
+
+# --------------------------------------------------------------------------- synthetic records
+
+
+A = DeviceSpec("test A", {"bf16": 100.0, "fp32": 10.0}, 1000.0, "test")
+B = DeviceSpec("test B", {"bf16": 200.0, "fp32": 20.0}, 4000.0, "test")
+
+
+def _op(gid, i, op, cost, inputs):
+    return OpRecord(gid, "inference", i, f"n{i}", op, "m", inputs, [], cost)
+
+
+def synthetic(extra_kernels=(), exposed=()) -> Record:
+    """One graph: a bf16 GEMM (1e12 FLOPs, 1e9 bytes, 20 ms) and a memory-bound kernel (1e9 fp32 vector FLOPs,
+    4e9 bytes, 8 ms); 2 ms of eager work outside graphs; stage "step": span 40 ms, busy 30 ms."""
+    gemm = Cost.of({"bf16": 1e12}, read=6e8, written=4e8)
+    mem = Cost.of(vector={"fp32": 1e9}, read=2e9, written=2e9)
+    specs = [("aten.mm.default", gemm, [[[1000, 500000], "bfloat16"], [[500000, 1000], "bfloat16"]], 0.020),
+             ("aten.add.Tensor", mem, [[[1000, 1000], "float32"]], 0.008), *extra_kernels]
+    nodes = [_op(0, i, op, c, inp) for i, (op, c, inp, _) in enumerate(specs)]
+    kernels = [KernelRecord(0, i, f"k{i}", f"k{i}", True, [f"n{i}"], "m", "inference", c)
+               for i, (_, c, _, _) in enumerate(specs)]
+    launches = [{"graph": 0, "kernel": i, "stage": "step", "calls": 1, "launches": 1, "time_s": t,
+                 "gpu_kernels": [f"k{i}"], "joined_by": ["name"]} for i, (*_, t) in enumerate(specs)]
+    timing = Timing(cuda=True, launches=launches,
+                    stages=[{"name": "step", "calls": 1, "span_s": 0.040, "busy_s": 0.030, "launches": 3}],
+                    unattributed=[{"name": "elementwise", "where": "outside graphs", "launch_op": "aten::add",
+                                   "stage": "step", "count": 1, "time_s": 0.002}],
+                    device_kernel_time_s=0.030, attributed_time_s=0.028, exposed_comm=list(exposed))
+    g = GraphRecord(0, "t:0", "inference", None, "cuda", nodes, {}, "backend", kernels)
+    return Record(graphs=[g], timing=timing)
+
+
+def test_predict_per_class_arithmetic_by_hand():
+    p = Report(synthetic(), A).predict(B)
+    cls = {c["class"]: c for c in p.classes}
+    # GEMM: on A t_min = max(1e12 / 100e12, 1e9 / 1000e9) = 10 ms; achieved 10 / 20 = 50%
+    #       on B t_min = max(1e12 / 200e12, 1e9 / 4000e9) = 5 ms;  predicted 5 / 0.5 = 10 ms
+    assert cls["gemm"]["t_min_s"] == pytest.approx(0.010) and cls["gemm"]["achieved"] == pytest.approx(0.5)
+    assert cls["gemm"]["t_min_target_s"] == pytest.approx(0.005) and cls["gemm"]["predicted_s"] == pytest.approx(0.010)
+    # memory: on A t_min = max(1e9 / 10e12, 4e9 / 1000e9) = 4 ms; achieved 4 / 8 = 50%
+    #         on B t_min = max(1e9 / 20e12, 4e9 / 4000e9) = 1 ms;  predicted 1 / 0.5 = 2 ms
+    assert cls["memory"]["achieved"] == pytest.approx(0.5) and cls["memory"]["predicted_s"] == pytest.approx(0.002)
+    # uncosted (outside graphs): 2 ms x 1000 / 4000 GB/s = 0.5 ms; idle 40 - 30 = 10 ms, kept
+    assert cls["uncosted"]["predicted_s"] == pytest.approx(0.0005)
+    assert cls["idle"]["predicted_s"] == pytest.approx(0.010)
+    # stage: busy 30 ms x (10 + 2 + 0.5) / (20 + 8 + 2) = 12.5 ms; span = 10 + 12.5 = 22.5 ms = the step
+    assert p.stages[0]["predicted_s"] == pytest.approx(0.0225)
+    assert p.step_s == pytest.approx(0.040) and p.predicted_step_s == pytest.approx(0.0225)
+    # MFU: matrix time 10 ms / 40 ms = 25% measured; 5 ms / 22.5 ms = 22.2% predicted
+    assert p.mfu == pytest.approx(0.25) and p.predicted_mfu == pytest.approx(0.005 / 0.0225)
+    assert any("unchanged" in a for a in p.assumes) and "assumes" in p.table()
+
+
+def test_predict_on_the_measured_device_returns_the_measured_times(broken):
+    for rep in (Report(synthetic(), A), broken):
+        p = rep.predict(rep.device)
+        assert p.predicted_step_s == pytest.approx(p.step_s, rel=1e-12)
+        for s, m in zip(p.stages, rep.stages):
+            assert s["predicted_s"] == pytest.approx(m["span_s"], rel=1e-12)
+
+
+def test_faster_target_gives_a_shorter_step(broken):
+    rep = Report(synthetic(), A)
+    assert rep.predict(B).predicted_step_s < rep.predict(A).predicted_step_s
+    on = broken.on("a100-80gb")
+    assert on.predict("b200").predicted_step_s < on.predict("a100-80gb").predicted_step_s
+
+
+def test_predict_command_line(tmp_path, capsys):
+    path = Report(synthetic(), A).save(tmp_path / "r.json")
+    assert predict_main([str(path), "--on", "h100-sxm", "--json", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "predicted on NVIDIA H100" in out and "per kernel class" in out
+    assert predict_main([str(path), "--on", "no-such-gpu"]) == 2
+
+
+def test_dense_attention_and_exposed_collectives_from_the_record():
+    # attention written as a bmm whose mask keeps 30% of the pairs: 70% of its 10 ms on masked pairs
+    att = Cost.of({"bf16": 3e11}, dense={"bf16": 1e12}, read=1e8, written=1e8)
+    extra = [("aten.bmm.default", att, [[[8, 1024, 64], "bfloat16"], [[8, 64, 1024], "bfloat16"]], 0.010)]
+    rec = synthetic(extra, exposed=[{"stage": "step", "comm_s": 0.006, "exposed_s": 0.004, "compute_s": 0.03}])
+    found = {c.kind: c for c in Report(rec, A).causes()}
+    assert found["dense_attention"].lost_s == pytest.approx(0.010 * 0.7)
+    assert "flex_attention" in found["dense_attention"].action
+    assert found["exposed_comm"].lost_s == pytest.approx(0.004) and "overlap" in found["exposed_comm"].action
+    clean = {c.kind for c in Report(synthetic(), A).causes()}
+    assert "dense_attention" not in clean and "exposed_comm" not in clean
+
+
+def test_no_launch_gap_when_the_device_is_always_busy():
+    rec = synthetic()
+    rec.timing = dataclasses.replace(rec.timing, stages=[{"name": "step", "calls": 1, "span_s": 0.030,
+                                                          "busy_s": 0.030, "launches": 3}])
+    assert "launch_bound" not in {c.kind for c in Report(rec, A).causes()}
+    assert "launch_bound" in {c.kind for c in Report(synthetic(), A).causes()}  # 10 of 40 ms idle
