@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from graphmfu.capture import Backend, backend, trace as _trace
 from graphmfu.capture_all import CaptureAll, capture_all
+from graphmfu.parallel import plan_parallel
 from graphmfu.compare import compare
 from graphmfu.comparison import Comparison
 from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
@@ -30,7 +31,7 @@ from graphmfu.stage import stage
 from graphmfu.world import WorldReport
 
 __version__ = "0.1.0"
-__all__ = ["backend", "Backend", "capture_all", "CaptureAll", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
+__all__ = ["backend", "Backend", "capture_all", "CaptureAll", "plan_parallel", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
            "ProfileSession", "meter", "Meter", "gather", "WorldReport", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
            "GraphMFUError", "get_device", "known_devices", "dtype_name"]
 

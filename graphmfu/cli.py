@@ -7,6 +7,7 @@
     graphmfu calibrate [--device cuda|cpu] [--quick]
     graphmfu ncu report.json ncu.csv [...]
     graphmfu devices
+    graphmfu plan --model llama3-405b --world 8192 --tp 8 --pp 16 --dp 64 --seq 8192 [--search] [--json F]
 
 ``graphmfu run`` runs an unmodified script as ``python script.py args`` would, with ``torch.compile``
 routed to graphmfu's backend (``backend="inductor"``, the default, becomes ``graphmfu.backend`` with the
@@ -204,6 +205,58 @@ def _devices(a) -> None:
                    tablefmt="simple"))
 
 
+def _assumption(text: str):
+    """argparse type: KEY=VALUE (a number, true/false, or a name such as a link fabric)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. gemm=0.7 or tp_overlap=1), got {text!r}")
+    v = value.strip()
+    if v.lower() in ("true", "false"):
+        return key.strip(), v.lower() == "true"
+    try:
+        return key.strip(), float(v)
+    except ValueError:
+        return key.strip(), v
+
+
+def _plan(a) -> None:
+    import json
+    import os
+
+    from graphmfu.parallel import plan_parallel
+
+    model = a.model
+    if os.path.exists(model):  # a transformers config.json (or a folder holding one)
+        try:
+            from transformers import AutoConfig
+        except ImportError:
+            raise GraphMFUError("plan: reading a config needs transformers: pip install transformers") from None
+        path = os.path.join(model, "config.json") if os.path.isdir(model) else model
+        try:
+            data = json.loads(open(path).read())
+            model = AutoConfig.for_model(**data)
+        except (OSError, ValueError, KeyError) as e:
+            raise GraphMFUError(f"plan: cannot read a transformers config from {path}: {e}") from None
+    links = {k: v for k, v in (("internode", a.internode), ("nvlink", a.nvlink)) if v is not None}
+    for k, v in links.items():
+        try:
+            links[k] = float(v)
+        except ValueError:
+            pass
+    opts = {k: v for k, v in (("recompute", a.recompute), ("cp_mode", a.cp_mode)) if v is not None}
+    if a.no_sp:
+        opts["sequence_parallel"] = False
+    plan = plan_parallel(model, world=a.world, tp=a.tp, pp=a.pp, dp=a.dp, cp=a.cp, ep=a.ep, fsdp=a.fsdp,
+                         microbatches=a.microbatches, virtual_stages=a.virtual_stages,
+                         microbatch_size=a.microbatch_size, seq=a.seq, device=a.device, links=links or None,
+                         search=a.search, global_batch=a.global_batch, assumptions=dict(a.set or []),
+                         balance_ends=a.balance_ends, reshard_after_forward=a.reshard, **opts)
+    print(plan.table(top=a.top))
+    if a.json:
+        plan.save(a.json)
+        print(f"plan written to {a.json}")
+
+
 def _count(minimum: int):
     """argparse type: an integer >= minimum (a negative --top or --depth would silently drop rows)."""
     def parse(text: str) -> int:
@@ -291,7 +344,43 @@ def parser() -> argparse.ArgumentParser:
                    add_help=False)
     d = sub.add_parser("devices", help="list the device table (dense peaks, DRAM bandwidth, sources)")
     d.set_defaults(fn=_devices)
+    _plan_parser(sub)
     return p
+
+
+def _plan_parser(sub) -> None:
+    pn = sub.add_parser("plan", help="plan a parallel layout on paper: graphmfu plan --model llama3-405b --world 8192 "
+                                     "--tp 8 --pp 16 --dp 64 --seq 8192 [--search]")
+    pn.add_argument("--model", required=True, help="a preset (llama3-8b, llama3-70b, llama3-405b, deepseek-v3, "
+                                                   "tiny-llama, tiny-moe) or a transformers config.json / folder")
+    pn.add_argument("--world", type=_count(1), required=True, help="ranks (GPUs) in the job")
+    for name, default, text in (("--tp", 1, "tensor parallel"), ("--pp", 1, "pipeline stages"),
+                                ("--cp", 1, "context parallel"), ("--ep", 1, "expert parallel")):
+        pn.add_argument(name, type=_count(1), default=default, help=f"{text} degree (default {default})")
+    pn.add_argument("--dp", type=_count(1), default=None, help="data parallel degree (default: world / (tp*cp*pp))")
+    pn.add_argument("--fsdp", type=_count(1), default=None, help="FSDP shard group (default: all of dp*cp; 1: DDP; "
+                                                                 "between: HSDP)")
+    pn.add_argument("--seq", type=_count(1), required=True, help="tokens per sequence")
+    pn.add_argument("--microbatches", type=_count(1), default=None, help="microbatches per step (default: pp)")
+    pn.add_argument("--microbatch-size", type=_count(1), default=None, help="sequences per microbatch (default 1)")
+    pn.add_argument("--virtual-stages", type=_count(1), default=1, help="model chunks per pipeline rank (interleaved)")
+    pn.add_argument("--recompute", choices=("none", "selective", "full"), default=None)
+    pn.add_argument("--cp-mode", choices=("allgather", "ring"), default=None)
+    pn.add_argument("--no-sp", action="store_true", help="no sequence parallelism (TP all-reduces)")
+    pn.add_argument("--balance-ends", action="store_true", help="embedding and head take a layer's slot (Llama 3)")
+    pn.add_argument("--reshard", action="store_true", help="FSDP reshards parameters after the forward")
+    pn.add_argument("--device", default="h100-sxm", help="device name or alias (default h100-sxm)")
+    pn.add_argument("--internode", default=None, help="inter-node fabric (links.csv: roce-400g, ib-ndr-400g, ...) or "
+                                                      "GB/s per GPU")
+    pn.add_argument("--nvlink", default=None, help="intra-node fabric name or GB/s per GPU")
+    pn.add_argument("--set", action="append", type=_assumption, metavar="KEY=VALUE",
+                    help="override an assumption (gemm=0.7, attention=0.5, tp_overlap=1, ...); repeatable")
+    pn.add_argument("--search", action="store_true", help="also rank candidate layouts of this world and batch")
+    pn.add_argument("--global-batch", type=_count(1), default=None, help="sequences per step for --search (default: "
+                                                                         "the given layout's)")
+    pn.add_argument("--top", type=_count(0), default=20, help="rows to print (0: all)")
+    pn.add_argument("--json", default=None, help="write the plan (rows, breakdown, assumptions) as JSON here")
+    pn.set_defaults(fn=_plan)
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,11 @@ NVLink; ``host`` when it has no link figure at all, e.g. CPU ranks over gloo), e
 
 Environment overrides (GB/s): ``GRAPHMFU_INTERNODE_GBPS``, ``GRAPHMFU_NVLINK_GBPS``,
 ``GRAPHMFU_PCIE_GBPS``; or ``links_for(device, internode_gbps=..., nvlink_gbps=...)``.
+
+Fabrics (``links.csv``, for planning on paper, ``graphmfu/parallel``): one row per named fabric, intra-node
+(NVLink generations, PCIe) or inter-node (RoCE / InfiniBand per-GPU NICs): nominal GB/s per GPU per direction,
+the fraction of it NCCL-tests' bus bandwidth is assumed to reach, the devices whose default intra-node fabric it
+is, and the source of each number.  ``fabric(name)``, ``fabrics()``, ``intra_fabric(device)``.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import csv
 import dataclasses
 import os
 from functools import lru_cache
+from pathlib import Path
 
+from graphmfu.errors import GraphMFUError
 from graphmfu.hardware import _TABLE, DeviceSpec, parse_bandwidth_override
 
 INTERNODE_GBPS = 50.0  # one 400 Gb/s NIC per GPU (DGX H100/H200 user guides: 8x ConnectX-7 400 Gb/s)
@@ -95,6 +102,54 @@ def links_for(device: DeviceSpec | str | None, *, nvlink_gbps=None, pcie_gbps=No
                     inter, "; ".join(src))
 
 
+@dataclasses.dataclass(frozen=True)
+class Fabric:
+    """One row of ``links.csv``: a named link with its nominal per-GPU, per-direction GB/s, the fraction of it
+    NCCL-tests' bus bandwidth reaches (``busbw_gbps`` = the product), and where both numbers come from."""
+    name: str
+    kind: str  # intra | inter
+    gbps: float
+    busbw_fraction: float
+    source: str
+    devices: tuple = ()
+
+    @property
+    def busbw_gbps(self) -> float:
+        return self.gbps * self.busbw_fraction
+
+    def replace(self, **kw) -> "Fabric":
+        return dataclasses.replace(self, **kw)
+
+
+_FABRICS = Path(__file__).with_name("links.csv")
+
+
+@lru_cache(maxsize=1)
+def fabrics() -> dict:
+    """Fabric name -> Fabric, from ``links.csv``."""
+    out = {}
+    with open(_FABRICS, newline="") as f:
+        for row in csv.DictReader(f):
+            out[row["name"]] = Fabric(row["name"], row["kind"], float(row["gbps"]), float(row["busbw_fraction"]),
+                                      row["source"], tuple(filter(None, row["devices"].split(";"))))
+    return out
+
+
+def fabric(name: str) -> Fabric:
+    """The fabric named ``name`` (a row of links.csv); one clear error naming the known ones otherwise."""
+    f = fabrics().get(str(name).lower())
+    if f is None:
+        raise GraphMFUError(f"unknown link fabric {name!r}; known: {', '.join(fabrics())} (graphmfu/hardware/"
+                            f"links.csv), or pass a number of GB/s per GPU per direction")
+    return f
+
+
+def intra_fabric(device: DeviceSpec | str) -> Fabric | None:
+    """The intra-node fabric links.csv lists for ``device`` (None: no row names it)."""
+    name = device.name if isinstance(device, DeviceSpec) else str(device)
+    return next((f for f in fabrics().values() if f.kind == "intra" and name in f.devices), None)
+
+
 def same_host(ranks, hosts: dict | None, local_world_size: int = 1) -> bool:
     """Whether every rank of a group runs on one host: from the gathered ranks' hosts when known,
     else torchrun's placement (ranks ``k*L .. k*L+L-1`` share host ``k`` for ``L`` = local world size)."""
@@ -107,4 +162,4 @@ def same_host(ranks, hosts: dict | None, local_world_size: int = 1) -> bool:
     return len({r // size for r in ranks}) == 1
 
 
-__all__ = ["LinkSpec", "links_for", "same_host", "INTERNODE_GBPS"]
+__all__ = ["LinkSpec", "links_for", "same_host", "INTERNODE_GBPS", "Fabric", "fabric", "fabrics", "intra_fabric"]
