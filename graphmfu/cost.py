@@ -397,6 +397,12 @@ def _evaluate_text(text: str, sizes: Mapping[str, int]):
         raise GraphMFUError(f"no value for symbols {sorted(map(str, r.free_symbols))} in {text}") from e
 
 
+def dim_at(d, subs: Mapping):
+    """A shape entry as a record stores it (an int, or a formula's text: a dynamic graph's size) at the symbol
+    values ``subs`` (sympy Symbol -> int)."""
+    return evaluate(_formula(d), subs) if isinstance(d, str) else d
+
+
 def evaluate(v, hints: Mapping):
     if isinstance(v, (int, float)):
         return v

@@ -561,7 +561,6 @@ class GraphPlan:
         total = sum(kernels, self.fixed_total) if g.kernels else node_total
         return CallCost(self.stage, kernels, total, recompute, attention, kv, self)
 
-
     def padded(self, sizes: tuple, p) -> Cost:
         """The matrix work of a call at ``sizes`` spent on ``p``'s padded rows (padding.padded_cost), memoized."""
         c = self._padded.get((sizes, p))
@@ -595,7 +594,7 @@ def _shape_symbols(n) -> bool:
 
 def _kv_bytes(n, sizes: dict) -> int:
     """Bytes of the key and value inputs of an attention op (its 2nd and 3rd tensor inputs)."""
-    from graphmfu.cost import _formula, evaluate, itemsize
+    from graphmfu.cost import dim_at, itemsize
     import sympy
 
     out = 0
@@ -603,7 +602,7 @@ def _kv_bytes(n, sizes: dict) -> int:
     for shape, dtype in n.inputs[1:3]:
         numel = 1
         for d in shape:
-            numel *= evaluate(_formula(d), subs) if isinstance(d, str) else d
+            numel *= dim_at(d, subs)
         out += int(numel) * itemsize(getattr(torch, dtype) if isinstance(dtype, str) and hasattr(torch, dtype)
                                      else torch.float32)
     return out

@@ -24,8 +24,6 @@ import dataclasses
 
 from graphmfu.cost import Cost
 
-_MATMUL = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_mm.", "aten._int_mm.")
-
 
 @dataclasses.dataclass(frozen=True)
 class Padding:
@@ -40,12 +38,12 @@ class Padding:
 
 
 def _dim(d, subs: dict) -> int | None:
-    from graphmfu.cost import _formula, evaluate
+    from graphmfu.cost import dim_at
+    from graphmfu.errors import GraphMFUError
 
-    v = evaluate(_formula(d), subs) if isinstance(d, str) else d
     try:
-        return int(v)
-    except TypeError:  # a symbol without a value
+        return int(dim_at(d, subs))
+    except (TypeError, GraphMFUError):  # a symbol without a value
         return None
 
 
@@ -62,7 +60,9 @@ def _rows(shape, subs: dict) -> int | None:
 def live_fraction(n, sizes: dict, p: Padding, attention: bool) -> tuple | None:
     """``(real, padded)`` rows of node ``n`` at a call with ``sizes``, or None when it is not a padded
     product (counted as it ran)."""
-    if attention or not n.outputs or not any(n.op.startswith(m) for m in _MATMUL):
+    from graphmfu.rules.matmul import MATRIX_PRODUCTS
+
+    if attention or not n.outputs or not n.op.startswith(MATRIX_PRODUCTS):
         return None
     import sympy
 

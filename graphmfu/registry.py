@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import threading
 import time
 import uuid
@@ -136,13 +137,32 @@ class Registry:
                       device=_local_device(g.device for g in graphs))
 
 
+FALLBACK_HEAD = "Dynamo could not compile everything"
+_FALLBACK_PART = re.compile(r"(?:^|; )(graph break|fell back to eager) x(\d+): ")
+
+
 def fallback_note(fallbacks: list[tuple], most: int = 3) -> str:
-    """One line on what Dynamo did not compile (``Registry.fallbacks()``): it ran eagerly, outside the graphs."""
+    """One line on what Dynamo did not compile (``Registry.fallbacks()``): it ran eagerly, outside the graphs.
+    ``fallbacks_noted`` reads it back."""
     n = sum(c for _, _, c in fallbacks)
     parts = [f"{kind} x{c}: {reason}" for kind, reason, c in fallbacks[:most]]
     more = f"; and {len(fallbacks) - most} other reason(s)" if len(fallbacks) > most else ""
-    return (f"Dynamo could not compile everything ({n} graph break(s) / eager fallback(s) since graphmfu.reset()): "
+    return (f"{FALLBACK_HEAD} ({n} graph break(s) / eager fallback(s) since graphmfu.reset()): "
             f"what ran there ran eagerly, outside these graphs, and is not counted — " + "; ".join(parts) + more)
+
+
+def fallbacks_noted(notes: list[str]) -> list[tuple]:
+    """``[(kind, reason, count)]`` read back from a record's notes (``fallback_note``'s line: a saved report
+    keeps the notes, not the registry)."""
+    out = []
+    for note in notes:
+        if not note.startswith(FALLBACK_HEAD) or " — " not in note:
+            continue
+        body = re.sub(r"; and \d+ other reason\(s\)$", "", note.split(" — ", 1)[1])
+        bits = _FALLBACK_PART.split(body)  # ['', kind, count, reason, kind, count, reason, ...]
+        for i in range(1, len(bits) - 2, 3):
+            out.append((bits[i], bits[i + 2].strip(), int(bits[i + 1])))
+    return out
 
 
 def _rank() -> tuple[int, int]:

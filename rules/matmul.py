@@ -16,6 +16,12 @@ import torch
 
 aten = torch.ops.aten
 
+# ops (name prefixes) whose output is a matrix, or a batch of them, with the first operand's rows: where
+# graphmfu reads a product's rows (a padded step's token rows, graphmfu/padding.py; GEMM shapes and tile
+# padding, graphmfu/headroom/); the 2-D ones of them take one operand as a weight
+MATRIX_PRODUCTS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_mm.", "aten._int_mm.")
+WEIGHT_PRODUCTS = ("aten.mm.", "aten.addmm.", "aten._scaled_mm.", "aten._int_mm.")
+
 
 
 

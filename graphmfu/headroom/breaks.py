@@ -12,27 +12,9 @@
 """
 from __future__ import annotations
 
-import re
-
 from graphmfu.derive import alternatives, in_stage
 from graphmfu.headroom.evidence import Cause, Context, frame_site, us
-
-NOTE_HEAD = "Dynamo could not compile everything"
-_PART = re.compile(r"(?:^|; )(graph break|fell back to eager) x(\d+): ")
-
-
-def fallbacks(notes: list[str]) -> list[tuple]:
-    """``[(kind, reason, count)]`` read back from the record's fallback note (``registry.fallback_note``)."""
-    out = []
-    for note in notes:
-        if not note.startswith(NOTE_HEAD) or " — " not in note:
-            continue
-        body = re.sub(r"; and \d+ other reason\(s\)$", "", note.split(" — ", 1)[1])
-        bits = _PART.split(body)  # ['', kind, count, reason, kind, count, reason, ...]
-        for i in range(1, len(bits) - 2, 3):
-            out.append((bits[i], bits[i + 2].strip(), int(bits[i + 1])))
-    return out
-
+from graphmfu.registry import fallbacks_noted
 
 def _gap_per_kernel(ctx: Context, stage: str | None) -> float:
     s = next((x for x in ctx.stages if x["name"] == stage), None)
@@ -42,7 +24,7 @@ def _gap_per_kernel(ctx: Context, stage: str | None) -> float:
 
 
 def graph_breaks(ctx: Context) -> list[Cause]:
-    reasons = fallbacks(ctx.record.notes)
+    reasons = fallbacks_noted(ctx.record.notes)
     breaks = [r for r in reasons if r[0] == "graph break"]
     sites: dict = {}
     for g in ctx.record.graphs:

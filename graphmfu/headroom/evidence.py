@@ -12,8 +12,7 @@ from functools import cached_property
 
 from graphmfu.render import ms
 
-MATMUL_OPS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_mm.", "aten._int_mm.",
-              "aten.matmul.")
+MATMUL = ("aten.matmul.",)  # beside rules/matmul.py's MATRIX_PRODUCTS: matmul where it survives
 
 
 @dataclasses.dataclass
@@ -78,7 +77,9 @@ class Context:
 
 
 def is_matmul(op: str) -> bool:
-    return op.startswith(MATMUL_OPS)
+    from graphmfu.rules.matmul import MATRIX_PRODUCTS
+
+    return op.startswith(MATRIX_PRODUCTS + MATMUL)
 
 
 def gemm_dims(op_rec) -> tuple | None:
@@ -108,4 +109,4 @@ def us(s: float) -> str:
     return f"{s * 1e6:.3g} us"
 
 
-__all__ = ["Cause", "Context", "MATMUL_OPS", "is_matmul", "gemm_dims", "frame_site", "us"]
+__all__ = ["Cause", "Context", "is_matmul", "gemm_dims", "frame_site", "us"]

@@ -20,9 +20,6 @@ def next_multiple(n: int, of: int = TILE) -> int:
     return -(-n // of) * of
 
 
-WEIGHT_GEMMS = ("aten.mm.", "aten.addmm.", "aten._scaled_mm.", "aten._int_mm.")  # 2-D: one operand a weight
-
-
 def _gemms(ctx: Context):
     """(kernel row, its matrix-product node, (M, K, N, dtype)) for each GEMM kernel with static sizes."""
     for k in ctx.kernels:
@@ -38,9 +35,11 @@ def _headroom(k: dict) -> float:
 
 def tile_padding(ctx: Context) -> list[Cause]:
     """K or N (a weight's dimension: vocab, hidden, heads x head_dim) not a multiple of the tile."""
+    from graphmfu.rules.matmul import WEIGHT_PRODUCTS
+
     groups: dict = defaultdict(list)
     for k, op, (m, kd, n, dt) in _gemms(ctx):
-        if not op.op.startswith(WEIGHT_GEMMS) or "attention_matmul" in op.flags:
+        if not op.op.startswith(WEIGHT_PRODUCTS) or "attention_matmul" in op.flags:
             continue  # batched products multiply activations (sequence lengths are data, not a choice)
         for name, v in (("N", n), ("K", kd)):
             if v > TILE and v % TILE:

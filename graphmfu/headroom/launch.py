@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from graphmfu.headroom.evidence import Cause, Context, us
+from graphmfu.registry import FALLBACK_HEAD
 from graphmfu.render import ms
 
 MIN_IDLE_SHARE = 0.1  # a stage whose device is idle less than this share of its span is not launch-bound
@@ -68,7 +69,7 @@ def eager_work(ctx: Context) -> list[Cause]:
         evidence = (f"{n} op call(s) of {len(ops)} kind(s) ran eagerly, outside every compiled graph, for "
                     f"{ms(t)} ms (their FLOPs are not counted): "
                     + ", ".join(f"{name} x{c} {ms(s)} ms" for name, (c, s) in top[:4]))
-        breaks = [c for c in ctx.data.get("notes", []) if c.startswith("Dynamo could not compile everything")]
+        breaks = [c for c in ctx.data.get("notes", []) if c.startswith(FALLBACK_HEAD)]
         action = ("compile the code that runs them (torch.compile the step function, the loss or the Python loop "
                   "around the model, not only the model's forward)")
         if breaks:

@@ -159,7 +159,10 @@ def _pairs(past: int, q: int, window: int | None) -> int:
     the last ``window`` of them in a sliding layer."""
     if window is None:
         return q * past + q * (q + 1) // 2  # sum of t + 1 for t in past .. past + q - 1
-    return sum(min(t + 1, window) for t in range(past, past + q))
+    a, b = past + 1, past + q  # min(v, window) summed over v = a .. b
+    c = min(b, window)
+    under = (a + c) * (c - a + 1) // 2 if c >= a else 0
+    return under + window * max(0, b - max(a, window + 1) + 1)
 
 
 class PairCounts:
@@ -320,14 +323,17 @@ class EngineSteps:
             heads = int(getattr(config, "num_attention_heads", 0) or 0)
             kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
             head_dim = int(getattr(config, "head_dim", None) or (config.hidden_size // max(heads, 1)))
-            itemsize = torch.empty((), dtype=getattr(model, "dtype", torch.float32)).element_size()
+            from graphmfu.cost import itemsize
+
+            layers = _layers_by_type(config)
             got = self._models[id(model)] = {
-                "layers": tuple(sorted(_layers_by_type(config).items())),
-                "kv_token_bytes": 2 * kv_heads * head_dim * itemsize,  # K and V of one token in one layer
+                "layers": tuple(sorted(layers.items())),
+                # K and V of one token in one layer
+                "kv_token_bytes": 2 * kv_heads * head_dim * itemsize(getattr(model, "dtype", torch.float32)),
                 "vocab": int(getattr(config, "vocab_size", 0) or 0) or None,
                 "attention_outside": _attention_outside(model),
                 "windows": {lt: (getattr(config, "sliding_window", None) if lt == "sliding_attention" else None)
-                            for lt in _layers_by_type(config)}}
+                            for lt in layers}}
         return got
 
 

@@ -33,13 +33,15 @@ import dataclasses
 from graphmfu.parallel.layout import Layout
 from graphmfu.parallel.model import ModelShape
 
-BUS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
-       "reduce_scatter": lambda n: (n - 1) / n, "all_to_all": lambda n: (n - 1) / n, "send": lambda n: 1.0}
-
-
 def bus_bytes(kind: str, size: float, n: int) -> float:
-    """NCCL-tests bus bytes of one ``kind`` collective of payload ``size`` over ``n`` ranks."""
-    return 0.0 if n <= 1 and kind != "send" else size * BUS[kind](n)
+    """NCCL-tests bus bytes of one ``kind`` collective of payload ``size`` (bytes, a float on paper) over ``n``
+    ranks, by the factors of rules/collectives.py (the measured collectives' rule)."""
+    from graphmfu.rules.collectives import BUS_FACTOR
+
+    if n <= 1 and kind != "send":
+        return 0.0
+    num, den = BUS_FACTOR[kind]
+    return size * (num(n) / den(n))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,4 +171,4 @@ def collectives(lay: Layout, shape: ModelShape, stage, a) -> list[Collective]:
     return own + _pp(lay, act) + _dp(lay, shape, stage, a)
 
 
-__all__ = ["Collective", "collectives", "bus_bytes", "params_per_rank", "BUS"]
+__all__ = ["Collective", "collectives", "bus_bytes", "params_per_rank"]

@@ -222,15 +222,15 @@ def kept_total(mask: torch.Tensor, lead: int, tq: int, tk: int, rows: int = 4096
     if m.dim() < 2:
         m = m.reshape(1, -1)
     repeats = _repeats(m.shape, lead, tq, tk)
-    if m.shape[-2] <= rows:  # one block: two small kernels (a serving engine probes every step)
-        total = (m if m.dtype == torch.bool else torch.gt(m, MASKED_AT)).sum(dtype=torch.int64)
-        return total if repeats == 1 else total * repeats
-    total = 0
-    for start in range(0, m.shape[-2], rows):
-        block = m[..., start:start + rows, :]
+    # no slice, no add, no multiply that is not needed: a mask of one block is two small kernels (a serving
+    # engine probes every step)
+    blocks = [m] if m.shape[-2] <= rows else [m[..., s:s + rows, :] for s in range(0, m.shape[-2], rows)]
+    total = None
+    for block in blocks:
         keep = block if block.dtype == torch.bool else (block > MASKED_AT)  # nan and -inf: masked
-        total = total + keep.sum(dtype=torch.int64)  # left on the device: read when the caller needs it
-    return total * repeats
+        part = keep.sum(dtype=torch.int64)  # left on the device: read when the caller needs it
+        total = part if total is None else total + part
+    return total if repeats == 1 else total * repeats
 
 
 def _repeats(shape, lead: int, tq: int, tk: int) -> int:
