@@ -12,7 +12,7 @@ so the prompts are prefilled over several steps, some of them beside decoding re
   padding the engine added;
 * ``profile``: the same under ``graphmfu.profile()``: in-graph kernel time attributed;
 * ``cost``: tokens/s of ``plain`` and ``meter`` runs, alternated (each on its own persistent manager, compiled
-  once), median of ``--repeats``;
+  once), ``--repeats`` triples plain / graphmfu / plain again in random orders (an A/A control of the noise);
 * ``eager``: the default config (no compile): the row's note.
 
 Hand count (schedule-free: whatever steps the engine makes, each request's tokens go through once):
@@ -21,13 +21,14 @@ pair per layer, a request of ``n = prompt + 31`` computed tokens having ``n*(n+1
 rotary table's outer product, ``hd`` FLOPs per query row the forward ran (padding included: the engine runs it
 over the padded positions; it is 0.00001 of the total).
 
-    python bench/cb_hf_gpu.py [--out DIR] [--repeats 5]
+    python bench/cb_hf_gpu.py [--out DIR] [--repeats 40]
     python bench/cb_hf_gpu.py --cpu          # a small dry run on the CPU (transformers 5.23)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import os
 import statistics
 import sys
@@ -133,13 +134,22 @@ def serve(model, ps, gc, cbc=None, new=None):
     return [list(results[k].generated_tokens) for k in order], window
 
 
+def _bootstrap(ratios, n=2000, seed=0):
+    """A 95% interval of the median per-pair ratio, less one (resampled pairs)."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
+    return meds[int(0.025 * n)] - 1, meds[int(0.975 * n) - 1] - 1
+
+
 def main(argv=None) -> int:
     from transformers import GenerationConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--cpu", action="store_true")
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--cost-only", action="store_true", help="stop after the cost (diagnosis)")
     a = ap.parse_args(argv)
     c = CPU if a.cpu else GPU
@@ -220,27 +230,38 @@ def main(argv=None) -> int:
                      f"MBU {r['mbu'] or 0:.2%}")
 
     # cost: tokens/s with and without graphmfu, alternated, each on its persistent manager (compiled above)
-    tp, tg, same, plain_same = [], [], [], []
+    tp, tg, ta, same, plain_same = [], [], [], [], []
     first = None
+    rng = random.Random(0)
     for _ in range(a.repeats):  # every request queued before the loop starts: one schedule for every run
-        t_plain, dt = serve(plain_model, ps, gc)
+        got = {}
+        for arm in rng.sample(("plain", "graphmfu", "plain again"), 3):  # each triple in its own order
+            if arm == "graphmfu":
+                with EngineSteps(meter=graphmfu.meter()):
+                    got[arm] = serve(model, ps, gc)
+            else:  # plain again: the A/A control (the measurement's own noise)
+                got[arm] = serve(plain_model, ps, gc)
+        (t_plain, dt), (t_g, dg) = got["plain"], got["graphmfu"]
         tp.append(dt)
-        with EngineSteps(meter=graphmfu.meter()):
-            t_g, dt = serve(model, ps, gc)
-        tg.append(dt)
+        tg.append(dg)
+        ta.append(got["plain again"][1])
         first = first or t_plain
         same.append(t_plain == t_g)
         plain_same.append(t_plain == first)
     cost = statistics.median(tg) / statistics.median(tp) - 1
     pair = statistics.median(g / p for g, p in zip(tg, tp)) - 1
-    out["cost"] = {"plain_s": tp, "graphmfu_s": tg, "plain_tok_s": n_tok / statistics.median(tp),
-                   "graphmfu_tok_s": n_tok / statistics.median(tg), "cost": cost, "cost_per_pair_median": pair, "same_tokens": same,
+    control = statistics.median(x / p for x, p in zip(ta, tp)) - 1
+    lo, hi = _bootstrap([g / p for g, p in zip(tg, tp)])
+    out["cost"] = {"plain_s": tp, "graphmfu_s": tg, "plain_again_s": ta, "plain_tok_s": n_tok / statistics.median(tp),
+                   "graphmfu_tok_s": n_tok / statistics.median(tg), "cost": cost, "cost_per_pair_median": pair,
+                   "cost_ci95": [lo, hi], "control_plain_again": control, "same_tokens": same,
                    "plain_same_as_first_plain": plain_same}
-    lines.append(f"  tokens/s (the engine's serving window, every request queued before its loop starts; median "
-                 f"of the per-pair ratios {pair:+.2%}): plain {n_tok / statistics.median(tp):.1f}, with graphmfu (meter, "
-                 f"per-step rows) {n_tok / statistics.median(tg):.1f}: cost {cost:+.2%} (median of {a.repeats} "
-                 f"alternated runs; plain {[round(x, 3) for x in tp]} s, graphmfu {[round(x, 3) for x in tg]} s); "
-                 f"same tokens per pair {same}; plain run = first plain run {plain_same}")
+    lines.append(f"  tokens/s (the engine's serving window, every request queued before its loop starts; {a.repeats} "
+                 f"triples plain / graphmfu / plain again, each in a random order): plain {n_tok / statistics.median(tp):.1f}, "
+                 f"with graphmfu (meter, per-step rows) {n_tok / statistics.median(tg):.1f}; cost: median of the "
+                 f"per-pair ratios {pair:+.2%} (95% bootstrap interval {lo:+.2%} .. {hi:+.2%}), ratio of medians "
+                 f"{cost:+.2%}; A/A control (plain again / plain, per pair) {control:+.2%}; same tokens in every "
+                 f"pair {all(same)}; every plain run = the first {all(plain_same)}")
     if a.cost_only:
         print("\n".join(lines))
         return 0

@@ -148,10 +148,21 @@ class Meter:
         the accepted ones, with ``processed`` the tokens computed: goodput MFU beside raw MFU);
         ``samples``: sequences/images; ``stream``: the CUDA stream the step's work runs on (default: the
         current one), where its start and end events go."""
+        st = self.begin(tokens, samples, processed, stream)
+        try:
+            yield st
+        except BaseException:
+            self.abort(st)
+            raise
+        self.end(st, stream)
+
+    def begin(self, tokens: int | None = None, samples: int | None = None, processed: int | None = None,
+              stream=None) -> "_Open":
+        """``step()``'s start, for an integration that opens and closes steps itself (an engine's loop, where
+        a context manager's own cost counts): every ``begin`` is followed by ``end`` or ``abort``."""
         if self._open is not None:
             raise GraphMFUError("meter.step() is already open: steps do not nest (close the previous "
                                 "'with meter.step():' block first)")
-        self._drain(block=False)
         st = _Open(self._n, tokens, samples, processed)
         st.timed = bool(self.graph_time) and self._n % self.graph_time == 0
         self._n += 1
@@ -163,34 +174,41 @@ class Meter:
             # the device is still running earlier work: a start event recorded now would complete when
             # that work ends, as the previous step's end event does — one event fewer on the stream
             st.start, prev.end_shared = prev.end, True
+            st.prev = prev
         else:
             st.start = self._mark(stream)  # the events bracket the user's code, not the meter's own bookkeeping
-        try:
-            yield st
-        except BaseException:
-            # a step whose body raised did not run to its end: not a step (counted in ``raised``)
-            self.registry.tagger.detach(self)
-            _inductor.ForeignCalls.unlisten(self)
-            self._open = None
-            self.raised += 1
-            if prev is not None and st.start is prev.end and prev in self._pending:
-                prev.end_shared = False  # the previous step gives its end event back itself
-            elif self.cuda and st.start is not None:
-                self._events.append(st.start)
-            raise
+        return st
+
+    def abort(self, st: "_Open") -> None:
+        """A step whose body raised did not run to its end: not a step (counted in ``raised``)."""
+        self.registry.tagger.detach(self)
+        _inductor.ForeignCalls.unlisten(self)
+        self._open = None
+        self.raised += 1
+        prev = st.prev
+        if prev is not None and prev in self._pending:
+            prev.end_shared = False  # the previous step gives its end event back itself
+        elif self.cuda and st.start is not None:
+            self._events.append(st.start)
+
+    def end(self, st: "_Open", stream=None) -> None:
+        """``step()``'s end (after ``begin``)."""
         st.end = self._mark(stream)
         self.registry.tagger.detach(self)
         _inductor.ForeignCalls.unlisten(self)
         self._open = None
+        prev = st.prev
         if st.discard:  # an integration's step that turned out to run nothing: not a step
             if self.cuda:
-                self._events.extend(e for e in (st.end, None if prev is not None and st.start is prev.end
-                                                else st.start) if e is not None)
-                if prev is not None and st.start is prev.end and prev in self._pending:
-                    prev.end_shared = False
+                self._events.append(st.end)
+                if prev is not None and prev in self._pending:
+                    prev.end_shared = False  # the previous step gives its end event back itself
+                else:
+                    self._events.append(st.start)
             return
         self._pending.append(st)
         world = self.world_every and (st.index + 1) % self.world_every == 0
+        # steps whose end event has completed land here, a few per step (none waited for unless asked)
         self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
 
     @contextlib.contextmanager
@@ -255,7 +273,7 @@ class Meter:
             if self.cuda and not block and (landed >= most or not st.end.query()):
                 break
             landed += 1
-            if self.cuda:
+            if self.cuda and block:  # otherwise query() just said it has completed
                 st.end.synchronize()
             self._pending.pop(0)
             self._land(st)
@@ -474,6 +492,7 @@ class _Open:
         self.step_s = 0.0
         self.timed = False
         self.end_shared = False  # the next step starts at this step's end event
+        self.prev = None  # the previous step, when this one starts at its end event
         self.discard = False  # set inside the step: it is not recorded (an integration's empty step)
         self.extra: dict = {}  # set inside the step by an integration (Step.extra)
         self.padding = None  # set inside the step by an integration (Step.padding)

@@ -44,6 +44,7 @@ def main():
     with graphmfu.capture_all(), EngineSteps(meter=graphmfu.meter()):
         run(ours, ps, gc, cb_config(c, 1), persistent=True)
     modes = {"plain": (plain, None), "graphmfu compile, nothing attached": (ours, None),
+             "bookkeeping only (EngineSteps, no meter)": (ours, lambda: EngineSteps(meter=None, stages=False)),
              "meter": (ours, lambda: EngineSteps(meter=graphmfu.meter()))}
     if a.components_only:
         _components(ours, ps, gc)

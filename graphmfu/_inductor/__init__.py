@@ -28,13 +28,13 @@ on the package (``monkeypatch.setattr(_inductor, ...)``) is seen by every caller
 tagging call's patches need; the rooms otherwise call their own names.
 """
 from graphmfu._inductor.calls import (
-    CALL_RANGE, CallTagger, Deferred, call_values, counts_from, deferred, parse_call_range)
+    CALL_RANGE, CallTagger, Deferred, call_values, counts_from, deferred, parse_call_range, swap_counts)
 from graphmfu._inductor.compile import (
     HookUnavailable, UnknownMode, analysis_backend, caches_off, compile_plain, compile_with_inner_hook, fresh_dynamo,
     kernel_hook, kernel_profile_config, mode_config, register_backend)
 from graphmfu._inductor.dynamo import (
     RESET_DYNAMO, compile_id, compiling_frame, dynamo_fallbacks, fallback_reason, frame_name, frame_prefix,
-    is_dynamo_error, module_path, no_dynamo_marks)
+    is_dynamo_error, module_path, no_dynamo_marks, uncompiled, uncompiled_name)
 from graphmfu._inductor.foreign import (
     ForeignCalls, _caller, compile_sites, graph_call_depth, observe_compiles, route_inductor)
 from graphmfu._inductor.modules import (

@@ -122,6 +122,14 @@ def counts_from(fn):
         _counts.fn = prev
 
 
+def swap_counts(fn):
+    """``counts_from`` without a context manager (an engine's per-step path): this thread's provider set
+    to ``fn``; returns the one it replaces, to be put back."""
+    prev = getattr(_counts, "fn", None)
+    _counts.fn = fn
+    return prev
+
+
 def call_values(inputs, size_args, probes=(), resolve: bool = True) -> dict:
     """``{"s0": 24, "pairs_x": 900}``: the size symbols' values in one call's inputs (Inductor passes a
     list) and the probes' values; what cannot be read is left out.  ``resolve=False`` leaves a probe's

@@ -62,13 +62,25 @@ def compiling_frame() -> tuple[str, Any, list] | None:
     f = sys._getframe(1)
     while f is not None:
         obj = f.f_locals.get("self") if "self" in f.f_code.co_varnames[:1] else None
-        while isinstance(getattr(obj, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
-            obj = obj._orig_mod
+        obj = uncompiled(obj)
         if isinstance(obj, torch.nn.Module) and id(obj) not in seen:
             seen.add(id(obj))
             callers.append(obj)
         f = f.f_back
     return f"{code.co_filename}:{code.co_name}:{code.co_firstlineno}", me, callers[::-1]
+
+
+def uncompiled(obj):
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``, through nested wrappers), else ``obj``."""
+    while isinstance(getattr(obj, "_orig_mod", None), torch.nn.Module):
+        obj = obj._orig_mod
+    return obj
+
+
+def uncompiled_name(name: str) -> str:
+    """A parameter or module name under a compiled module without the wrapper's level (``_orig_mod.a.w`` ->
+    ``a.w``)."""
+    return ".".join(b for b in name.split(".") if b != "_orig_mod")
 
 
 # --------------------------------------------------------------------------- Dynamo's names

@@ -33,7 +33,6 @@ bookkeeping of every step (also without a meter).
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 from typing import NamedTuple
 
@@ -66,24 +65,25 @@ class Request(NamedTuple):
         return self.q - self.prefill
 
 
-class Batch(NamedTuple):
-    """One engine step as the engine prepared it."""
-    requests: tuple
-    num_q_tokens: int  # query tokens the forward runs (padded when the engine pads)
-    sequences: int  # logits rows the forward runs (padded sequences when the engine pads)
-    padded: bool  # the engine padded this batch (torch.compile or CUDA graphs)
+class Batch:
+    """One engine step as the engine prepared it (its sums taken once: the engine's thread pays for them)."""
+    __slots__ = ("requests", "num_q_tokens", "sequences", "padded", "q_tokens", "new_tokens")
+
+    def __init__(self, requests: tuple, num_q_tokens: int, sequences: int, padded: bool):
+        self.requests = requests
+        self.num_q_tokens = num_q_tokens  # query tokens the forward runs (padded when the engine pads)
+        self.sequences = sequences  # logits rows the forward runs (padded sequences when the engine pads)
+        self.padded = padded  # the engine padded this batch (torch.compile or CUDA graphs)
+        self.q_tokens = sum(r.q for r in requests)  # query tokens of the requests themselves
+        self.new_tokens = sum(1 for r in requests if r.new_token)  # requests that get their next token
+
+    def __repr__(self) -> str:
+        return (f"Batch({len(self.requests)} requests, num_q_tokens={self.num_q_tokens}, sequences={self.sequences}, "
+                f"padded={self.padded})")
 
     @property
     def warmup(self) -> bool:
         return any(r.id.startswith("__warmup") for r in self.requests)
-
-    @property
-    def q_tokens(self) -> int:
-        return sum(r.q for r in self.requests)
-
-    @property
-    def new_tokens(self) -> int:
-        return sum(1 for r in self.requests if r.new_token)
 
     @property
     def kind(self) -> str:
@@ -174,13 +174,21 @@ class PairCounts:
 
     def __init__(self, checks: int = 2):
         self.checks = checks
-        self.kept: dict = {}  # layer type -> pairs kept in the step being computed
+        self._batch, self._windows, self._kept = None, {}, None  # the step being computed; .kept: layer type -> pairs
         self.trusted: dict = {}  # probe name -> (layer type, multiple)
         self._seen: dict = {}  # probe name -> [(kept, candidates)]
         self.refused: set = set()
 
     def begin(self, b: "Batch", windows: dict) -> None:
-        self.kept = {lt: sum(_pairs(r.past, r.q, w) for r in b.requests) for lt, w in windows.items()}
+        self._batch, self._windows, self._kept = b, windows, None  # summed when a probe first asks
+
+    @property
+    def kept(self) -> dict:
+        if self._kept is None:
+            b = self._batch
+            self._kept = {lt: sum(_pairs(r.past, r.q, w) for r in b.requests) for lt, w in self._windows.items()} \
+                if b is not None else {}
+        return self._kept
 
     def __call__(self, name, probe, inputs):
         got = self.trusted.get(name)
@@ -274,30 +282,42 @@ class EngineSteps:
     # ------------------------------------------------------------------ one step
     def _measured(self, compute, runner, model, batch_data, b: Batch, args, kwargs):
         """The engine's compute of batch ``b`` as a meter step (and a profile stage): what runs per step is
-        kept small (the facts are derived when the row is read: :class:`EngineStep`)."""
-        stream = getattr(runner.inputs_and_outputs, "compute_stream", None)
-        staged = self.stages and _inductor.profiler_running()  # a stage is read by profile() only
+        kept small (the facts are derived when the row is read: :class:`EngineStep`; the meter's step opened
+        and closed without context managers: one engine step is a few milliseconds of host time)."""
         if b.padded and b.num_q_tokens != b.q_tokens and not self._padding_said:
             from graphmfu.registry import DEFAULT
 
             (self.meter.registry if self.meter is not None else DEFAULT).note(PADDING_NOTE)
             self._padding_said = True
-        with contextlib.ExitStack() as stack:
-            if staged:
-                from graphmfu.stage import stage
+        if self.stages and _inductor.profiler_running():  # a stage is read by profile() only
+            from graphmfu.stage import stage
 
-                stack.enter_context(stage(b.kind))
-            if self.meter is not None:
-                # the step's events on the stream that runs its work
-                st = stack.enter_context(self.meter.step(tokens=b.new_tokens or None, stream=stream))
-                facts = self._model(model)
-                st.extra = {"engine": EngineStep(b, facts["layers"], facts["kv_token_bytes"],
-                                                 self._forward(runner), facts["attention_outside"])}
-                if b.padded and (b.num_q_tokens != b.q_tokens or b.sequences != b.new_tokens):
-                    st.padding = Padding((b.num_q_tokens, b.q_tokens), (b.sequences, b.new_tokens), facts["vocab"])
-                self.pairs.begin(b, facts["windows"])
-                stack.enter_context(_inductor.counts_from(self.pairs))
+            with stage(b.kind):
+                return self._metered(compute, runner, model, batch_data, b, args, kwargs)
+        return self._metered(compute, runner, model, batch_data, b, args, kwargs)
+
+    def _metered(self, compute, runner, model, batch_data, b: Batch, args, kwargs):
+        m = self.meter
+        if m is None:
             return compute(runner, model, batch_data, *args, **kwargs)
+        stream = getattr(runner.inputs_and_outputs, "compute_stream", None)  # the step's events go there
+        st = m.begin(tokens=b.new_tokens or None, stream=stream)
+        facts = self._model(model)
+        st.extra = {"engine": EngineStep(b, facts["layers"], facts["kv_token_bytes"], self._forward(runner),
+                                         facts["attention_outside"])}
+        if b.padded and (b.num_q_tokens != b.q_tokens or b.sequences != b.new_tokens):
+            st.padding = Padding((b.num_q_tokens, b.q_tokens), (b.sequences, b.new_tokens), facts["vocab"])
+        self.pairs.begin(b, facts["windows"])
+        prev = _inductor.swap_counts(self.pairs)
+        try:
+            out = compute(runner, model, batch_data, *args, **kwargs)
+        except BaseException:
+            _inductor.swap_counts(prev)
+            m.abort(st)
+            raise
+        _inductor.swap_counts(prev)
+        m.end(st, stream)
+        return out
 
     def _forward(self, runner) -> str:
         """How the runner runs this step's forward: "compiled", "eager" or "cuda_graph" (memoized per runner
