@@ -271,15 +271,17 @@ class Report:
         self._require_timing("causes()")
         return causes(self.data, self.record, self.device, ncu)
 
-    def predict(self, device, ceilings: str | None = None):
-        """This run's step and stage times predicted on ``device``, per kernel class (``headroom.predict``);
-        ``ceilings``: None (calibrated where known, else datasheet), "datasheet" or "calibrated"."""
+    def predict(self, device=None, ceilings: str | None = None, sizes: dict | None = None):
+        """This run's step and stage times predicted on ``device`` (default: the measured one), per kernel class
+        (``headroom.predict``); ``ceilings``: None (calibrated where known, else datasheet), "datasheet" or
+        "calibrated"; ``sizes``: a shape what-if, the dynamic graphs' size symbols at other values
+        (``{"s0": 32}``: the batch 8 measured, batch 32 asked; ``record.graphs[i].hints`` names them)."""
         from graphmfu.headroom.predict import devices, predict
 
         self._require_timing("predict()")
-        measured, target, which = devices(self.device, device, ceilings)
+        measured, target, which = devices(self.device, device if device is not None else self.device, ceilings)
         data = self.data if measured == self.device else self.on(measured).data
-        return predict(data, self.record, measured, target, which)
+        return predict(data, self.record, measured, target, which, sizes)
 
     def headroom_sections(self, top: int | None = 10) -> list[Section]:
         """The headroom tables and the ranked causes, as sections (the text and HTML reports show them)."""

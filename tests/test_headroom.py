@@ -142,7 +142,16 @@ def test_tile_padding_pads_vocab_to_the_next_multiple_of_64(broken, clean):
     assert f"pad vocab {VOCAB} -> 32064" in pads[0].action  # 32001 -> 501 x 64 = 32064
     assert "[32x64] x [64x32001]" in pads[0].evidence
     head = [k for k in broken.kernels if k["module"] == "head"]
-    assert pads[0].lost_s == pytest.approx(sum(k["time_s"] - k["t_min_s"] for k in head))
+    ref = [k for k in broken.kernels if k["module"] == "a" and k["bound"] == "compute" and k["flops"]]
+    t_head = sum(k["time_s"] for k in head)
+    if ref:  # the aligned [32x64] x [64x64] GEMM's fraction of its roofline is the reference
+        sol = sum(k["t_min_s"] for k in ref) / sum(k["time_s"] for k in ref)
+        want = max(sum(max(k["time_s"] - k["t_min_s"] / sol, 0) for k in head), t_head * (1 - 32001 / 32064))
+        assert "of the roofline; these" in pads[0].evidence
+    else:  # no aligned compute-bound GEMM: the whole headroom, an upper bound
+        want = sum(k["time_s"] - k["t_min_s"] for k in head)
+        assert "an upper bound" in pads[0].evidence
+    assert pads[0].lost_s == pytest.approx(want)
     # with an Nsight Compute table imported, its hardware/model FLOPs ratio is part of the evidence
     ncu = [{"graph": k["graph"], "index": k["index"], "padding": 0.00197} for k in head]
     pad = next(c for c in broken.causes(ncu=ncu) if c.kind == "tile_padding")
@@ -172,10 +181,17 @@ def test_python_loop_of_tiny_ops_is_eager_work_and_launch_bound(broken, clean):
     loop = {s["name"]: s for s in broken.stages}["loop"]
     launch = [c for c in found if c.kind == "launch_bound" and c.where == "stage loop"]
     idle = loop["span_s"] - loop["busy_s"]  # Python between the ops: the CPU runs no op there
+    # the 300 eager kernels (150 mul + 150 add) each take the stage's mean gap from the launch gaps
+    n = sum(o["count"] for o in broken.record.timing.unattributed if o["stage"] == "loop")
+    assert n == 300
+    gap = idle / loop["kernel_launches"]
+    kernel_t = sum(o["time_s"] for o in broken.record.timing.unattributed if o["stage"] == "loop")
     if idle / loop["span_s"] >= MIN_IDLE_SHARE:  # 34% here; a loaded machine can stretch the ops instead
-        assert launch and launch[0].lost_s == idle and "reduce-overhead" in launch[0].action
+        assert launch and launch[0].lost_s == pytest.approx(max(idle - n * gap, 0.0))
+        assert "reduce-overhead" in launch[0].action and "listed under those causes" in launch[0].evidence
+        assert eager_loop[0].lost_s == pytest.approx(kernel_t + n * gap)
     else:
-        assert not launch
+        assert not launch and eager_loop[0].lost_s == pytest.approx(kernel_t)
     assert "eager_work" not in _kinds(clean.causes())  # everything inside the compiled graph
 
 
@@ -325,3 +341,70 @@ def test_no_launch_gap_when_the_device_is_always_busy():
                                                           "busy_s": 0.030, "launches": 3}])
     assert "launch_bound" not in {c.kind for c in Report(rec, A).causes()}
     assert "launch_bound" in {c.kind for c in Report(synthetic(), A).causes()}  # 10 of 40 ms idle
+
+
+def test_predict_at_other_sizes_costs_each_kernel_there(fresh, tmp_path, capsys):
+    """A shape what-if: batch 8 measured with a dynamic batch, batch 32 asked; each kernel costed at 32."""
+    m = nn.Sequential(nn.Linear(64, 128, bias=False), nn.ReLU())
+    x = torch.randn(8, 64)
+    torch._dynamo.mark_dynamic(x, 0)
+    cm = torch.compile(m, backend=graphmfu.backend)
+    with torch.no_grad():
+        cm(x)
+        with graphmfu.profile() as p:
+            with graphmfu.stage("step"):
+                cm(x)
+                cm(x)
+    rep = p.report()
+    (sym,) = rep.record.graphs[0].hints  # the batch's symbol, measured at 8
+    assert rep.record.graphs[0].hints[sym] == 8
+    toy = DeviceSpec("toy", {"fp32": 1.0}, dram_gbps=1.0)  # 1 TFLOP/s, 1 GB/s: both kernels memory-bound
+    pr = rep.predict(toy, sizes={sym: 32})
+    cls = {c["class"]: c for c in pr.classes}
+    # mm at batch 32: reads 32x64 + 64x128, writes 32x128 fp32 = 4 x (2048 + 8192 + 4096) = 57,344 B -> 57.344 us
+    # at 1 GB/s (its 2 x 32 x 64 x 128 = 524,288 FLOPs take 0.52 us at 1 TFLOP/s); two calls
+    assert cls["gemm"]["t_min_target_s"] == pytest.approx(2 * 57_344e-9, rel=1e-9)
+    # relu: reads and writes 32 x 128 fp32 = 32,768 B -> 32.768 us per call
+    assert cls["memory"]["t_min_target_s"] == pytest.approx(2 * 32_768e-9, rel=1e-9)
+    assert f"at {sym}=32" in pr.device and any(f"at {sym}=32" in a for a in pr.assumes)
+    # at the measured sizes on the measured device: the measured step back
+    same = rep.predict(sizes={sym: 8})
+    assert same.predicted_step_s == pytest.approx(same.step_s, rel=1e-9)
+    with pytest.raises(graphmfu.GraphMFUError, match=r"no measured graph call has symbol\(s\) s999 .*mark_dynamic"):
+        rep.predict(sizes={"s999": 32})
+    path = tmp_path / "r.json"
+    rep.save(path)
+    assert predict_main([str(path), "--sizes", f"{sym}=32"]) == 0
+    assert f"at {sym}=32" in capsys.readouterr().out
+    assert predict_main([str(path), "--sizes", "s0=big"]) == 2
+    assert "write symbol=integer pairs" in capsys.readouterr().err
+
+
+def test_tile_padding_against_aligned_gemms_and_inductors_pad_copy():
+    """A misaligned LM head (Inductor padded 32001 -> 32008 with a weight copy per call) beside an aligned GEMM:
+    lost = time above the aligned GEMM's fraction of its roofline + the copy (hand numbers on device A)."""
+    aligned = Cost.of({"bf16": 1e12}, read=1e9)  # on A: max(1e12 / 100e12, 1e9 / 1000e9) = 10 ms
+    head = Cost.of({"bf16": 2e12}, read=1e9)  # on A: 20 ms
+    copy = Cost.of(read=6.5e7, written=6.5e7)
+    specs = [("aten.mm.default", aligned, [[[1024, 1024], "bfloat16"], [[1024, 1024], "bfloat16"]], [], "mlp", 0.0125),
+             ("aten.mm.default", head, [[[1024, 1024], "bfloat16"], [[1024, 32008], "bfloat16"]], [], "head", 0.040),
+             ("aten.constant_pad_nd.default", copy, [[[1024, 32001], "bfloat16"]], [[[1024, 32008], "bfloat16"]],
+              "head", 0.0005)]
+    nodes = [OpRecord(0, "inference", i, f"n{i}", op, mod, inp, out, c) for i, (op, c, inp, out, mod, _) in
+             enumerate(specs)]
+    kernels = [KernelRecord(0, i, f"k{i}", f"k{i}", True, [f"n{i}"], mod, "inference", c)
+               for i, (_, c, _, _, mod, _) in enumerate(specs)]
+    launches = [{"graph": 0, "kernel": i, "stage": "step", "calls": 1, "launches": 1, "time_s": t,
+                 "gpu_kernels": [f"k{i}"], "joined_by": ["name"]} for i, (*_, t) in enumerate(specs)]
+    timing = Timing(cuda=True, launches=launches,
+                    stages=[{"name": "step", "calls": 1, "span_s": 0.053, "busy_s": 0.053, "launches": 3}],
+                    device_kernel_time_s=0.053, attributed_time_s=0.053)
+    rec = Record(graphs=[GraphRecord(0, "t:0", "inference", None, "cuda", nodes, {}, "backend", kernels)],
+                 timing=timing)
+    (pad,) = [c for c in Report(rec, A).causes() if c.kind == "tile_padding"]
+    # the aligned GEMM reaches 10 / 12.5 = 80% of its roofline; at 80% the head would take 20 / 0.8 = 25 ms:
+    # 40 - 25 = 15 ms (more than the tiles' padded share, 40 x (1 - 32008 / 32064) = 0.07 ms), plus the copy 0.5 ms
+    assert pad.lost_s == pytest.approx(0.0155)
+    assert pad.action.startswith("pad vocab 32001 -> 32064") and pad.where == "head (vocab 32001)"
+    assert "80.0% of the roofline; these 50.0%" in pad.evidence
+    assert "Inductor pads 32001 -> 32008 on every call (1 kernel(s), k2: 130.0 MB per call" in pad.evidence

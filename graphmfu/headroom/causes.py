@@ -29,9 +29,44 @@ def _ncu_rows(ncu) -> dict:
 def causes(data: dict, record, device, ncu=None, detectors=DETECTORS) -> list[Cause]:
     ctx = Context(data, record, device, step_s(data, record.timing.unattributed), _ncu_rows(ncu))
     out = [c for d in detectors for c in d(ctx)]
+    host_share(ctx, out)
     for c in out:
         c.share_of_step = c.lost_s / ctx.step_s if ctx.step_s else None
     return sorted(out, key=lambda c: -c.lost_s)
+
+
+def host_share(ctx: Context, found: list[Cause]) -> None:
+    """A stage's launch gaps are the host's time; part of it is the host running eager ops and returning to
+    Python at graph breaks, causes listed on their own.  Each eager kernel launch is given the stage's mean
+    gap per kernel (added to its ``eager_work``), and a break's estimate (already gaps) is taken out of the
+    stage's ``launch_bound`` too: ``launch_bound`` keeps the gaps no other listed cause explains."""
+    from graphmfu.derive import in_stage
+    from graphmfu.headroom.launch import eager_launches
+
+    bound = {c.where[len("stage "):]: c for c in found if c.kind == "launch_bound"}
+    for name, lb in bound.items():
+        s = next((x for x in ctx.stages if x["name"] == name), None)
+        if not s or not s["kernel_launches"]:
+            continue
+        gap = max(s["span_s"] - s["busy_s"], 0.0) / s["kernel_launches"]
+        moved = []
+        n = eager_launches(ctx, name)
+        eager = next((c for c in found if c.kind == "eager_work" and c.where == f"stage {name.split('/', 1)[0]}"),
+                     None)
+        if n and eager is not None:
+            eager.lost_s += n * gap
+            eager.evidence += f"; and the host's gaps around their {n} launches, {n * gap * 1e3:.4g} ms at the stage's mean gap"
+            moved.append(f"{n * gap * 1e3:.4g} ms around eager launches (eager_work)")
+        for c in found:
+            if c.kind == "graph_break" and c.lost_s and any(in_stage(k["stage"], name) for k in ctx.kernels
+                                                             if k["stage"]):
+                moved.append(f"{c.lost_s * 1e3:.4g} ms at the graph break {c.where} (graph_break)")
+                lb.lost_s -= c.lost_s
+        if n and eager is not None:
+            lb.lost_s -= n * gap
+        if moved:
+            lb.lost_s = max(lb.lost_s, 0.0)
+            lb.evidence += "; of the gaps, " + " and ".join(moved) + " are listed under those causes"
 
 
 def section(found: list[Cause], top: int | None = 10) -> Section:
@@ -41,4 +76,4 @@ def section(found: list[Cause], top: int | None = 10) -> Section:
                    lines=[c.line() for c in shown] + more if found else ["no cause found"])
 
 
-__all__ = ["causes", "section", "DETECTORS", "Cause"]
+__all__ = ["causes", "section", "host_share", "DETECTORS", "Cause"]

@@ -2,6 +2,7 @@
 
     graphmfu show r.json --headroom           # show_headroom(report): ranked headroom and causes
     graphmfu predict r.json --on b200 [--ceilings datasheet|calibrated] [--json out.json]
+    graphmfu predict r.json --sizes s0=32      # a shape what-if on the measured device
 """
 from __future__ import annotations
 
@@ -32,13 +33,19 @@ def predict_main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="graphmfu predict", description="predict a timed report's step and stage "
                                  "times on another device, per kernel class (docs/headroom.md)")
     ap.add_argument("report", help="a report saved from graphmfu.profile() (report.json)")
-    ap.add_argument("--on", required=True, dest="device", help="target device (name or alias: h100-sxm, b200)")
+    ap.add_argument("--on", default=None, dest="device", help="target device (name or alias: h100-sxm, b200); "
+                    "default: the measured one")
+    ap.add_argument("--sizes", default=None, help="size symbols at other values, e.g. s0=32 (the measured dynamic "
+                    "graphs' symbols: a batch of 8 measured, 32 asked)")
     ap.add_argument("--ceilings", choices=("datasheet", "calibrated"), default=None,
                     help="default: calibrated where graphmfu calibrate measured the target, else datasheet")
     ap.add_argument("--json", default=None, help="also write the prediction as JSON here")
     a = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        p = Report.load(a.report).predict(a.device, ceilings=a.ceilings)
+        sizes = _parse_sizes(a.sizes) if a.sizes else None
+        if a.device is None and sizes is None:
+            raise GraphMFUError("say what to predict: --on DEVICE (another device) and/or --sizes s0=32 (other shapes)")
+        p = Report.load(a.report).predict(a.device, ceilings=a.ceilings, sizes=sizes)
     except GraphMFUError as e:
         print(f"graphmfu predict: error: {e}", file=sys.stderr)
         return 2
@@ -49,6 +56,16 @@ def predict_main(argv=None) -> int:
 
         Path(a.json).write_text(json.dumps(p.to_dict(), indent=1, default=str))
     return 0
+
+
+def _parse_sizes(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        k, eq, v = part.partition("=")
+        if not eq or not v.strip().lstrip("-").isdigit():
+            raise GraphMFUError(f"--sizes {text!r}: write symbol=integer pairs separated by commas, e.g. s0=32")
+        out[k.strip()] = int(v)
+    return out
 
 
 __all__ = ["show_headroom", "predict_main"]

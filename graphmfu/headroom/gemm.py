@@ -33,8 +33,45 @@ def _headroom(k: dict) -> float:
     return max(k["time_s"] - k["t_min_s"], 0.0)
 
 
+def _aligned_sol(ctx: Context, weight_products) -> dict:
+    """dtype -> the fraction of its roofline minimum this run's aligned, compute-bound weight GEMMs reached
+    (sum t_min / sum time): what a GEMM of this run reaches when no dimension is misaligned."""
+    tm: dict = defaultdict(float)
+    tt: dict = defaultdict(float)
+    for k, op, (m, kd, n, dt) in _gemms(ctx):
+        if (not op.op.startswith(weight_products) or "attention_matmul" in op.flags or k["bound"] != "compute"
+                or any(v > TILE and v % TILE for v in (kd, n))):
+            continue
+        tm[dt] += k["t_min_s"]
+        tt[dt] += k["time_s"]
+    return {dt: tm[dt] / tt[dt] for dt in tt if tt[dt] > 0}
+
+
+def _pads_to(ctx: Context, graphs: set, module: str, v: int) -> tuple[list, int | None]:
+    """Kernels of these graphs and module that pad a tensor's dimension to ``v`` on every call (Inductor's
+    ``pad_mm`` aligns an odd GEMM dimension with ``constant_pad_nd``: a copy of the weight per call), and the
+    dimension before padding."""
+    rows, orig = [], None
+    for k in ctx.kernels:
+        if k["graph"] not in graphs or k["module"] != module:
+            continue
+        for op in ctx.ops(k):
+            if not op.op.startswith("aten.constant_pad_nd") or not op.inputs or not op.outputs:
+                continue
+            (a, _), (b, _) = op.inputs[0], op.outputs[0]
+            diff = [(x, y) for x, y in zip(a, b) if x != y]
+            if len(diff) == 1 and diff[0][1] == v:
+                rows.append(k)
+                orig = diff[0][0]
+                break
+    return rows, orig
+
+
 def tile_padding(ctx: Context) -> list[Cause]:
-    """K or N (a weight's dimension: vocab, hidden, heads x head_dim) not a multiple of the tile."""
+    """K or N (a weight's dimension: vocab, hidden, heads x head_dim) not a multiple of the tile.  lost_s: the
+    time above what the run's aligned compute-bound GEMMs of the same dtype reached (their fraction of the
+    roofline), at least the tiles' padded share of the time; with no aligned reference, the whole headroom
+    (an upper bound)."""
     from graphmfu.rules.matmul import WEIGHT_PRODUCTS
 
     groups: dict = defaultdict(list)
@@ -47,25 +84,42 @@ def tile_padding(ctx: Context) -> list[Cause]:
                 break
     out = []
     vocab = max((v for _, v in groups), default=0)
+    ref = _aligned_sol(ctx, WEIGHT_PRODUCTS)
     for (module, v), items in groups.items():
         rows = list({id(k): k for k, _, _ in items}.values())
-        lost = sum(_headroom(k) for k in rows)
         t = sum(k["time_s"] for k in rows)
         pad = next_multiple(v)
         m, kd, n, dt = items[0][2]
+        sol = sum(k["t_min_s"] for k in rows) / t if t else 0.0
+        waste = t * (1 - v / pad)
+        if dt in ref:
+            lost = max(sum(max(k["time_s"] - k["t_min_s"] / ref[dt], 0.0) for k in rows), waste)
+            how = (f"{ms(lost)} ms above what this run's aligned {dt} GEMMs reach ({ref[dt]:.1%} of the roofline; "
+                   f"these {sol:.1%})")
+        else:
+            lost = sum(_headroom(k) for k in rows)
+            how = (f"{ms(lost)} ms above the roofline (no aligned compute-bound {dt} GEMM in this run to compare "
+                   f"with: an upper bound of what the padding costs)")
+        copies, orig = _pads_to(ctx, {k["graph"] for k in rows}, module, v)
+        if copies:  # Inductor already pads the model's dimension each call: that copy is lost too
+            tc = sum(k["time_s"] for k in copies)
+            lost += tc
+            how += (f"; Inductor pads {orig} -> {v} on every call ({len(copies)} kernel(s), {copies[0]['name']}: "
+                    f"{copies[0]['bytes'] / max(copies[0]['calls'], 1) / 1e6:.1f} MB per call, {ms(tc)} ms)")
+        dim = orig or v
+        pad = next_multiple(dim)
         what = "vocab" if v == vocab and v >= 8192 else ("out_features" if items[0][1] == "N" else "in_features")
         evidence = (f"{len(rows)} GEMM kernel(s) in {module or '(root)'} with a dimension of {v} (first: "
                     f"[{m}x{kd}] x [{kd}x{n}] {dt}), not a multiple of {TILE}: tiles run {pad / v - 1:.2%} padded "
-                    f"work and rows are not {TILE}-aligned; {ms(t)} ms measured, {ms(lost)} ms above the roofline (an upper "
-                    f"bound of what the padding costs: misaligned rows can slow the whole product, other causes too)")
+                    f"work and rows are not {TILE}-aligned; {ms(t)} ms measured, {how}")
         for k in rows:
             r = ctx.ncu.get((k["graph"], k["index"]))
             if r and r.get("padding") is not None:
                 evidence += f"; ncu: hardware FLOPs = model x {1 + r['padding']:.4f} ({k['name']})"
                 break
-        out.append(Cause("tile_padding", f"{module or '(root)'} ({what} {v})", lost, evidence,
-                         f"pad {what} {v} -> {pad} (next multiple of {TILE}; mask or slice the extra "
-                         f"{pad - v} outputs)"))
+        out.append(Cause("tile_padding", f"{module or '(root)'} ({what} {dim})", lost, evidence,
+                         f"pad {what} {dim} -> {pad} (next multiple of {TILE}; mask or slice the extra "
+                         f"{pad - dim} outputs)"))
     return out
 
 

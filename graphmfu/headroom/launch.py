@@ -49,6 +49,14 @@ def _top_stage(stage):
     return stage.split("/", 1)[0] if stage else None
 
 
+def eager_launches(ctx: Context, stage: str) -> int:
+    """Kernels launched by ops outside every graph in ``stage`` (its nested stages included)."""
+    from graphmfu.derive import in_stage
+
+    return sum(o["count"] for o in ctx.unattributed if o["where"] == "outside graphs" and o["stage"]
+               and in_stage(o["stage"], stage))
+
+
 def eager_work(ctx: Context) -> list[Cause]:
     groups: dict = defaultdict(list)
     for o in ctx.unattributed:
@@ -78,4 +86,4 @@ def eager_work(ctx: Context) -> list[Cause]:
     return out
 
 
-__all__ = ["launch_gaps", "eager_work", "MIN_IDLE_SHARE"]
+__all__ = ["launch_gaps", "eager_work", "eager_launches", "MIN_IDLE_SHARE"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from graphmfu.derive import in_stage, views
+from graphmfu.errors import GraphMFUError
 from graphmfu.headroom.ranking import step_s
 from graphmfu.overlap import is_comm
 from graphmfu.render import Section, ms, pct
@@ -120,9 +121,34 @@ def _bandwidth_ratio(measured, target) -> tuple[float, float | None]:
     return measured.dram_gbps / target.dram_gbps, (a / b if a and b else None)
 
 
-def predict(data: dict, record, measured, target, ceilings: str = "datasheet") -> Prediction:
-    """``data``: the derived document of ``record`` on ``measured`` (Report.data); ``target``: a DeviceSpec."""
-    tdata = data if target == measured else views(record, target)
+def at_sizes(record, sizes: dict):
+    """``record`` with every dynamic graph call's size symbols set to ``sizes`` (the others kept as measured):
+    the same kernels, each costed at the new values (a shape what-if: batch 8 measured, batch 32 asked)."""
+    known = {k: v for g in record.graphs for k, v in g.hints.items()}
+    for r in record.timing.launches:
+        known.update(r.get("sizes") or {})
+    missing = sorted(set(sizes) - set(known))
+    if missing:
+        have = ", ".join(f"{k}={v}" for k, v in sorted(known.items())) or "none: every graph is static"
+        raise GraphMFUError(f"predict(sizes=...): no measured graph call has symbol(s) {', '.join(missing)} (the "
+                            f"measured symbols: {have}); compile with dynamic=True or "
+                            f"Dynamo's mark_dynamic(x, dim) so the dimension is a symbol")
+    hints = {g.id: g.hints for g in record.graphs}
+    launches = []
+    for r in record.timing.launches:
+        base = r.get("sizes") or hints.get(r["graph"]) or {}
+        new = {k: int(sizes[k]) if k in sizes else v for k, v in base.items()}
+        launches.append({**r, "sizes": new or r.get("sizes")})
+    return dataclasses.replace(record, timing=dataclasses.replace(record.timing, launches=launches))
+
+
+def predict(data: dict, record, measured, target, ceilings: str = "datasheet", sizes: dict | None = None) -> Prediction:
+    """``data``: the derived document of ``record`` on ``measured`` (Report.data); ``target``: a DeviceSpec;
+    ``sizes``: size symbols' values to predict at (``{"s0": 32}``), each kernel costed there."""
+    if sizes:
+        tdata = views(at_sizes(record, sizes), target)
+    else:
+        tdata = data if target == measured else views(record, target)
     t_target = {(k["graph"], k["index"], k["stage"]): k["t_min_s"] for k in tdata.get("kernels", [])}
     t_matrix = {(k["graph"], k["index"], k["stage"]): k["t_matrix_s"] for k in tdata.get("kernels", [])}
     ops_by = {g.id: {o.name: o for o in g.nodes} for g in record.graphs}
@@ -164,8 +190,17 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet") -
                         "t_min_target_s": 0.0, "predicted_s": idle_all, "ratio": 1.0})
     mfu = sum(k["t_matrix_s"] for k in data.get("kernels", [])) / step if step else None
     pmfu = sum(t_matrix.values()) / predicted if predicted else None
-    return Prediction(measured.name, target.name, ceilings, step, predicted, mfu, pmfu, classes, stages,
-                      assumes(measured, target, ceilings, link is not None))
+    said = assumes(measured, target, ceilings, link is not None)
+    if sizes:
+        said += [f"at {_sizes(sizes)}: each measured kernel costed at these symbol values, the others as measured "
+                 f"(a probe's count, e.g. an attention mask's kept pairs, is a symbol too: give it when it changes); "
+                 f"the same kernels and launches: the compiled graphs' own fusion at the new sizes may differ"]
+    return Prediction(measured.name, target.name + (f" at {_sizes(sizes)}" if sizes else ""), ceilings, step,
+                      predicted, mfu, pmfu, classes, stages, said)
+
+
+def _sizes(sizes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
 def assumes(measured, target, ceilings: str, link: bool) -> list[str]:
