@@ -18,6 +18,7 @@ from graphmfu.capture_all import CaptureAll, capture_all
 from graphmfu.parallel import plan_parallel
 from graphmfu.compare import compare
 from graphmfu.comparison import Comparison
+from graphmfu import ddp
 from graphmfu.cost import Cost, TensorSpec, dtype_name, ensure_builtin_rules as _ensure_rules, load_rules, rule
 from graphmfu.errors import GraphMFUError
 from graphmfu.gather import gather
@@ -33,7 +34,7 @@ from graphmfu.world import WorldReport
 __version__ = "0.1.0"
 __all__ = ["backend", "Backend", "capture_all", "CaptureAll", "plan_parallel", "analyze", "compare", "Comparison", "report", "reset", "stage", "profile", "attach",
            "ProfileSession", "meter", "Meter", "gather", "WorldReport", "rule", "load_rules", "Cost", "TensorSpec", "DeviceSpec", "Report", "Record", "Registry",
-           "GraphMFUError", "get_device", "known_devices", "dtype_name"]
+           "GraphMFUError", "get_device", "known_devices", "dtype_name", "ddp"]
 
 
 def report(device=None, registry: Registry | None = None) -> Report:

@@ -115,4 +115,34 @@ def fsdp_eager_note(event_names, graph_calls: int) -> str | None:
     return FSDP_EAGER_NOTE if any(n.startswith("FSDP::") for n in event_names) else None
 
 
-__all__ = ["fsdp_eager_note", "FSDP_EAGER_NOTE", "is_comm", "union", "length", "minus", "stage_exposure", "exposed"]
+def _op_names(m) -> set:
+    """The profiler names of a measured kernel, the op that launched it and that op's enclosing ops."""
+    names, e = {m.name, m.launch_op}, m.op
+    while e is not None:
+        names.add(e.name)
+        e = getattr(e, "cpu_parent", None)
+    return names
+
+
+def outside_comm_note(measured, recorded=()) -> str | None:
+    """The note a profile needs when collectives ran outside every recorded graph (DDP's bucketed gradient
+    all-reduce, FSDP2's eager all-gathers, a user's ``dist.all_reduce``): their time is measured here (the
+    exposed-communication rows) but no record holds their size, so their bus bytes are not counted.
+    ``measured``: ``join.Measured`` kernels with ``where`` set; ``recorded``: the profiler names of the
+    collective ops the record holds (``OpRecord.event``; an eager recording that did not join is not noted)."""
+    counts: dict = {}
+    recorded = set(recorded)
+    for m in measured:
+        if m.where == "outside graphs" and is_comm(m.name) and not (_op_names(m) & recorded):
+            counts[m.name] = counts.get(m.name, 0) + 1
+    if not counts:
+        return None
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{name} x{n}" for name, n in top[:4]) + (", ..." if len(top) > 4 else "")
+    return (f"{sum(counts.values())} collective call(s) ran outside graphmfu's graphs ({listed}): their time is "
+            f"measured (exposed communication) but their bus bytes are not in this record; DDP's gradient all-reduce: "
+            f"graphmfu.ddp.watch(ddp_model); FSDP2's collectives: an eager recording (docs/distributed.md)")
+
+
+__all__ = ["fsdp_eager_note", "outside_comm_note", "FSDP_EAGER_NOTE", "is_comm", "union", "length", "minus",
+           "stage_exposure", "exposed"]

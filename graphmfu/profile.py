@@ -113,6 +113,10 @@ class ProfileSession:
         fsdp = overlap.fsdp_eager_note((e.name for e in events), len(keys))  # FSDP2 ran, no graph: eager
         if fsdp:
             notes.append(fsdp)
+        recorded = {n.event for g in graphs for n in g.nodes if n.comm is not None}
+        outside = overlap.outside_comm_note(measured, recorded)  # collectives no record holds: time, no bytes
+        if outside:
+            notes.append(outside)
         by_id = {g.id: g.key for g in graphs}
         top: dict = {}
         for m in measured:  # call indices continue across traces

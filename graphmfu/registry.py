@@ -107,6 +107,14 @@ class Registry:
             self.retired.update({g.key: g for g in self.graphs})
             self._start()
 
+    def retire(self, keys) -> None:
+        """Take the graphs with these ``keys`` out of the record (a producer's layout that no longer runs:
+        DDP's first bucket layout); kept as retired, so a profile that saw one run adopts it back."""
+        keys = set(keys)
+        with self._lock:
+            self.retired.update({g.key: g for g in self.graphs if g.key in keys})
+            self.graphs = [g for g in self.graphs if g.key not in keys]
+
     def adopt(self, keys) -> None:
         """Bring retired graphs whose ``keys`` ran in a profile back, under new ids."""
         with self._lock:
