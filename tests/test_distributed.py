@@ -27,12 +27,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench.parallel_cpu import D as NET_D, Net  # two blocks of Linear(32, 128) + Linear(128, 32), as in the DDP/HSDP tests
+
 dist = torch.distributed
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
 
 WORLD = 2
 D, T = 32, 4  # FSDP2 model width and tokens
+assert NET_D == D
 
 
 class AllReduceNet(nn.Module):
@@ -46,26 +49,6 @@ class AllReduceNet(nn.Module):
         from torch.distributed import _functional_collectives as funcol
 
         return torch.relu(funcol.all_reduce(self.lin(x), "sum", dist.group.WORLD))
-
-
-class Block(nn.Module):
-    def __init__(self, d=D):
-        super().__init__()
-        self.a, self.b = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
-
-    def forward(self, x):
-        return x + self.b(torch.relu(self.a(x)))
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.ModuleList([Block(), Block()])
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 def _worker(rank, world, init_file, out_dir):
