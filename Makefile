@@ -23,14 +23,15 @@ $(TESTS): $(CORE)
 	$(BIN)/python -m pip install -q --no-compile "transformers==5.23.*" "accelerate==1.*" "lightning==2.*"
 	$(BIN)/python -m pip install -q --no-compile "matplotlib==3.11.*" "plotly==7.1.*" "plotext==5.3.2" "pandas==3.1.*" tqdm psutil pyyaml
 	$(BIN)/python -m pip install -q --no-compile --no-deps "HolisticTraceAnalysis==0.5.0"
-	$(BIN)/python -m pip install -q --no-compile pytest hypothesis
+	$(BIN)/python -m pip install -q --no-compile pytest hypothesis "pytest-xdist==3.*"
 	touch $@
 
 demo: $(CORE)
 	$(BIN)/python examples/minimal_llama.py --static
 
+# two workers (CI has 2 cores): 10.2 min against 12.3 min in one process here, the same 803 tests passing
 test: $(TESTS)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 # GPU tests and benches run on a CUDA machine (through the device tool here)
 gpu-test: $(TESTS)
