@@ -230,3 +230,33 @@ def test_pair_counts_trust_only_what_the_mask_confirmed():
     wrong.begin(prefill, windows)
     assert wrong("q", probe(8, wrong), 5) == 8 * 21 + 5  # not a multiple of 21: refused
     assert "q" in wrong.refused and wrong("q", probe(8, wrong), 5) is None  # the probe runs (call_values)
+
+
+def test_an_engine_step_that_raises_is_closed_and_not_recorded():
+    """The engine's step opens and closes the meter's step itself (Meter.begin/end/abort, no context manager):
+    a compute that raises leaves the meter closed, counted in ``raised``, and the next step records."""
+    from graphmfu.integrations.continuous_batching import Batch, EngineSteps, Request
+
+    class IO:
+        compute_stream = None
+
+    class Runner:
+        inputs_and_outputs = IO()
+
+    m = graphmfu.meter(cuda=False)
+    steps = EngineSteps(meter=m)
+    facts = {"layers": (("full_attention", 2),), "kv_token_bytes": 256, "attention_outside": None, "vocab": 100,
+             "windows": {"full_attention": None}}
+    steps._model = lambda model: facts
+    steps._forward = lambda runner: "compiled"
+    b = Batch((Request("r", 10, 1, {"full_attention": 11}, 0, True),), 1, 1, False)
+
+    def boom(*a, **k):
+        raise RuntimeError("engine failed")
+
+    with pytest.raises(RuntimeError, match="engine failed"):
+        steps._measured(boom, Runner(), None, None, b, (), {})
+    assert m.raised == 1 and m._open is None and m.records == []
+    assert steps._measured(lambda *a, **k: "ok", Runner(), None, None, b, (), {}) == "ok"
+    (row,) = m.records
+    assert row["tokens"] == 1 and row["engine_step"] == "decode" and row["context_tokens"] == 11

@@ -302,20 +302,21 @@ class EngineSteps:
             return compute(runner, model, batch_data, *args, **kwargs)
         stream = getattr(runner.inputs_and_outputs, "compute_stream", None)  # the step's events go there
         st = m.begin(tokens=b.new_tokens or None, stream=stream)
-        facts = self._model(model)
-        st.extra = {"engine": EngineStep(b, facts["layers"], facts["kv_token_bytes"], self._forward(runner),
-                                         facts["attention_outside"])}
-        if b.padded and (b.num_q_tokens != b.q_tokens or b.sequences != b.new_tokens):
-            st.padding = Padding((b.num_q_tokens, b.q_tokens), (b.sequences, b.new_tokens), facts["vocab"])
-        self.pairs.begin(b, facts["windows"])
-        prev = _inductor.swap_counts(self.pairs)
         try:
-            out = compute(runner, model, batch_data, *args, **kwargs)
+            facts = self._model(model)
+            st.extra = {"engine": EngineStep(b, facts["layers"], facts["kv_token_bytes"], self._forward(runner),
+                                             facts["attention_outside"])}
+            if b.padded and (b.num_q_tokens != b.q_tokens or b.sequences != b.new_tokens):
+                st.padding = Padding((b.num_q_tokens, b.q_tokens), (b.sequences, b.new_tokens), facts["vocab"])
+            self.pairs.begin(b, facts["windows"])
+            prev = _inductor.swap_counts(self.pairs)
+            try:
+                out = compute(runner, model, batch_data, *args, **kwargs)
+            finally:
+                _inductor.swap_counts(prev)
         except BaseException:
-            _inductor.swap_counts(prev)
-            m.abort(st)
+            m.abort(st)  # every begin is closed: the next step can open
             raise
-        _inductor.swap_counts(prev)
         m.end(st, stream)
         return out
 
