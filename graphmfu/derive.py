@@ -215,7 +215,9 @@ def stage_row(measured: dict, kernels: list[dict], unattributed: list[dict], dev
             "kernel_time_s": a["time_s"], "kernel_launches": measured["launches"], "mfu": u["mfu"],
             "mfu_busy": rate(a["t_matrix_s"], busy), "mbu": u["mbu"], "memory_bound_share": a["memory_bound_share"],
             "unattributed_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name)),
-            "foreign_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name) and o["where"] == FOREIGN)}
+            "foreign_s": sum(o["time_s"] for o in unattributed if in_stage(o["stage"], name) and o["where"] == FOREIGN),
+            # the host's time in the stage (CPU span) and, of it, inside graphmfu's graph calls (None: recorded before)
+            "host_s": measured.get("host_s"), "host_in_graphs_s": measured.get("host_in_graphs_s")}
 
 
 # --------------------------------------------------------------------------- the document

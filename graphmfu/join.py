@@ -151,9 +151,19 @@ def _is_cpp_template(name: str) -> bool:
 
 
 def stage_ranges(events) -> list[dict]:
-    """Every ``graphmfu.stage`` occurrence: name (``a/b`` when nested) and CPU start/end."""
-    return [{"name": e.name[len(STAGE_RANGE):], "start_us": e.time_range.start, "end_us": e.time_range.end}
-            for e in events if e.name.startswith(STAGE_RANGE)]
+    """Every ``graphmfu.stage`` occurrence: name (``a/b`` when nested), CPU start/end, and the CPU time inside
+    graphmfu's graph calls (``in_calls_us``: the host's time in compiled code; the rest of the span is Python
+    between the calls, eager ops, graph breaks' returns to Python)."""
+    calls = sorted((e.time_range.start, e.time_range.end) for e in events if e.name.startswith(_inductor.CALL_RANGE))
+    starts = [a for a, _ in calls]
+    out = []
+    for e in events:
+        if not e.name.startswith(STAGE_RANGE):
+            continue
+        a, b = e.time_range.start, e.time_range.end
+        inside = [(x, min(y, b)) for x, y in calls[bisect.bisect_left(starts, a):bisect.bisect_right(starts, b)]]
+        out.append({"name": e.name[len(STAGE_RANGE):], "start_us": a, "end_us": b, "in_calls_us": busy_us(inside)})
+    return out
 
 
 def gpu_kernels(prof, events) -> list[Measured]:
@@ -552,8 +562,10 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
                 end = max(e for _, e in spans)
                 span += (end - start - _overlap(start, end, [(a, b, None) for a, b in occ.get("compiles", ())])) * 1e-6
                 busy += busy_us(spans) * 1e-6
-        rows.append({"name": name, "calls": sum(1 for s in stages if s["name"] == name), "span_s": span,
-                     "busy_s": busy, "launches": len(ms)})
+        occs = [s for s in stages if s["name"] == name]
+        rows.append({"name": name, "calls": len(occs), "span_s": span, "busy_s": busy, "launches": len(ms),
+                     "host_s": sum(s["end_us"] - s["start_us"] for s in occs) * 1e-6,
+                     "host_in_graphs_s": sum(s.get("in_calls_us", 0.0) for s in occs) * 1e-6})
     return rows
 
 
@@ -597,8 +609,8 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
                 r["gpu_kernels"].append(m.name)
         for row in _stage_rows(measured, stages):
             acc = stage_rows.setdefault(row["name"], {"name": row["name"], "calls": 0, "span_s": 0.0, "busy_s": 0.0,
-                                                      "launches": 0})
-            for k in ("calls", "span_s", "busy_s", "launches"):
+                                                      "launches": 0, "host_s": 0.0, "host_in_graphs_s": 0.0})
+            for k in ("calls", "span_s", "busy_s", "launches", "host_s", "host_in_graphs_s"):
                 acc[k] += row[k]
     launches = [{**r, "calls": len(r["calls"]), "joined_by": sorted(r["joined_by"])} for r in rows.values()]
     return Timing(cuda=cuda, launches=launches, stages=sorted(stage_rows.values(), key=lambda r: r["name"]),

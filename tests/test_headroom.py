@@ -408,3 +408,21 @@ def test_tile_padding_against_aligned_gemms_and_inductors_pad_copy():
     assert pad.action.startswith("pad vocab 32001 -> 32064") and pad.where == "head (vocab 32001)"
     assert "80.0% of the roofline; these 50.0%" in pad.evidence
     assert "Inductor pads 32001 -> 32008 on every call (1 kernel(s), k2: 130.0 MB per call" in pad.evidence
+
+
+def test_graph_break_costs_the_hosts_time_outside_graph_calls_where_the_device_waited(broken):
+    """The profile measures the host's time in each stage and inside graphmfu's graph calls; a break's estimate
+    is the time outside the calls, up to the device's idle time in that stage (by hand from the stage row)."""
+    st = {s["name"]: s for s in broken.stages}["step"]
+    assert 0 < st["host_in_graphs_s"] < st["host_s"]
+    (gb,) = [c for c in broken.causes() if c.kind == "graph_break"]
+    idle, outside = st["span_s"] - st["busy_s"], st["host_s"] - st["host_in_graphs_s"]
+    assert gb.lost_s == pytest.approx(min(idle, outside))
+    assert "outside graphmfu's graph calls" in gb.evidence
+    # a record from before these fields: the resumed calls x the stage's mean gap per kernel
+    old = dataclasses.replace(broken.record, timing=dataclasses.replace(
+        broken.record.timing, stages=[{k: v for k, v in s.items() if not k.startswith("host")}
+                                      for s in broken.record.timing.stages]))
+    (gb_old,) = [c for c in Report(old, broken.device).causes() if c.kind == "graph_break"]
+    resumed = max(k["calls"] for k in broken.kernels if k["graph"] == 1 and k["stage"] == "step")
+    assert gb_old.lost_s == pytest.approx(resumed * idle / st["kernel_launches"])

@@ -4,9 +4,13 @@
   ``Dynamo could not compile everything ... — graph break x1: <reason>; ...``).
 * Where: after a break Dynamo compiles the rest of the function as ``torch_dynamo_resume_in_<fn>_at_<line>``;
   the graph compiled from it records that frame (``GraphRecord.frame``), so the break is at ``file:line``.
-* Time: each call of a resumed graph adds at least one launch gap (the graph before the break returns to
-  Python, the resumed one is launched after it): lost_s = the resumed graph's calls x the mean gap per kernel
-  of the stage it ran in.  A frame Dynamo gave up on entirely runs eagerly: its time is in ``eager_work``.
+* Time: where the profile measured the host's time in the stage (``host_s``) and inside graphmfu's graph
+  calls (``host_in_graphs_s``), the rest is Python between the graphs and eager ops — what compiling the
+  region as one graph takes away — and it costs the step only where the device waited: lost_s = min(the
+  stage's device idle time, the host's time outside graph calls), shared between the break sites of the stage.
+  Otherwise (a record from before) each call of a resumed graph is taken to add one launch gap: its calls x
+  the stage's mean gap per kernel.  A frame Dynamo gave up on entirely runs eagerly: its ops are in
+  ``eager_work`` too (causes overlap).
 * Recompilations (one code compiled for several guards, ``derive.alternatives``) cost compile time, which
   the profile leaves out of the step: lost_s 0, listed so it is seen.
 """
@@ -23,6 +27,14 @@ def _gap_per_kernel(ctx: Context, stage: str | None) -> float:
     return max(s["span_s"] - s["busy_s"], 0.0) / s["kernel_launches"]
 
 
+def _host_outside(ctx: Context, stage: str | None) -> tuple | None:
+    """(device idle, host time outside graph calls) of ``stage``, when the profile measured the host's."""
+    s = next((x for x in ctx.stages if x["name"] == stage), None)
+    if not s or s.get("host_s") is None or s.get("host_in_graphs_s") is None:
+        return None
+    return max(s["span_s"] - s["busy_s"], 0.0), max(s["host_s"] - s["host_in_graphs_s"], 0.0)
+
+
 def graph_breaks(ctx: Context) -> list[Cause]:
     reasons = fallbacks_noted(ctx.record.notes)
     breaks = [r for r in reasons if r[0] == "graph break"]
@@ -32,10 +44,22 @@ def graph_breaks(ctx: Context) -> list[Cause]:
         if site is not None:
             sites.setdefault(site, []).append(g.id)
     out = []
+    staged = {site: sorted({k["stage"] for k in ctx.kernels if k["graph"] in gids and k["stage"]})
+              for site, gids in sites.items()}
+    per_stage: dict = {}
+    for st in {x for v in staged.values() for x in v}:
+        per_stage[st] = sum(st in v for v in staged.values())
     for (where, fn), gids in sites.items():
         rows = [k for k in ctx.kernels if k["graph"] in gids]
-        lost, stages = 0.0, sorted({k["stage"] for k in rows if k["stage"]})
+        lost, stages, host = 0.0, staged[(where, fn)], []
         for st in stages or [None]:
+            outside = _host_outside(ctx, st)
+            if outside is not None:
+                idle, out_s = outside
+                lost += min(idle, out_s) / per_stage.get(st, 1)
+                host.append(f"stage {st}: the host spent {out_s * 1e3:.4g} ms outside graphmfu's graph calls, the "
+                            f"device idled {idle * 1e3:.4g} ms")
+                continue
             calls = max((k["calls"] for k in rows if k["stage"] == st or (st and in_stage(k["stage"], st))),
                         default=0)
             lost += calls * _gap_per_kernel(ctx, st)
@@ -47,8 +71,10 @@ def graph_breaks(ctx: Context) -> list[Cause]:
         else:
             reason = "Dynamo's reason was not recorded (registry started after the compile)"
         evidence = (f"Dynamo split {fn}() at {where}: the code after it is graph(s) {gids}, called {calls} time(s) "
-                    f"in the profile, each call one more return to Python and launch gap"
-                    + (f" (mean gap per kernel in stage {stages[0]}: {us(_gap_per_kernel(ctx, stages[0]))})"
+                    f"in the profile, each call one more return to Python"
+                    + (f"; {'; '.join(host)} (the time outside the calls, where the device waited, is what one "
+                       f"graph would save)" if host else
+                       f" and launch gap (mean gap per kernel in stage {stages[0]}: {us(_gap_per_kernel(ctx, stages[0]))})"
                        if stages else ""))
         out.append(Cause("graph_break", where, lost, evidence,
                          f"the graph break at {where}: {reason} — remove it from the compiled region or make it "
