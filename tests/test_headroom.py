@@ -418,6 +418,7 @@ def test_graph_break_costs_the_hosts_time_outside_graph_calls_where_the_device_w
     (gb,) = [c for c in broken.causes() if c.kind == "graph_break"]
     idle, outside = st["span_s"] - st["busy_s"], st["host_s"] - st["host_in_graphs_s"]
     assert gb.lost_s == pytest.approx(min(idle, outside))
+    assert gb.stages == {"step": pytest.approx(gb.lost_s)}  # what the stage's launch gaps give up, and no other's
     assert "outside graphmfu's graph calls" in gb.evidence
     # a record from before these fields: the resumed calls x the stage's mean gap per kernel
     old = dataclasses.replace(broken.record, timing=dataclasses.replace(

@@ -20,19 +20,12 @@ from graphmfu.derive import alternatives, in_stage
 from graphmfu.headroom.evidence import Cause, Context, frame_site, us
 from graphmfu.registry import fallbacks_noted
 
-def _gap_per_kernel(ctx: Context, stage: str | None) -> float:
-    s = next((x for x in ctx.stages if x["name"] == stage), None)
-    if not s or not s["kernel_launches"]:
-        return 0.0
-    return max(s["span_s"] - s["busy_s"], 0.0) / s["kernel_launches"]
-
-
 def _host_outside(ctx: Context, stage: str | None) -> tuple | None:
     """(device idle, host time outside graph calls) of ``stage``, when the profile measured the host's."""
-    s = next((x for x in ctx.stages if x["name"] == stage), None)
+    s = ctx.stage(stage)
     if not s or s.get("host_s") is None or s.get("host_in_graphs_s") is None:
         return None
-    return max(s["span_s"] - s["busy_s"], 0.0), max(s["host_s"] - s["host_in_graphs_s"], 0.0)
+    return ctx.idle(s), max(s["host_s"] - s["host_in_graphs_s"], 0.0)
 
 
 def graph_breaks(ctx: Context) -> list[Cause]:
@@ -51,18 +44,18 @@ def graph_breaks(ctx: Context) -> list[Cause]:
         per_stage[st] = sum(st in v for v in staged.values())
     for (where, fn), gids in sites.items():
         rows = [k for k in ctx.kernels if k["graph"] in gids]
-        lost, stages, host = 0.0, staged[(where, fn)], []
+        stages, host, part = staged[(where, fn)], [], {}
         for st in stages or [None]:
             outside = _host_outside(ctx, st)
             if outside is not None:
                 idle, out_s = outside
-                lost += min(idle, out_s) / per_stage.get(st, 1)
+                part[st] = min(idle, out_s) / per_stage.get(st, 1)
                 host.append(f"stage {st}: the host spent {out_s * 1e3:.4g} ms outside graphmfu's graph calls, the "
                             f"device idled {idle * 1e3:.4g} ms")
                 continue
             calls = max((k["calls"] for k in rows if k["stage"] == st or (st and in_stage(k["stage"], st))),
                         default=0)
-            lost += calls * _gap_per_kernel(ctx, st)
+            part[st] = calls * ctx.mean_gap(st)
         calls = max((k["calls"] for k in rows), default=0)
         if len(breaks) == 1:
             reason = breaks[0][1]
@@ -74,11 +67,11 @@ def graph_breaks(ctx: Context) -> list[Cause]:
                     f"in the profile, each call one more return to Python"
                     + (f"; {'; '.join(host)} (the time outside the calls, where the device waited, is what one "
                        f"graph would save)" if host else
-                       f" and launch gap (mean gap per kernel in stage {stages[0]}: {us(_gap_per_kernel(ctx, stages[0]))})"
+                       f" and launch gap (mean gap per kernel in stage {stages[0]}: {us(ctx.mean_gap(stages[0]))})"
                        if stages else ""))
-        out.append(Cause("graph_break", where, lost, evidence,
+        out.append(Cause("graph_break", where, sum(part.values()), evidence,
                          f"the graph break at {where}: {reason} — remove it from the compiled region or make it "
-                         f"traceable (fullgraph=True reports every break)"))
+                         f"traceable (fullgraph=True reports every break)", stages={k: v for k, v in part.items() if k}))
     if not sites:
         for kind, reason, n in breaks:
             out.append(Cause("graph_break", "Dynamo", 0.0, f"{kind} x{n} (no resumed graph in this record, so the "

@@ -40,15 +40,14 @@ def host_share(ctx: Context, found: list[Cause]) -> None:
     Python at graph breaks, causes listed on their own.  Each eager kernel launch is given the stage's mean
     gap per kernel (added to its ``eager_work``), and a break's estimate (already gaps) is taken out of the
     stage's ``launch_bound`` too: ``launch_bound`` keeps the gaps no other listed cause explains."""
-    from graphmfu.derive import in_stage
     from graphmfu.headroom.launch import eager_launches
 
     bound = {c.where[len("stage "):]: c for c in found if c.kind == "launch_bound"}
     for name, lb in bound.items():
-        s = next((x for x in ctx.stages if x["name"] == name), None)
+        s = ctx.stage(name)
         if not s or not s["kernel_launches"]:
             continue
-        gap = max(s["span_s"] - s["busy_s"], 0.0) / s["kernel_launches"]
+        gap = ctx.mean_gap(name)
         moved = []
         n = eager_launches(ctx, name)
         eager = next((c for c in found if c.kind == "eager_work" and c.where == f"stage {name.split('/', 1)[0]}"),
@@ -57,13 +56,12 @@ def host_share(ctx: Context, found: list[Cause]) -> None:
             eager.lost_s += n * gap
             eager.evidence += f"; and the host's gaps around their {n} launches, {n * gap * 1e3:.4g} ms at the stage's mean gap"
             moved.append(f"{n * gap * 1e3:.4g} ms around eager launches (eager_work)")
-        for c in found:
-            if c.kind == "graph_break" and c.lost_s and any(in_stage(k["stage"], name) for k in ctx.kernels
-                                                             if k["stage"]):
-                moved.append(f"{c.lost_s * 1e3:.4g} ms at the graph break {c.where} (graph_break)")
-                lb.lost_s -= c.lost_s
-        if n and eager is not None:
             lb.lost_s -= n * gap
+        for c in found:
+            part = c.stages.get(name, 0.0) if c.kind == "graph_break" else 0.0
+            if part:  # the break's gaps in this stage (a break in another stage takes none of these)
+                moved.append(f"{part * 1e3:.4g} ms at the graph break {c.where} (graph_break)")
+                lb.lost_s -= part
         if moved:
             lb.lost_s = max(lb.lost_s, 0.0)
             lb.evidence += "; of the gaps, " + " and ".join(moved) + " are listed under those causes"

@@ -26,6 +26,7 @@ class Cause:
     evidence: str
     action: str
     share_of_step: float | None = None
+    stages: dict = dataclasses.field(default_factory=dict)  # stage -> its part of lost_s, where a cause splits it
 
     def line(self) -> str:
         share = "" if self.share_of_step is None else f" ({self.share_of_step * 100:.1f}% of step)"
@@ -51,6 +52,23 @@ class Context:
     @property
     def stages(self) -> list[dict]:
         return self.data.get("stages", [])
+
+    @cached_property
+    def _stage_by_name(self) -> dict:
+        return {s["name"]: s for s in self.stages}
+
+    def stage(self, name: str | None) -> dict | None:
+        """The stage row named ``name`` (None when there is none)."""
+        return self._stage_by_name.get(name)
+
+    def idle(self, s: dict) -> float:
+        """A stage row's device idle time inside its span (its launch gaps)."""
+        return max(s["span_s"] - s["busy_s"], 0.0)
+
+    def mean_gap(self, name: str | None) -> float:
+        """The stage's idle time per kernel launched in it (0 with no such stage or no kernel)."""
+        s = self.stage(name)
+        return self.idle(s) / s["kernel_launches"] if s and s["kernel_launches"] else 0.0
 
     @property
     def unattributed(self) -> list[dict]:

@@ -26,7 +26,7 @@ def launch_gaps(ctx: Context) -> list[Cause]:
     out = []
     cuda = bool(ctx.record.timing.cuda)
     for s in _leaves(ctx.stages):
-        idle, span, n = s["span_s"] - s["busy_s"], s["span_s"], s["kernel_launches"]
+        idle, span, n = ctx.idle(s), s["span_s"], s["kernel_launches"]
         if span <= 0 or idle <= 0 or idle / span < MIN_IDLE_SHARE or not n:
             continue
         kernel, gap = s["busy_s"] / n, idle / n
