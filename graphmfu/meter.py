@@ -181,35 +181,38 @@ class Meter:
 
     def abort(self, st: "_Open") -> None:
         """A step whose body raised did not run to its end: not a step (counted in ``raised``)."""
-        self.registry.tagger.detach(self)
-        _inductor.ForeignCalls.unlisten(self)
-        self._open = None
+        self._close()
         self.raised += 1
-        prev = st.prev
-        if prev is not None and prev in self._pending:
-            prev.end_shared = False  # the previous step gives its end event back itself
-        elif self.cuda and st.start is not None:
-            self._events.append(st.start)
+        self._drop(st)
 
     def end(self, st: "_Open", stream=None) -> None:
         """``step()``'s end (after ``begin``)."""
         st.end = self._mark(stream)
-        self.registry.tagger.detach(self)
-        _inductor.ForeignCalls.unlisten(self)
-        self._open = None
-        prev = st.prev
+        self._close()
         if st.discard:  # an integration's step that turned out to run nothing: not a step
-            if self.cuda:
-                self._events.append(st.end)
-                if prev is not None and prev in self._pending:
-                    prev.end_shared = False  # the previous step gives its end event back itself
-                else:
-                    self._events.append(st.start)
+            self._drop(st)
             return
         self._pending.append(st)
         world = self.world_every and (st.index + 1) % self.world_every == 0
         # steps whose end event has completed land here, a few per step (none waited for unless asked)
         self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
+
+    def _close(self) -> None:
+        self.registry.tagger.detach(self)
+        _inductor.ForeignCalls.unlisten(self)
+        self._open = None
+
+    def _drop(self, st: "_Open") -> None:
+        """A step not recorded: its events back to the pool (a start shared with the previous step's end, when
+        that step is still pending, goes back with it)."""
+        if not self.cuda:
+            return
+        if st.end is not None:
+            self._events.append(st.end)
+        if st.prev is not None and st.prev in self._pending:
+            st.prev.end_shared = False  # the previous step gives its end event back itself
+        elif st.start is not None:
+            self._events.append(st.start)
 
     @contextlib.contextmanager
     def hold(self):

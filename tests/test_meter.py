@@ -323,3 +323,47 @@ def test_meter_inside_a_profile_reads_probe_counts_at_the_call():
     pairs = [v for k, v in vals.items() if k.startswith("pairs_")]
     assert pairs == [2 * 8 * (3 + 5)]  # 2 heads x 8 queries x kept keys per batch row
     assert not any(_inductor.deferred(v) for v in vals.values())
+
+
+class _PoolEvent:
+    """A stand-in torch.cuda.Event: the meter's event pool checked without a GPU."""
+    made = 0
+    busy = True  # the device still runs earlier work: query() says not done
+
+    def __init__(self, enable_timing=False):
+        _PoolEvent.made += 1
+
+    def record(self, stream=None):
+        pass
+
+    def query(self):
+        return not _PoolEvent.busy
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return 1.0
+
+
+def test_cuda_event_pool_gives_every_event_back(monkeypatch):
+    """Shared starts (the device still busy), a step that raised and a discarded step: once every step has
+    landed, each event the meter made is back in its pool, once."""
+    monkeypatch.setattr(torch.cuda, "Event", _PoolEvent)
+    monkeypatch.setattr(_PoolEvent, "made", 0)
+    monkeypatch.setattr(_PoolEvent, "busy", True)
+    m = graphmfu.meter("h100-sxm", cuda=True)
+    with m.step(tokens=1):
+        pass  # its own start event
+    with m.step(tokens=1):
+        pass  # starts at the previous step's end (the device is busy)
+    with pytest.raises(RuntimeError):
+        with m.step(tokens=1):  # a shared start, then the body raises
+            raise RuntimeError()
+    with m.step(tokens=1) as st:
+        st.discard = True  # a shared start, discarded
+    _PoolEvent.busy = False
+    with m.step(tokens=1):
+        pass
+    assert len(m.records) == 3 and m.raised == 1
+    assert len(m._events) == _PoolEvent.made and len({id(e) for e in m._events}) == len(m._events)

@@ -114,12 +114,11 @@ def counts_from(fn):
     """While open, in this thread, each probe of a graph call asks ``fn(name, probe, inputs)`` first: an int
     (the count, from what the caller knows: a serving engine's own sequence lengths) or None (the probe
     runs).  ``fn`` may run ``probe(inputs)`` itself (to check its knowledge against the mask)."""
-    prev = getattr(_counts, "fn", None)
-    _counts.fn = fn
+    prev = swap_counts(fn)
     try:
         yield
     finally:
-        _counts.fn = prev
+        swap_counts(prev)
 
 
 def swap_counts(fn):
