@@ -33,14 +33,13 @@ def _headroom(k: dict) -> float:
     return max(k["time_s"] - k["t_min_s"], 0.0)
 
 
-def _aligned_sol(ctx: Context, weight_products) -> dict:
+def _aligned_sol(weight_gemms: list) -> dict:
     """dtype -> the fraction of its roofline minimum this run's aligned, compute-bound weight GEMMs reached
     (sum t_min / sum time): what a GEMM of this run reaches when no dimension is misaligned."""
     tm: dict = defaultdict(float)
     tt: dict = defaultdict(float)
-    for k, op, (m, kd, n, dt) in _gemms(ctx):
-        if (not op.op.startswith(weight_products) or "attention_matmul" in op.flags or k["bound"] != "compute"
-                or any(v > TILE and v % TILE for v in (kd, n))):
+    for k, _, (m, kd, n, dt) in weight_gemms:
+        if k["bound"] != "compute" or any(v > TILE and v % TILE for v in (kd, n)):
             continue
         tm[dt] += k["t_min_s"]
         tt[dt] += k["time_s"]
@@ -74,21 +73,24 @@ def tile_padding(ctx: Context) -> list[Cause]:
     (an upper bound)."""
     from graphmfu.rules.matmul import WEIGHT_PRODUCTS
 
+    # batched products multiply activations (sequence lengths are data, not a choice): weight GEMMs only
+    weight = [(k, op, d) for k, op, d in _gemms(ctx)
+              if op.op.startswith(WEIGHT_PRODUCTS) and "attention_matmul" not in op.flags]
     groups: dict = defaultdict(list)
-    for k, op, (m, kd, n, dt) in _gemms(ctx):
-        if not op.op.startswith(WEIGHT_PRODUCTS) or "attention_matmul" in op.flags:
-            continue  # batched products multiply activations (sequence lengths are data, not a choice)
+    for k, op, (m, kd, n, dt) in weight:
         for name, v in (("N", n), ("K", kd)):
             if v > TILE and v % TILE:
                 groups[(k["module"], v)].append((k, name, (m, kd, n, dt)))
                 break
     out = []
     vocab = max((v for _, v in groups), default=0)
-    ref = _aligned_sol(ctx, WEIGHT_PRODUCTS)
+    ref = _aligned_sol(weight)
     for (module, v), items in groups.items():
         rows = list({id(k): k for k, _, _ in items}.values())
         t = sum(k["time_s"] for k in rows)
-        pad = next_multiple(v)
+        copies, orig = _pads_to(ctx, {k["graph"] for k in rows}, module, v)
+        dim = orig or v  # the model's dimension (before Inductor's own padding)
+        pad = next_multiple(dim)
         m, kd, n, dt = items[0][2]
         sol = sum(k["t_min_s"] for k in rows) / t if t else 0.0
         waste = t * (1 - v / pad)
@@ -100,14 +102,11 @@ def tile_padding(ctx: Context) -> list[Cause]:
             lost = sum(_headroom(k) for k in rows)
             how = (f"{ms(lost)} ms above the roofline (no aligned compute-bound {dt} GEMM in this run to compare "
                    f"with: an upper bound of what the padding costs)")
-        copies, orig = _pads_to(ctx, {k["graph"] for k in rows}, module, v)
         if copies:  # Inductor already pads the model's dimension each call: that copy is lost too
             tc = sum(k["time_s"] for k in copies)
             lost += tc
             how += (f"; Inductor pads {orig} -> {v} on every call ({len(copies)} kernel(s), {copies[0]['name']}: "
                     f"{copies[0]['bytes'] / max(copies[0]['calls'], 1) / 1e6:.1f} MB per call, {ms(tc)} ms)")
-        dim = orig or v
-        pad = next_multiple(dim)
         what = "vocab" if v == vocab and v >= 8192 else ("out_features" if items[0][1] == "N" else "in_features")
         evidence = (f"{len(rows)} GEMM kernel(s) in {module or '(root)'} with a dimension of {v} (first: "
                     f"[{m}x{kd}] x [{kd}x{n}] {dt}), not a multiple of {TILE}: tiles run {pad / v - 1:.2%} padded "
