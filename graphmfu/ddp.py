@@ -26,6 +26,7 @@ is not the bucket.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import torch
@@ -33,6 +34,7 @@ import torch
 from graphmfu import _inductor
 from graphmfu.cost import TensorSpec, ensure_builtin_rules
 from graphmfu.errors import GraphMFUError
+from graphmfu.kernels import common_module
 from graphmfu.nodes import apply_rule, shapes
 from graphmfu.record import GraphRecord, KernelRecord, OpRecord
 from graphmfu.registry import DEFAULT, Registry
@@ -40,17 +42,6 @@ from graphmfu.registry import DEFAULT, Registry
 SOURCE = "ddp"
 NOTE = ("DDP: the gradient all-reduce runs outside the compiled graphs; each bucket is one graph (source 'ddp', op "
         "c10d.allreduce_ on the bucket's gradients), counted through a DDP comm hook (graphmfu.ddp.watch)")
-
-
-def _common(paths: list[str]) -> str:
-    """The longest common module path (``layers.0.a`` and ``layers.0.b`` -> ``layers.0``)."""
-    parts = [p.split(".") if p else [] for p in paths]
-    out = []
-    for bits in zip(*parts) if parts else ():
-        if len(set(bits)) != 1:
-            break
-        out.append(bits[0])
-    return ".".join(out)
 
 
 def _module_names(ddp) -> dict:
@@ -92,10 +83,9 @@ class DDPComm:
         buf = bucket.buffer()
         key = self._graph(bucket, buf)
         buf.div_(group.size())  # DDP's averaging, as its own all-reduce does
-        if self.registry.tagger.active:  # a profile session: the all-reduce is this graph's call
-            with torch.profiler.record_function(_inductor.CALL_RANGE + key):
-                work = dist.all_reduce(buf, group=group, async_op=True)
-        else:
+        # in a profile session the all-reduce is this graph's call
+        with (torch.profiler.record_function(_inductor.CALL_RANGE + key) if self.registry.tagger.active
+              else contextlib.nullcontext()):
             work = dist.all_reduce(buf, group=group, async_op=True)
         self.buckets += 1
         if bucket.is_last():
@@ -103,7 +93,8 @@ class DDPComm:
         return work.get_future().then(lambda fut: fut.value()[0])
 
     def _graph(self, bucket, buf) -> str:
-        module = _common([self._names.get(id(p), "") for p in bucket.parameters()])
+        paths = [self._names.get(id(p), "") for p in bucket.parameters()]
+        module = common_module(paths) if all(paths) else ""  # a parameter of the root: the bucket is the root's
         sig = (bucket.index(), buf.numel(), buf.dtype, module)
         with self._lock:
             key = self._by_bucket.get(sig)
