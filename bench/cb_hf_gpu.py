@@ -151,8 +151,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--cost-only", action="store_true", help="stop after the cost (diagnosis)")
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 2): a longer device step")
     a = ap.parse_args(argv)
-    c = CPU if a.cpu else GPU
+    c = dict(CPU if a.cpu else GPU)
+    if a.layers:
+        c["L"] = a.layers
     device, dtype = ("cpu", torch.float32) if a.cpu else ("cuda", torch.bfloat16)
     ps = prompts(c)
     gc = GenerationConfig(max_new_tokens=c["NEW"], do_sample=False, eos_token_id=-1, pad_token_id=0)

@@ -260,3 +260,32 @@ def test_an_engine_step_that_raises_is_closed_and_not_recorded():
     assert steps._measured(lambda *a, **k: "ok", Runner(), None, None, b, (), {}) == "ok"
     (row,) = m.records
     assert row["tokens"] == 1 and row["engine_step"] == "decode" and row["context_tokens"] == 11
+
+
+def test_a_batch_kept_as_raw_numbers_reads_as_its_requests():
+    """The engine's thread keeps each request as plain numbers (id, past, q, prompt length, new token) and the
+    Request rows are made when read: the same rows, sums, kind and pairs as a batch made from the rows, the
+    keys from the engine's own cache function (a 4-wide sliding layer here) at read time."""
+    from graphmfu.integrations.continuous_batching import Batch, PairCounts, Request
+
+    class Cache:  # transformers 5.17's spelling: keys per layer type for (past, q)
+        def get_seqlens_k(self, past, q):
+            return {"full_attention": past + q, "sliding_attention": min(past + q, 4)}
+
+    raw = (("a", 0, 5, 5, True), ("b", 3, 1, 3, True), ("c", 4, 3, 6, False))
+    b = Batch((), 16, 3, True, raw=raw, cache=Cache())
+    rows = (Request("a", 0, 5, {"full_attention": 5, "sliding_attention": 4}, 5, True),
+            Request("b", 3, 1, {"full_attention": 4, "sliding_attention": 4}, 0, True),
+            Request("c", 4, 3, {"full_attention": 7, "sliding_attention": 4}, 2, False))
+    made = Batch(rows, 16, 3, True)
+    assert b._requests is None and b.q_tokens == 9 and b.new_tokens == 2 and b._requests is None  # sums, no rows
+    assert b.requests == rows and b.kind == made.kind == "mixed" and not b.warmup
+    assert (made.q_tokens, made.new_tokens) == (9, 2)
+    kept = []
+    for batch in (Batch((), 16, 3, True, raw=raw, cache=Cache()), made):
+        pc = PairCounts()
+        pc.begin(batch, {"full_attention": None, "sliding_attention": 4})
+        kept.append(pc.kept)
+    # full: 15 + (4) + (5+6+7); sliding 4: (1+2+3+4+4) + 4 + (4+4+4)
+    assert kept[0] == kept[1] == {"full_attention": 15 + 4 + 18, "sliding_attention": 14 + 4 + 12}
+    assert Batch((), 1, 1, False, raw=(("__warmup_0", 0, 1, 1, True),)).warmup

@@ -66,16 +66,45 @@ class Request(NamedTuple):
 
 
 class Batch:
-    """One engine step as the engine prepared it (its sums taken once: the engine's thread pays for them)."""
-    __slots__ = ("requests", "num_q_tokens", "sequences", "padded", "q_tokens", "new_tokens")
+    """One engine step as the engine prepared it.  The engine's thread pays for what is made here, so a step
+    prepared by the engine keeps each request's numbers as plain tuples (``raw``: id, past, q, prompt length,
+    new token) and makes its :class:`Request` rows, and their sums, only when something reads them."""
+    __slots__ = ("_requests", "_raw", "_cache", "num_q_tokens", "sequences", "padded", "_q_tokens", "_new_tokens")
 
-    def __init__(self, requests: tuple, num_q_tokens: int, sequences: int, padded: bool):
-        self.requests = requests
+    def __init__(self, requests: tuple, num_q_tokens: int, sequences: int, padded: bool, *, raw: tuple = (),
+                 cache=None):
+        self._requests = requests if requests or not raw else None
+        self._raw, self._cache = raw, cache
         self.num_q_tokens = num_q_tokens  # query tokens the forward runs (padded when the engine pads)
         self.sequences = sequences  # logits rows the forward runs (padded sequences when the engine pads)
         self.padded = padded  # the engine padded this batch (torch.compile or CUDA graphs)
-        self.q_tokens = sum(r.q for r in requests)  # query tokens of the requests themselves
-        self.new_tokens = sum(1 for r in requests if r.new_token)  # requests that get their next token
+        self._q_tokens = self._new_tokens = None
+
+    @property
+    def requests(self) -> tuple:
+        if self._requests is None:
+            self._requests = tuple(_request_of(self._cache, *r) for r in self._raw)
+        return self._requests
+
+    def past_q(self):
+        """(past, q) of each request (from the raw numbers when the rows are not made yet)."""
+        return ((r[1], r[2]) for r in self._raw) if self._requests is None else \
+            ((r.past, r.q) for r in self._requests)
+
+    @property
+    def q_tokens(self) -> int:
+        """Query tokens of the requests themselves."""
+        if self._q_tokens is None:
+            self._q_tokens = sum(q for _, q in self.past_q())
+        return self._q_tokens
+
+    @property
+    def new_tokens(self) -> int:
+        """Requests that get their next token."""
+        if self._new_tokens is None:
+            self._new_tokens = sum(1 for r in self._raw if r[4]) if self._requests is None else \
+                sum(1 for r in self._requests if r.new_token)
+        return self._new_tokens
 
     def __repr__(self) -> str:
         return (f"Batch({len(self.requests)} requests, num_q_tokens={self.num_q_tokens}, sequences={self.sequences}, "
@@ -83,7 +112,8 @@ class Batch:
 
     @property
     def warmup(self) -> bool:
-        return any(r.id.startswith("__warmup") for r in self.requests)
+        ids = (r[0] for r in self._raw) if self._requests is None else (r.id for r in self._requests)
+        return any(i.startswith("__warmup") for i in ids)
 
     @property
     def kind(self) -> str:
@@ -106,12 +136,22 @@ def _seqlens_k(cache, past: int, q: int) -> dict:
     return {"full_attention": past + q}
 
 
-def _request(io, fs) -> Request:
+def _raw(fs) -> tuple:
+    """What a step must keep of one request, read as the engine prepares the batch (its state moves on after
+    the step): (id, past, q, prompt length, new token)."""
     st = fs.state
-    past, q = int(st.position_offset), int(fs.query_length)
-    prompt = len(getattr(st, "initial_tokens", None) or ())
+    return (st.request_id, st.position_offset, fs.query_length, len(getattr(st, "initial_tokens", None) or ()),
+            fs.has_new_token)
+
+
+def _request_of(cache, rid, past, q, prompt, new_token) -> Request:
+    past, q = int(past), int(q)
     prefill = max(0, min(past + q, prompt) - past)
-    return Request(str(st.request_id), past, q, _seqlens_k(io.cache, past, q), prefill, bool(fs.has_new_token))
+    return Request(str(rid), past, q, _seqlens_k(cache, past, q), prefill, bool(new_token))
+
+
+def _request(io, fs) -> Request:
+    return _request_of(io.cache, *_raw(fs))
 
 
 def _layers_by_type(config) -> dict:
@@ -186,7 +226,7 @@ class PairCounts:
     def kept(self) -> dict:
         if self._kept is None:
             b = self._batch
-            self._kept = {lt: sum(_pairs(r.past, r.q, w) for r in b.requests) for lt, w in self._windows.items()} \
+            self._kept = {lt: sum(_pairs(p, q, w) for p, q in b.past_q()) for lt, w in self._windows.items()} \
                 if b is not None else {}
         return self._kept
 
@@ -241,14 +281,16 @@ class EngineSteps:
 
         def prepare_batch_tensors(io, *args, **kwargs):
             a = dict(zip(_PREPARE_ARGS, args), **kwargs)
-            reqs = tuple(_request(io, fs) for fs in a["requests_in_batch"])
+            raw = tuple(map(_raw, a["requests_in_batch"]))
             out = prepare(io, *args, **kwargs)
             padding = bool(a.get("use_padding", False))
             try:
                 seqs = int(io._get_num_sequences(use_padding=padding))
             except Exception:  # noqa: BLE001
-                seqs = len(reqs)
-            me._queue.append(Batch(reqs, int(a.get("num_q_tokens", sum(r.q for r in reqs))), seqs, padding))
+                seqs = len(raw)
+            n = a.get("num_q_tokens")
+            me._queue.append(Batch((), int(n) if n is not None else sum(r[2] for r in raw), seqs, padding, raw=raw,
+                                   cache=io.cache))
             return out
 
         def compute_batch(runner_, model, batch_data, *args, **kwargs):
