@@ -170,7 +170,9 @@ class Meter:
         self.registry.tagger.attach(self)
         _inductor.ForeignCalls.listen(self)
         prev = self._pending[-1] if self._pending else None
-        if self.cuda and prev is not None and not prev.end_shared and not prev.end.query():
+        if self.cuda and prev is not None and not prev.end_shared and not prev.done:
+            prev.done = prev.end.query()  # remembered: the step lands without asking the device again
+        if self.cuda and prev is not None and not prev.end_shared and not prev.done:
             # the device is still running earlier work: a start event recorded now would complete when
             # that work ends, as the previous step's end event does — one event fewer on the stream
             st.start, prev.end_shared = prev.end, True
@@ -194,8 +196,9 @@ class Meter:
             return
         self._pending.append(st)
         world = self.world_every and (st.index + 1) % self.world_every == 0
-        # steps whose end event has completed land here, a few per step (none waited for unless asked)
-        self._drain(block=self.sync or not self.cuda or world)  # world steps: finished here on every rank
+        # steps whose end event has completed land here, a few per step (none waited for unless asked; the
+        # step just ended is not asked about: its end event was recorded a moment ago)
+        self._drain(block=self.sync or not self.cuda or world, newest=False)  # world steps: finished on every rank
 
     def _close(self) -> None:
         self.registry.tagger.detach(self)
@@ -265,7 +268,7 @@ class Meter:
     def _elapsed(self, a, b) -> float:
         return (b - a) if not self.cuda else a.elapsed_time(b) / 1e3
 
-    def _drain(self, block: bool, most: int = 2) -> None:
+    def _drain(self, block: bool, most: int = 2, newest: bool = True) -> None:
         """Land the steps whose end event has completed, at ``most`` per call (a backlog, e.g. after the
         loop synchronised, lands over the next steps instead of at once); ``block``: wait for them all.
         Rows are derived when read (``records``), or here when a callback, printing or a world reduction
@@ -273,7 +276,8 @@ class Meter:
         landed = 0
         while self._pending:
             st = self._pending[0]
-            if self.cuda and not block and (landed >= most or not st.end.query()):
+            if self.cuda and not block and (landed >= most or (not newest and len(self._pending) == 1) or
+                                            not (st.done or st.end.query())):
                 break
             landed += 1
             if self.cuda and block:  # otherwise query() just said it has completed
@@ -495,6 +499,7 @@ class _Open:
         self.step_s = 0.0
         self.timed = False
         self.end_shared = False  # the next step starts at this step's end event
+        self.done = False  # its end event is known to have completed (asked once, at the next step's begin)
         self.prev = None  # the previous step, when this one starts at its end event
         self.discard = False  # set inside the step: it is not recorded (an integration's empty step)
         self.extra: dict = {}  # set inside the step by an integration (Step.extra)

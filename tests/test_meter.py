@@ -329,21 +329,47 @@ class _PoolEvent:
     """A stand-in torch.cuda.Event: the meter's event pool checked without a GPU."""
     made = 0
     busy = True  # the device still runs earlier work: query() says not done
+    api = None  # a list: the device calls made, by name
 
     def __init__(self, enable_timing=False):
         _PoolEvent.made += 1
 
     def record(self, stream=None):
-        pass
+        if _PoolEvent.api is not None:
+            _PoolEvent.api.append("record")
 
     def query(self):
+        if _PoolEvent.api is not None:
+            _PoolEvent.api.append("query")
         return not _PoolEvent.busy
 
     def synchronize(self):
         pass
 
     def elapsed_time(self, other):
+        if _PoolEvent.api is not None:
+            _PoolEvent.api.append("elapsed")
         return 1.0
+
+
+def test_a_synchronised_loop_asks_the_device_four_times_per_step(monkeypatch):
+    """A serving engine's loop waits for each step's tokens, so each step's end has completed by the next
+    step's begin: per step the meter records two events, asks once whether the previous step is done (the
+    answer is kept: it lands without asking again) and reads one elapsed time — it does not ask about the
+    step it has just ended (6 calls per step before)."""
+    monkeypatch.setattr(torch.cuda, "Event", _PoolEvent)
+    monkeypatch.setattr(_PoolEvent, "busy", False)
+    monkeypatch.setattr(_PoolEvent, "api", [])
+    m = graphmfu.meter("h100-sxm", cuda=True)
+    st = m.begin(tokens=1)
+    m.end(st)
+    assert _PoolEvent.api == ["record", "record"]  # the first step: nothing to ask about yet
+    for _ in range(5):
+        _PoolEvent.api.clear()
+        st = m.begin(tokens=1)
+        m.end(st)
+        assert _PoolEvent.api == ["query", "record", "record", "elapsed"]
+    assert len(m.records) == 6 and all(r["step_s"] == 1e-3 for r in m.records)
 
 
 def test_cuda_event_pool_gives_every_event_back(monkeypatch):

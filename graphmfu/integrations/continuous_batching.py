@@ -274,6 +274,7 @@ class EngineSteps:
                 raise GraphMFUError("graphmfu.integrations.continuous_batching.EngineSteps is already on: the "
                                     "engine's classes are global, one EngineSteps at a time (close the other first)")
             _active.append(self)
+        self._queue.clear()  # entered again (a server's next session): a batch prepared but never run is gone
         ios, runner = input_outputs.ContinuousBatchingIOs, model_runner.ModelRunner
         prepare, compute = ios.prepare_batch_tensors, runner.compute_batch
         self._saved = [(ios, "prepare_batch_tensors", prepare), (runner, "compute_batch", compute)]
