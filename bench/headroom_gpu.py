@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
+import time
 import os
 import sys
 from pathlib import Path
@@ -73,6 +75,33 @@ def profile(fn, stage="step", calls=CALLS):
                 for _ in range(calls):
                     fn()
     return p.report()
+
+
+REPEATS = 7
+
+
+def _timed(fn, calls=CALLS) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls
+
+
+def alternated(before, after, rounds=REPEATS):
+    """Seconds per call of ``before`` and ``after`` without the profiler, ``rounds`` rounds of ``CALLS`` calls
+    each, alternating which goes first (the host's drift falls on both)."""
+    rb, ra = [], []
+    with torch.no_grad():
+        before()
+        after()  # compiled again after the reset between the two profiles: warm both
+        for i in range(rounds):
+            for fn, acc in ((before, rb), (after, ra)) if i % 2 == 0 else ((after, ra), (before, rb)):
+                acc.append(_timed(fn))
+    return rb, ra
 
 
 def per_call(rep, stage="step") -> float:
@@ -177,13 +206,15 @@ class _Trunk(torch.nn.Module):
 def run_plant(name, spec, lines, out, save=None):
     expected, before_fn, after_fn, action = spec
     fresh()
-    before = profile(before_fn())
+    bf = before_fn()
+    before = profile(bf)
     if save:
         before.save(Path(save) / f"{name}_before.json")
     causes = before.causes()
     top = causes[0] if causes else None
     fresh()
-    after = profile(after_fn())
+    af = after_fn()
+    after = profile(af)
     tb, ta = per_call(before), per_call(after)
     lost = top.lost_s / CALLS if top is not None else 0.0  # the cause's estimate over the stage's calls
     named = [c for c in causes if c.kind in expected]
@@ -197,10 +228,23 @@ def run_plant(name, spec, lines, out, save=None):
            "lost_ms_top": lost * 1e3, "lost_ms_planted": lost_named * 1e3,
            "recovered_over_lost": rec / lost_named if lost_named else None, "action_applied": action,
            "causes": [c.line() for c in causes[:5]]}
+    if name != "tf32":  # TF32 is a global switch: the two cannot alternate (and its effect is 5x, not noise)
+        rb, ra = alternated(bf, af)
+        row.update({"unprofiled_before_ms": [x * 1e3 for x in rb], "unprofiled_after_ms": [x * 1e3 for x in ra]})
+        mb, ma = statistics.median(rb), statistics.median(ra)
+        row["unprofiled_recovered_ms"] = (mb - ma) * 1e3
+        row["unprofiled_recovered_over_lost"] = (mb - ma) / lost_named if lost_named else None
     out["plants"].append(row)
     lines.append(f"{name:6s} top cause {row['top_kind']} (planted cause rank {row['rank_of_planted']}); stage per call "
                  f"{tb * 1e3:.3f} -> {ta * 1e3:.3f} ms after '{action}': recovered {rec * 1e3:.3f} ms of the "
                  f"planted cause's {lost_named * 1e3:.3f} ms = {row['recovered_over_lost'] or 0:.2f}")
+    if "unprofiled_recovered_ms" in row:
+        lines.append(f"         without the profiler, {REPEATS} alternated rounds of {CALLS} calls: median "
+                     f"{statistics.median(row['unprofiled_before_ms']):.3f} -> "
+                     f"{statistics.median(row['unprofiled_after_ms']):.3f} ms per call: recovered "
+                     f"{row['unprofiled_recovered_ms']:.3f} ms = {row['unprofiled_recovered_over_lost'] or 0:.2f} of "
+                     f"the planted cause's estimate (before {', '.join(f'{x:.3f}' for x in row['unprofiled_before_ms'])}; "
+                     f"after {', '.join(f'{x:.3f}' for x in row['unprofiled_after_ms'])})")
     for c in causes[:4]:
         lines.append(f"         {c.line()[:400]}")
     print("\n".join(lines[-5:]), flush=True)  # as it goes: a run cut short keeps what it measured
@@ -208,9 +252,13 @@ def run_plant(name, spec, lines, out, save=None):
 
 
 # ----------------------------------------------------------------------------------- batch what-if
-def batch_whatif(device, dtype, cfg, seq, lines, out, b0=8, b1=32):
+def batch_whatif(device, dtype, cfg, seq, lines, out, b0=8, b1=32, mode=None):
+    """Decode at batch ``b0`` profiled, batch ``b1`` predicted from it and profiled.  ``mode="reduce-overhead"``:
+    the step replayed as CUDA graphs (the host's launch gaps gone: the device's time is what is predicted); the
+    KV caches are marked static addresses, so the graphs read them in place (no per-call input copy)."""
     fresh()
-    m = compiled(build(cfg, device, dtype))
+    m = torch.compile(build(cfg, device, dtype), backend=graphmfu.backend(mode=mode)) if mode else \
+        compiled(build(cfg, device, dtype))
     hd = cfg["dim"] // cfg["heads"]
 
     def inputs(b):
@@ -219,12 +267,20 @@ def batch_whatif(device, dtype, cfg, seq, lines, out, b0=8, b1=32):
                   for _ in range(cfg["layers"])]
         torch._dynamo.mark_dynamic(tok, 0)
         for k, v in caches:
-            torch._dynamo.mark_dynamic(k, 0)
-            torch._dynamo.mark_dynamic(v, 0)
+            for x in (k, v):
+                torch._dynamo.mark_dynamic(x, 0)
+                if mode:
+                    torch._dynamo.mark_static_address(x)
         return tok, caches
 
+    def warmed(tok, caches):
+        with torch.no_grad():
+            for _ in range(3 if mode else 0):  # CUDA graph trees: warm up, record, then replay in the profile
+                m(tok, caches)
+        return lambda: m(tok, caches)
+
     t0, c0 = inputs(b0)
-    r0 = profile(lambda: m(t0, c0), "decode")
+    r0 = profile(warmed(t0, c0), "decode")
     syms = {k: v for g in r0.record.graphs for k, v in g.hints.items() if v == b0}
     if not syms:
         lines.append(f"what-if: no symbol at the batch {b0} among {[g.hints for g in r0.record.graphs]}")
@@ -233,19 +289,33 @@ def batch_whatif(device, dtype, cfg, seq, lines, out, b0=8, b1=32):
     pred = r0.predict(sizes={k: b1 for k in syms})
     del c0
     t1, c1 = inputs(b1)
-    r1 = profile(lambda: m(t1, c1), "decode")
+    r1 = profile(warmed(t1, c1), "decode")
     measured = per_call(r1, "decode")
     predicted = next(s["predicted_s"] for s in pred.stages if s["name"] == "decode") / CALLS
     err = predicted / measured - 1
-    out["whatif"] = {"config": cfg, "cache": seq, "symbol": sym, "batch_measured": b0, "batch_asked": b1,
-                     "measured_b0_ms": per_call(r0, "decode") * 1e3, "predicted_ms": predicted * 1e3,
-                     "measured_ms": measured * 1e3, "error": err, "classes": pred.classes,
-                     "measured_classes_b1": r1.predict().classes, "assumes": pred.assumes,
-                     "recompiles": len(r1.record.graphs)}
-    lines.append(f"what-if decode {cfg['dim']}d {cfg['layers']} layers, cache {seq}: measured at batch {b0} "
-                 f"{per_call(r0, 'decode') * 1e3:.3f} ms/step; predicted at batch {b1} ({sym} = {b1}) "
-                 f"{predicted * 1e3:.3f} ms; measured at batch {b1} {measured * 1e3:.3f} ms: error {err:+.1%}")
+    key = "whatif" if not mode else f"whatif_{mode}"
+    cov = r1.coverage()
+    floor = next((a for a in pred.assumes if "per launch" in a), "")
+    out[key] = {"mode": mode, "config": cfg, "cache": seq, "symbol": sym, "batch_measured": b0, "batch_asked": b1,
+                "attributed_b1": cov.get("time_attributed"), "floor": floor,
+                "kernels_predicted_ms": sum(c["predicted_s"] for c in pred.classes if c["class"] != "idle") / CALLS * 1e3,
+                "kernels_measured_ms": sum(c["measured_s"] for c in r1.predict().classes if c["class"] != "idle")
+                / CALLS * 1e3,
+                "measured_b0_ms": per_call(r0, "decode") * 1e3, "predicted_ms": predicted * 1e3,
+                "measured_ms": measured * 1e3, "error": err, "classes": pred.classes,
+                "measured_classes_b1": r1.predict().classes, "assumes": pred.assumes,
+                "recompiles": len(r1.record.graphs)}
+    w = out[key]
+    lines.append(f"what-if decode {cfg['dim']}d {cfg['layers']} layers, cache {seq}, mode {mode or 'default'}: measured "
+                 f"at batch {b0} {per_call(r0, 'decode') * 1e3:.3f} ms/step; predicted at batch {b1} ({sym} = {b1}) "
+                 f"{predicted * 1e3:.3f} ms; measured at batch {b1} {measured * 1e3:.3f} ms: error {err:+.1%}; kernels "
+                 f"predicted {w['kernels_predicted_ms']:.3f} ms, measured {w['kernels_measured_ms']:.3f} ms "
+                 f"({w['kernels_predicted_ms'] / w['kernels_measured_ms'] - 1:+.1%}); batch {b1} kernel time "
+                 f"attributed {cov.get('time_attributed') or 0:.3f}")
     lines.append("   " + pred.table().replace("\n", "\n   "))
+    lines.append("   measured at batch %d, per kernel class: %s" % (b1, ", ".join(
+        f"{c['class']} {c['measured_s'] * 1e3:.3f} ms" for c in r1.predict().classes)))
+    print("\n".join(lines[-3:]), flush=True)
 
 
 def main(argv=None) -> int:
@@ -254,6 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--only", default=None)
     ap.add_argument("--no-whatif", action="store_true")
+    ap.add_argument("--whatif-modes", default="both", help="both | reduce-overhead | default")
     ap.add_argument("--save", action="store_true", help="save each plant's planted report under --out")
     ap.add_argument("--big", default=None, help="batch x seq of the vocab, tf32 and norm plants, e.g. 16x1024")
     a = ap.parse_args(argv)
@@ -282,10 +353,12 @@ def main(argv=None) -> int:
     if not a.no_whatif:
         cfg = (dict(dim=4096, layers=8, heads=32, kv_heads=8, ffn=14336, vocab=128256, max_seq=2048)
                if device == "cuda" else CPU_SMALL)
-        try:
-            batch_whatif(device, dtype, cfg, 1024 if device == "cuda" else 32, lines, out)
-        except Exception as e:  # noqa: BLE001
-            lines.append(f"what-if failed: {type(e).__name__}: {e}")
+        for mode in (None, "reduce-overhead") if a.whatif_modes == "both" else \
+                ((None,) if a.whatif_modes == "default" else (a.whatif_modes,)):
+            try:
+                batch_whatif(device, dtype, cfg, 1024 if device == "cuda" else 32, lines, out, mode=mode)
+            except Exception as e:  # noqa: BLE001
+                lines.append(f"what-if ({mode or 'default'}) failed: {type(e).__name__}: {e}")
     text = "\n".join(lines)
     print(text)
     if a.out:

@@ -299,6 +299,27 @@ def test_predict_per_class_arithmetic_by_hand():
     assert any("unchanged" in a for a in p.assumes) and "assumes" in p.table()
 
 
+def test_predict_keeps_a_per_launch_floor_measured_in_the_run():
+    """Two latency-bound kernels (a 1e5-byte add: 0.1 us at A's 1000 GB/s, measured 3 and 5 us) set the floor:
+    the shortest launch of a kernel under 10% of its roofline, 3 us; it stays on B, the rest scales."""
+    tiny = Cost.of(read=5e4, written=5e4)
+    extra = [("aten.add.Tensor", tiny, [[[100, 125], "float32"]], 3e-6),
+             ("aten.mul.Tensor", tiny, [[[100, 125], "float32"]], 5e-6)]
+    p = Report(synthetic(extra), A).predict(B)
+    cls = {c["class"]: c for c in p.classes}
+    assert any("fixed 3.00 us per launch" in a for a in p.assumes)
+    # GEMM: 3 us kept + (20 ms - 3 us) x 5 / 10 = 10.0015 ms
+    assert cls["gemm"]["predicted_s"] == pytest.approx(0.003e-3 + (0.020 - 3e-6) * 0.5, rel=1e-12)
+    # memory: the 8 ms add: 3 us + (8 ms - 3 us) x 1 / 4; the 3 us add: 3 us; the 5 us mul: 3 + 2 x 0.025 / 0.1
+    assert cls["memory"]["predicted_s"] == pytest.approx((3e-6 + (0.008 - 3e-6) * 0.25) + 3e-6 + (3e-6 + 2e-6 * 0.25),
+                                                          rel=1e-12)
+    # the measured device: every kernel back at its measured time (the floor is kept, the ratio is 1)
+    same = Report(synthetic(extra), A).predict(A)
+    assert same.predicted_step_s == pytest.approx(same.step_s, rel=1e-12)
+    # no latency-bound kernel: no floor (the per-class arithmetic above)
+    assert any("no per-launch floor" in a for a in Report(synthetic(), A).predict(B).assumes)
+
+
 def test_predict_on_the_measured_device_returns_the_measured_times(broken):
     for rep in (Report(synthetic(), A), broken):
         p = rep.predict(rep.device)

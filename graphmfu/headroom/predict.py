@@ -5,7 +5,11 @@ Per kernel class — ``gemm`` (matrix FLOPs), ``attention`` (SDPA / flex / atten
 ``uncosted`` (kernels outside every graph, of no known cost) and ``idle`` (launch gaps: span - busy):
 
   achieved_c   = sum t_min_c(measured device) / sum time_c      (the class's fraction of its roofline)
-  predicted_c  = sum t_min_c(target) / achieved_c  =  time_c x t_min_c(target) / t_min_c(measured)
+  predicted_k  = fixed_k + (time_k - fixed_k) x t_min_k(target) / t_min_k(measured)   (each kernel k)
+  fixed_k      = min(time_k, launches_k x floor): floor = the run's shortest launch of a latency-bound
+                 kernel (under 10% of its roofline: a norm on a decode batch), 0 when there is none
+  predicted_c  = sum of predicted_k over the class (floor 0: time_c x t_min_c(target) / t_min_c(measured)
+                 for one kernel, its achieved fraction kept)
   uncosted     : time x DRAM GB/s(measured) / DRAM GB/s(target)
   collective   : time x NVLink GB/s(measured) / NVLink GB/s(target) when both have a figure, else unchanged
   idle         : unchanged (the host and its launch path are the same)
@@ -90,22 +94,47 @@ def kernel_class(k: dict, ops) -> str:
 
 
 def _ratios(classes: dict, uncosted: float, collective: float) -> dict:
+    """class -> predicted / measured time: the bandwidth ratios for uncosted kernels and collectives, the
+    kernels' own carried times for the others."""
     out = {"uncosted": uncosted, "collective": collective}
-    for c, (t, tmin, tmin_target) in classes.items():
+    for c, (t, _tmin, _tmin_target, pt) in classes.items():
         if c not in out:
-            out[c] = tmin_target / tmin if tmin else 1.0
+            out[c] = pt / t if t else 1.0
     return out
 
 
 def _sum(rows: list, key) -> dict:
-    """class -> [measured time, t_min measured, t_min target] over (row, class, t_min target) triples."""
-    out = {c: [0.0, 0.0, 0.0] for c in CLASSES}
-    for k, c, tt in rows:
+    """class -> [measured time, t_min measured, t_min target, predicted time] over (row, class, t_min target,
+    predicted) rows."""
+    out = {c: [0.0, 0.0, 0.0, 0.0] for c in CLASSES}
+    for k, c, tt, pt in rows:
         if key(k):
             out[c][0] += k["time_s"]
             out[c][1] += k["t_min_s"]
             out[c][2] += tt
+            out[c][3] += pt
     return out
+
+
+LATENCY_SHARE = 0.1  # a kernel under this fraction of its roofline is latency-bound (launch, ramp, a tail)
+
+
+def launch_floor(kernels: list) -> float:
+    """Seconds a kernel launch takes however little it does, from the run itself: the shortest launch among
+    the latency-bound kernels (at under ``LATENCY_SHARE`` of their roofline minimum: a norm or an add on a
+    decode batch); 0 when the run has none (then every kernel's time scales with its roofline)."""
+    per = [k["time_s"] / k["launches"] for k in kernels
+           if k.get("launches") and k["time_s"] > 0 and k["t_min_s"] < LATENCY_SHARE * k["time_s"]]
+    return min(per) if per else 0.0
+
+
+def _carried(k: dict, t_target: float, floor: float) -> float:
+    """One kernel on the target (or at other sizes): its launches' fixed floor kept, the rest of its time
+    scaled by its roofline minimum there over here (the fraction of the roofline it reached is kept)."""
+    if not k["t_min_s"]:
+        return k["time_s"]
+    fixed = min(k["time_s"], floor * (k.get("launches") or 0))
+    return fixed + (k["time_s"] - fixed) * t_target / k["t_min_s"]
 
 
 def _bandwidth_ratio(measured, target) -> tuple[float, float | None]:
@@ -152,17 +181,19 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
     t_target = {(k["graph"], k["index"], k["stage"]): k["t_min_s"] for k in tdata.get("kernels", [])}
     t_matrix = {(k["graph"], k["index"], k["stage"]): k["t_matrix_s"] for k in tdata.get("kernels", [])}
     ops_by = {g.id: {o.name: o for o in g.nodes} for g in record.graphs}
+    floor = launch_floor(data.get("kernels", []))
     rows = []
     for k in data.get("kernels", []):
         ops = [ops_by[k["graph"]][n] for n in k["nodes"] if n in ops_by[k["graph"]]]
-        rows.append((k, kernel_class(k, ops), t_target[(k["graph"], k["index"], k["stage"])]))
+        tt = t_target[(k["graph"], k["index"], k["stage"])]
+        rows.append((k, kernel_class(k, ops), tt, _carried(k, tt, floor)))
     un = record.timing.unattributed if record.timing is not None else []
     bw, link = _bandwidth_ratio(measured, target)
     ratio_of = lambda cls: _ratios(cls, bw, link if link is not None else 1.0)  # noqa: E731
 
     def carried(key, ukey) -> tuple[float, float, dict]:
         cls = _sum(rows, key)
-        cls["uncosted"][0] += sum(o["time_s"] for o in un if ukey(o))
+        cls["uncosted"][0] += sum(o["time_s"] for o in un if ukey(o))  # carried by the bandwidth ratio
         r = ratio_of(cls)
         t = sum(v[0] for v in cls.values())
         return t, sum(v[0] * r[c] for c, v in cls.items()), {c: (v, r[c]) for c, v in cls.items()}
@@ -190,7 +221,7 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
                         "t_min_target_s": 0.0, "predicted_s": idle_all, "ratio": 1.0})
     mfu = sum(k["t_matrix_s"] for k in data.get("kernels", [])) / step if step else None
     pmfu = sum(t_matrix.values()) / predicted if predicted else None
-    said = assumes(measured, target, ceilings, link is not None)
+    said = assumes(measured, target, ceilings, link is not None, floor)
     if sizes:
         said += [f"at {_sizes(sizes)}: each measured kernel costed at these symbol values, the others as measured "
                  f"(a probe's count, e.g. an attention mask's kept pairs, is a symbol too: give it when it changes); "
@@ -203,10 +234,12 @@ def _sizes(sizes: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
-def assumes(measured, target, ceilings: str, link: bool) -> list[str]:
-    out = [f"each kernel class keeps the fraction of its roofline minimum it reached on {measured.name} "
-           f"(same kernels, shapes, dtypes and fusion; per stage, class time x t_min on {target.name} / t_min "
-           f"on {measured.name})",
+def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0) -> list[str]:
+    out = [f"each kernel keeps the fraction of its roofline minimum it reached on {measured.name} (same kernels, "
+           f"shapes, dtypes and fusion; its time x t_min on {target.name} / t_min on {measured.name})"
+           + (f", above a fixed {floor * 1e6:.2f} us per launch that does not scale (the run's shortest launch "
+              f"of a latency-bound kernel: under {LATENCY_SHARE:.0%} of its roofline)" if floor else
+              "; no kernel of this run is latency-bound, so no per-launch floor is kept"),
            f"ceilings: {target.name} {ceilings} ({target.source}); {measured.name}: {measured.source}",
            "launch gaps (span - busy) are unchanged: the same host, launch path and Python overhead",
            "kernels of no known cost (outside every graph, unknown ops) scale with DRAM bandwidth",
