@@ -65,9 +65,11 @@ def vector_loop(scores, n):
 
 
 def profile(fn, stage="step", calls=CALLS):
-    """Warm-up call, then ``calls`` calls in one stage under graphmfu.profile()."""
+    """Warm-up calls (three: CUDA graph trees warm up, record, then replay), then ``calls`` calls in one stage
+    under graphmfu.profile()."""
     with torch.no_grad():
-        fn()
+        for _ in range(3):
+            fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         with graphmfu.profile() as p:
@@ -127,7 +129,7 @@ def fresh():
 
 
 # ----------------------------------------------------------------------------------- the plants
-def plants(device, dtype, small, batch, seq, big=None):
+def plants(device, dtype, small, batch, seq, big=None, break_mode=None):
     """name -> (expected cause kinds, make_before, make_after, what the action is); ``big``: (batch, seq) of the
     plants whose cost is on the device (vocab, tf32, norm): large enough that the host is not the bottleneck"""
     tokens = torch.randint(0, 1000, (batch, seq), device=device)
@@ -142,7 +144,8 @@ def plants(device, dtype, small, batch, seq, big=None):
                            (small["vocab"] if fixed else small["vocab"] - 63)})
 
     def brk(fixed):
-        m = compiled(build(small, device, dtype, None if fixed else BreakBlock))
+        model = build(small, device, dtype, None if fixed else BreakBlock)
+        m = torch.compile(model, backend=graphmfu.backend(mode=break_mode)) if break_mode else compiled(model)
         one = tokens[:, :1]
         hd = small["dim"] // small["heads"]
         caches = [(torch.zeros(batch, small["kv_heads"], seq, hd, device=device, dtype=dtype),) * 2
@@ -325,6 +328,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None)
     ap.add_argument("--no-whatif", action="store_true")
     ap.add_argument("--whatif-modes", default="both", help="both | reduce-overhead | default")
+    ap.add_argument("--break-mode", default=None, help="compile mode of the break plant, e.g. reduce-overhead")
     ap.add_argument("--save", action="store_true", help="save each plant's planted report under --out")
     ap.add_argument("--big", default=None, help="batch x seq of the vocab, tf32 and norm plants, e.g. 16x1024")
     a = ap.parse_args(argv)
@@ -340,7 +344,10 @@ def main(argv=None) -> int:
     big = tuple(int(x) for x in a.big.split("x")) if a.big else None
     if big:
         lines.append(f"vocab, tf32 and norm at batch x seq {big[0]} x {big[1]} (the device, not the host, the bottleneck)")
-    ps = plants(device, dtype, small, batch, seq, big)
+    ps = plants(device, dtype, small, batch, seq, big, a.break_mode)
+    if a.break_mode:
+        lines.append(f"break plant compiled with mode={a.break_mode!r} before and after (the decode step replayed as "
+                     f"CUDA graphs: the launch path inside the graphs is not the bottleneck)")
     for name in (a.only.split(",") if a.only else ps):
         if name == "tf32" and device != "cuda":
             continue
