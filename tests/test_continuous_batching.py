@@ -289,3 +289,28 @@ def test_a_batch_kept_as_raw_numbers_reads_as_its_requests():
     # full: 15 + (4) + (5+6+7); sliding 4: (1+2+3+4+4) + 4 + (4+4+4)
     assert kept[0] == kept[1] == {"full_attention": 15 + 4 + 18, "sliding_attention": 14 + 4 + 12}
     assert Batch((), 1, 1, False, raw=(("__warmup_0", 0, 1, 1, True),)).warmup
+
+
+def test_an_engine_batch_that_cannot_be_read_runs_unmetered_and_says_so(monkeypatch):
+    """A transformers version whose batch EngineSteps cannot read (here: a request with no ``state``): the
+    engine's own prepare and compute still run, that step has no row, and one warning and note say why."""
+    from transformers.generation.continuous_batching import input_outputs, model_runner
+
+    from graphmfu.integrations.continuous_batching import EngineSteps, UNREADABLE_NOTE
+
+    ran = []
+    monkeypatch.setattr(input_outputs.ContinuousBatchingIOs, "prepare_batch_tensors",
+                        lambda io, *a, **k: ran.append("prepare") or "prepared")
+    monkeypatch.setattr(model_runner.ModelRunner, "compute_batch",
+                        lambda runner, model, batch_data, *a, **k: ran.append("compute") or "computed")
+    io = input_outputs.ContinuousBatchingIOs.__new__(input_outputs.ContinuousBatchingIOs)
+    runner = model_runner.ModelRunner.__new__(model_runner.ModelRunner)
+    m = graphmfu.meter(cuda=False, registry=graphmfu.Registry())  # its own registry: a fresh warn-once
+    with pytest.warns(RuntimeWarning, match="could not read a batch"):
+        with EngineSteps(meter=m) as steps:
+            assert input_outputs.ContinuousBatchingIOs.prepare_batch_tensors(io, [object()], None, False, 4) == \
+                "prepared"
+            assert model_runner.ModelRunner.compute_batch(runner, None, None) == "computed"
+    assert ran == ["prepare", "compute"] and steps.batches == [] and m.records == []
+    note = UNREADABLE_NOTE.format(err="AttributeError: 'object' object has no attribute 'state'")
+    assert note in m.registry.notes and "EngineSteps knows (5.17, 5.23)" in note

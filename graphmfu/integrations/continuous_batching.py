@@ -150,10 +150,6 @@ def _request_of(cache, rid, past, q, prompt, new_token) -> Request:
     return Request(str(rid), past, q, _seqlens_k(cache, past, q), prefill, bool(new_token))
 
 
-def _request(io, fs) -> Request:
-    return _request_of(io.cache, *_raw(fs))
-
-
 def _layers_by_type(config) -> dict:
     types = getattr(config, "layer_types", None)
     if types:
@@ -187,6 +183,9 @@ CUDA_GRAPH_NOTE = ("transformers replayed a CUDA graph it captured for this step
 ATTENTION_NOTE = ("this model's attention ({impl}) runs outside every compiled graph (transformers marks it "
                   "@torch.compiler.disable): its FLOPs are not counted; use attn_implementation='sdpa'")
 
+UNREADABLE_NOTE = ("graphmfu could not read a batch of transformers' continuous batching ({err}): the engine ran "
+                   "on, but those engine steps have no meter row or stage; this transformers version is not one "
+                   "EngineSteps knows (5.17, 5.23): please report it")
 PADDING_NOTE = ("transformers' continuous batching padded its batches (query tokens to q_padding_interval_size, "
                 "logits rows to the padded sequences): profile() counts the work that ran, padded rows included; "
                 "the meter's engine-step rows (EngineSteps(meter=...)) leave the padded rows' products out of "
@@ -262,7 +261,7 @@ class EngineSteps:
         self._models: dict = {}  # id(model) -> what the rows need of it
         self._hold = None
         self._forwards: dict = {}  # (id(runner), block table) -> compiled | eager | cuda_graph
-        self._padding_said = False
+        self._padding_said = self._unreadable_said = False
         self.pairs = PairCounts()  # the masks' kept pairs from the engine's lengths, once checked
 
     # ------------------------------------------------------------------ patches
@@ -281,9 +280,16 @@ class EngineSteps:
         me = self
 
         def prepare_batch_tensors(io, *args, **kwargs):
-            a = dict(zip(_PREPARE_ARGS, args), **kwargs)
-            raw = tuple(map(_raw, a["requests_in_batch"]))
+            try:
+                a = dict(zip(_PREPARE_ARGS, args), **kwargs)
+                raw = tuple(map(_raw, a["requests_in_batch"]))
+            except Exception as e:  # noqa: BLE001 - an engine we cannot read still serves: its step goes unmetered
+                a = raw = None
+                me._unreadable(e)
             out = prepare(io, *args, **kwargs)
+            if raw is None:
+                me._queue.append(None)
+                return out
             padding = bool(a.get("use_padding", False))
             try:
                 seqs = int(io._get_num_sequences(use_padding=padding))
@@ -291,7 +297,7 @@ class EngineSteps:
                 seqs = len(raw)
             n = a.get("num_q_tokens")
             me._queue.append(Batch((), int(n) if n is not None else sum(r[2] for r in raw), seqs, padding, raw=raw,
-                                   cache=io.cache))
+                                   cache=getattr(io, "cache", None)))
             return out
 
         def compute_batch(runner_, model, batch_data, *args, **kwargs):
@@ -321,6 +327,18 @@ class EngineSteps:
             if self in _active:
                 _active.remove(self)
         return False
+
+    def _unreadable(self, e: BaseException) -> None:
+        """The engine's batch could not be read (a transformers version with other names): said once; the
+        engine runs on, those steps unmetered."""
+        if not self._unreadable_said:
+            from graphmfu.registry import DEFAULT
+
+            reg = self.meter.registry if self.meter is not None else DEFAULT
+            msg = UNREADABLE_NOTE.format(err=f"{type(e).__name__}: {e}")
+            reg.note(msg)
+            reg.warn_once("continuous_batching_unreadable", "graphmfu: " + msg)
+            self._unreadable_said = True
 
     # ------------------------------------------------------------------ one step
     def _measured(self, compute, runner, model, batch_data, b: Batch, args, kwargs):
