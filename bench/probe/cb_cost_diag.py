@@ -110,19 +110,15 @@ def _components(model, ps, gc):
 
     orig_begin, orig_end = Meter.begin, Meter.end
 
-    def timed_begin(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return orig_begin(self, *a, **k)
-        finally:
-            acc["  of which Meter.begin"] += time.perf_counter() - t
-
-    def timed_end(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return orig_end(self, *a, **k)
-        finally:
-            acc["  of which Meter.end"] += time.perf_counter() - t
+    def timer(fn, key):
+        def timed(self, *a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(self, *a, **k)
+            finally:
+                acc[key] += time.perf_counter() - t
+        return timed
+    timed_begin, timed_end = timer(orig_begin, "  of which Meter.begin"), timer(orig_end, "  of which Meter.end")
     Meter.begin, Meter.end = timed_begin, timed_end
     n = {"steps": 0}
     inner = input_outputs.ContinuousBatchingIOs.prepare_batch_tensors
