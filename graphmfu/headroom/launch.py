@@ -15,6 +15,9 @@ from graphmfu.render import ms
 
 MIN_IDLE_SHARE = 0.1  # a stage whose device is idle less than this share of its span is not launch-bound
 LAUNCH_BOUND_KERNEL_S = 20e-6  # kernels shorter than this on average: the launch path, not the work, sets the pace
+# host time per kernel launch inside graph calls above which the profiler's own cost is worth saying: Inductor's
+# launches take a few us of host time without it; under CUPTI the H200 runs measured ~47 us (docs/validation.md)
+PROFILED_LAUNCH_S = 20e-6
 
 
 def _leaves(stages: list[dict]) -> list[dict]:
@@ -41,6 +44,12 @@ def launch_gaps(ctx: Context) -> list[Cause]:
                       "tensors), prefetch inputs with non_blocking copies, or use CUDA graphs (mode='reduce-overhead')")
         if not cuda:
             action += " (CPU run: the gaps are Python and dispatcher time between ops; CUDA graphs apply on a GPU)"
+        inside = s.get("host_in_graphs_s")
+        graph_launches = n - eager_launches(ctx, s["name"])
+        if cuda and inside and graph_launches > 0 and inside / graph_launches > PROFILED_LAUNCH_S:
+            evidence += (f"; inside the graph calls the host spent {us(inside / graph_launches)} per kernel launch "
+                         f"under the profiler, whose own per-launch cost is part of that: without it this stage may "
+                         f"be less launch-bound (graphmfu.meter() times steps without the profiler)")
         out.append(Cause("launch_bound", f"stage {s['name']}", idle, evidence, action))
     return out
 
