@@ -170,9 +170,11 @@ class Meter:
         self.registry.tagger.attach(self)
         _inductor.ForeignCalls.listen(self)
         prev = self._pending[-1] if self._pending else None
-        if self.cuda and prev is not None and not prev.end_shared and not prev.done:
-            prev.done = prev.end.query()  # remembered: the step lands without asking the device again
-        if self.cuda and prev is not None and not prev.end_shared and not prev.done:
+        busy = False
+        if self.cuda and prev is not None and not prev.end_shared:
+            prev.done = prev.done or prev.end.query()  # remembered: the step lands without asking the device again
+            busy = not prev.done
+        if busy:
             # the device is still running earlier work: a start event recorded now would complete when
             # that work ends, as the previous step's end event does — one event fewer on the stream
             st.start, prev.end_shared = prev.end, True

@@ -68,17 +68,21 @@ class Request(NamedTuple):
 class Batch:
     """One engine step as the engine prepared it.  The engine's thread pays for what is made here, so a step
     prepared by the engine keeps each request's numbers as plain tuples (``raw``: id, past, q, prompt length,
-    new token) and makes its :class:`Request` rows, and their sums, only when something reads them."""
-    __slots__ = ("_requests", "_raw", "_cache", "num_q_tokens", "sequences", "padded", "_q_tokens", "_new_tokens")
+    new token) and makes its :class:`Request` rows only when something reads them; a batch made from rows keeps
+    the same tuples of them (prompt length None), so the sums read one form."""
+    __slots__ = ("_requests", "_raw", "_cache", "num_q_tokens", "sequences", "padded", "q_tokens", "new_tokens")
 
-    def __init__(self, requests: tuple, num_q_tokens: int, sequences: int, padded: bool, *, raw: tuple = (),
+    def __init__(self, requests: tuple, num_q_tokens: int | None, sequences: int, padded: bool, *, raw: tuple = (),
                  cache=None):
         self._requests = requests if requests or not raw else None
-        self._raw, self._cache = raw, cache
-        self.num_q_tokens = num_q_tokens  # query tokens the forward runs (padded when the engine pads)
+        self._raw = raw or tuple((r.id, r.past, r.q, None, r.new_token) for r in requests)
+        self._cache = cache
+        self.q_tokens = sum(r[2] for r in self._raw)  # query tokens of the requests themselves
+        self.new_tokens = sum(1 for r in self._raw if r[4])  # requests that get their next token
+        # query tokens the forward runs (padded when the engine pads; None: the requests' own)
+        self.num_q_tokens = self.q_tokens if num_q_tokens is None else int(num_q_tokens)
         self.sequences = sequences  # logits rows the forward runs (padded sequences when the engine pads)
         self.padded = padded  # the engine padded this batch (torch.compile or CUDA graphs)
-        self._q_tokens = self._new_tokens = None
 
     @property
     def requests(self) -> tuple:
@@ -87,24 +91,8 @@ class Batch:
         return self._requests
 
     def past_q(self):
-        """(past, q) of each request (from the raw numbers when the rows are not made yet)."""
-        return ((r[1], r[2]) for r in self._raw) if self._requests is None else \
-            ((r.past, r.q) for r in self._requests)
-
-    @property
-    def q_tokens(self) -> int:
-        """Query tokens of the requests themselves."""
-        if self._q_tokens is None:
-            self._q_tokens = sum(q for _, q in self.past_q())
-        return self._q_tokens
-
-    @property
-    def new_tokens(self) -> int:
-        """Requests that get their next token."""
-        if self._new_tokens is None:
-            self._new_tokens = sum(1 for r in self._raw if r[4]) if self._requests is None else \
-                sum(1 for r in self._requests if r.new_token)
-        return self._new_tokens
+        """(past, q) of each request."""
+        return ((r[1], r[2]) for r in self._raw)
 
     def __repr__(self) -> str:
         return (f"Batch({len(self.requests)} requests, num_q_tokens={self.num_q_tokens}, sequences={self.sequences}, "
@@ -112,8 +100,7 @@ class Batch:
 
     @property
     def warmup(self) -> bool:
-        ids = (r[0] for r in self._raw) if self._requests is None else (r.id for r in self._requests)
-        return any(i.startswith("__warmup") for i in ids)
+        return any(str(r[0]).startswith("__warmup") for r in self._raw)
 
     @property
     def kind(self) -> str:
@@ -295,9 +282,7 @@ class EngineSteps:
                 seqs = int(io._get_num_sequences(use_padding=padding))
             except Exception:  # noqa: BLE001
                 seqs = len(raw)
-            n = a.get("num_q_tokens")
-            me._queue.append(Batch((), int(n) if n is not None else sum(r[2] for r in raw), seqs, padding, raw=raw,
-                                   cache=getattr(io, "cache", None)))
+            me._queue.append(Batch((), a.get("num_q_tokens"), seqs, padding, raw=raw, cache=getattr(io, "cache", None)))
             return out
 
         def compute_batch(runner_, model, batch_data, *args, **kwargs):
@@ -328,13 +313,17 @@ class EngineSteps:
                 _active.remove(self)
         return False
 
+    def _registry(self):
+        """Where the notes go: the meter's registry, else graphmfu's."""
+        from graphmfu.registry import DEFAULT
+
+        return self.meter.registry if self.meter is not None else DEFAULT
+
     def _unreadable(self, e: BaseException) -> None:
         """The engine's batch could not be read (a transformers version with other names): said once; the
         engine runs on, those steps unmetered."""
         if not self._unreadable_said:
-            from graphmfu.registry import DEFAULT
-
-            reg = self.meter.registry if self.meter is not None else DEFAULT
+            reg = self._registry()
             msg = UNREADABLE_NOTE.format(err=f"{type(e).__name__}: {e}")
             reg.note(msg)
             reg.warn_once("continuous_batching_unreadable", "graphmfu: " + msg)
@@ -346,9 +335,7 @@ class EngineSteps:
         kept small (the facts are derived when the row is read: :class:`EngineStep`; the meter's step opened
         and closed without context managers: one engine step is a few milliseconds of host time)."""
         if b.padded and b.num_q_tokens != b.q_tokens and not self._padding_said:
-            from graphmfu.registry import DEFAULT
-
-            (self.meter.registry if self.meter is not None else DEFAULT).note(PADDING_NOTE)
+            self._registry().note(PADDING_NOTE)
             self._padding_said = True
         if self.stages and _inductor.profiler_running():  # a stage is read by profile() only
             from graphmfu.stage import stage
