@@ -20,7 +20,9 @@ Which FLOP count the paper's MFU uses: it cites Chowdhery et al. (PaLM) for MFU,
 ("we follow the convention and do not account for sparsity in causal attention").  So "MFU dense" below is
 like with like; graphmfu's own "MFU causal" is shown beside it.
 
-Printed: (A) the prediction from the stated ceilings (no fitting); (B) the achieved GEMM fraction fitted on the
+Printed: (A) the prediction from the stated ceilings (no fitting: since 2026-12-04 the H100's GEMM and attention
+fractions are measured sustained on the H200, graphmfu/parallel/ceilings.csv); (A') the same with row 3's attention
+fraction measured at that row's own per-rank shape instead of the 8K one; (B) the achieved GEMM fraction fitted on the
 8,192-GPU row alone (dense count) and rows 2-3 predicted with it; (C) the same fitted under the causal count;
 the breakdown per row; the attention fraction that row 3 would need; one plan_parallel call's time and memory.
 
@@ -44,6 +46,9 @@ PUBLISHED = [  # world, tp, cp, pp, dp, seq, microbatches (= batch size / DP), T
     (16384, 8, 1, 16, 128, 8192, 16, 400, 0.41),
     (16384, 8, 16, 16, 8, 131072, 16, 380, 0.38),
 ]
+# FlashAttention-2 forward + backward on the H200 at one CP16 rank's shape of the 128K layout (4,096 queries over
+# 32,768 and 102,400 keys, causal lower right), looped 20 s (docs/validation-data/2026-12-04-h200-attention_sustained_s5.txt)
+CP_RANK_ATTENTION = 0.281
 PAPER = dict(virtual_stages=8, balance_ends=True, links="roce-400g", device="h100-sxm")
 
 
@@ -137,6 +142,11 @@ def run() -> None:
     a = table("(A) stated ceilings, nothing fitted", base)
     verdict("dense (paper's count)", a, True)
     verdict("causal (graphmfu's)", a, False)
+    own = base[:2] + [plan(PUBLISHED[2], attention=CP_RANK_ATTENTION)]
+    a2 = table(f"(A') as (A), row 3 with the attention fraction measured at its own shape (one CP16 rank at 128K: "
+               f"{CP_RANK_ATTENTION:.3f} instead of {base[2].assumptions.attention:.3f})", own)
+    verdict("dense (paper's count)", a2, True)
+    verdict("causal (graphmfu's)", a2, False)
 
     for dense in (True, False):
         what = "Llama 3 paper Table 4, 8,192 H100s at TP8/CP1/PP16/DP64: 43% BF16 MFU"
@@ -151,7 +161,7 @@ def run() -> None:
             need, _ = fit(fitted[2].costs, fitted[2].device, fitted[2].assumptions, fitted[2].best.layout,
                           PUBLISHED[2][8], quantity="attention", dense=True, lo=0.02, hi=1.0)
             print(f"  row 3 under the dense count would need attention kernels at {need * 100:.0f}% of peak (assumed "
-                  f"{base[2].assumptions.attention * 100:.0f}%, FlashAttention-2's)")
+                  f"{base[2].assumptions.attention * 100:.1f}%, FlashAttention-2's forward + backward at 8K, measured)")
             full = plan(PUBLISHED[2], gemm=value, recompute="full")
             b2 = table("(B') as (B), with full activation recompute in the 128K stage only (the paper claims training "
                        "without activation checkpointing for 8K tokens only)", fitted[:2] + [full], {0}, dense)

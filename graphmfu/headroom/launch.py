@@ -15,8 +15,10 @@ from graphmfu.render import ms
 
 MIN_IDLE_SHARE = 0.1  # a stage whose device is idle less than this share of its span is not launch-bound
 LAUNCH_BOUND_KERNEL_S = 20e-6  # kernels shorter than this on average: the launch path, not the work, sets the pace
-# host time per kernel launch inside graph calls above which the profiler's own cost is worth saying: Inductor's
-# launches take a few us of host time without it; under CUPTI the H200 runs measured ~47 us (docs/validation.md)
+# host time per kernel launch inside graph calls above which the launch path itself is worth saying: on the H200's
+# host Inductor's wrapper and launcher took 22-25 us per launch without the profiler and at most ~3 us more under
+# it (bench/probe/profiler_launch_cost.py, docs/validation.md 2026-12-04 fifth session); the plants' 35-47 us runs
+# were that host on slower days, not the profiler
 PROFILED_LAUNCH_S = 20e-6
 
 
@@ -48,8 +50,8 @@ def launch_gaps(ctx: Context) -> list[Cause]:
         graph_launches = n - eager_launches(ctx, s["name"])
         if cuda and inside and graph_launches > 0 and inside / graph_launches > PROFILED_LAUNCH_S:
             evidence += (f"; inside the graph calls the host spent {us(inside / graph_launches)} per kernel launch "
-                         f"under the profiler, whose own per-launch cost is part of that: without it this stage may "
-                         f"be less launch-bound (graphmfu.meter() times steps without the profiler)")
+                         f"(under the profiler: Inductor's wrapper and launcher, which the profiler slows by a few us "
+                         f"per launch; graphmfu.meter() times steps without it): the launch path paces this stage")
         out.append(Cause("launch_bound", f"stage {s['name']}", idle, evidence, action))
     return out
 
