@@ -106,6 +106,28 @@ def test_warm_caches_do_not_empty_the_report(fresh, tmp_path, monkeypatch):
     assert graphmfu.report().totals["flops"] == 2 * 32768
 
 
+def test_cpu_recompile_reuses_its_cpp_kernels_and_still_joins_them(fresh, tmp_path, monkeypatch):
+    """C++ kernels are compiled profiled (``graph_<id>_<kernel>``) under one graph id: a second compile of the same
+    model in the process builds no new kernel library (with Inductor's per-process id in every kernel's source it
+    built them all again), and a profile of the second compile's graph still joins its kernels."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    m = MLP(d=24, h=56)  # sizes no other test compiles: the first compile must build its kernels here
+    x = torch.randn(3, 24)
+    built = []
+    with torch.no_grad():
+        for _ in range(2):
+            torch._dynamo.reset()
+            graphmfu.reset()
+            n = len(list(tmp_path.rglob("*.so")))
+            cm = torch.compile(m, backend=graphmfu.backend)
+            cm(x)
+            built.append(len(list(tmp_path.rglob("*.so"))) - n)
+        with graphmfu.profile() as p:
+            cm(x)
+    assert built[0] >= 1 and built[1] == 0, built
+    assert p.report().coverage()["time_attributed"] == 1.0
+
+
 def test_failing_rule_warns_once_and_model_still_runs(fresh):
     op = torch.ops.aten.mm.default
     old = REGISTRY.lookup(op)
