@@ -311,6 +311,15 @@ def batch_whatif(device, dtype, cfg, seq, lines, out, b0=8, b1=32, mode=None):
                 "measured_classes_b1": r1.predict().classes, "assumes": pred.assumes,
                 "recompiles": len(r1.record.graphs)}
     w = out[key]
+    st = next(s for s in pred.stages if s["name"] == "decode")
+    busy = st["measured_s"] - st["idle_s"]
+    w["replayed"] = st["replayed"]
+    w["additive_ms"] = (st["idle_s"] + busy * (st["predicted_kernel_s"] / st["kernel_s"] if st["kernel_s"] else 1)) \
+        / CALLS * 1e3  # the model before timelines: launch gaps kept, busy scaled
+    w["additive_error"] = w["additive_ms"] / (measured * 1e3) - 1
+    lines.append(f"   decode stage {'replayed from its launch timeline' if st['replayed'] else 'gaps kept'}; the "
+                 f"additive model (gaps kept, busy scaled) would say {w['additive_ms']:.3f} ms "
+                 f"({w['additive_error']:+.1%})")
     lines.append(f"what-if decode {cfg['dim']}d {cfg['layers']} layers, cache {seq}, mode {mode or 'default'}: measured "
                  f"at batch {b0} {per_call(r0, 'decode') * 1e3:.3f} ms/step; predicted at batch {b1} ({sym} = {b1}) "
                  f"{predicted * 1e3:.3f} ms; measured at batch {b1} {measured * 1e3:.3f} ms: error {err:+.1%}; kernels "
@@ -329,6 +338,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--only", default=None)
     ap.add_argument("--no-whatif", action="store_true")
+    ap.add_argument("--no-plants", action="store_true", help="only the what-if")
     ap.add_argument("--whatif-modes", default="both", help="both | reduce-overhead | default")
     ap.add_argument("--break-mode", default=None, help="compile mode of the break plant, e.g. reduce-overhead")
     ap.add_argument("--save", action="store_true", help="save each plant's planted report under --out")
@@ -357,7 +367,7 @@ def main(argv=None) -> int:
     if a.break_mode:
         lines.append(f"break plant compiled with mode={a.break_mode!r} before and after (the decode step replayed as "
                      f"CUDA graphs: the launch path inside the graphs is not the bottleneck)")
-    for name in (a.only.split(",") if a.only else ps):
+    for name in () if a.no_plants else (a.only.split(",") if a.only else ps):
         if name == "tf32" and device != "cuda":
             continue
         try:

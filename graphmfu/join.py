@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import re
 
-from graphmfu import _inductor
+from graphmfu import _inductor, timeline
 from graphmfu.cost import REGISTRY
 from graphmfu.record import GraphRecord, Timing
 
@@ -547,6 +547,7 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
     for name in sorted({s["name"] for s in stages}):
         ms = [m for m in measured if _in_stage(m.stage, name)]
         span = busy = 0.0
+        lines = []  # the occurrences' launch timelines (timeline.occurrence)
         for occ in (s for s in stages if s["name"] == name):
             inside = [m for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
             spans = [(m.start_us, m.end_us) for m in inside]
@@ -560,12 +561,15 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
                 else:  # idle: the stage starts on the device as the CPU's time to the first launch before it
                     start = first - max(0.0, min(lead.launch_start_us, first) - occ["start_us"])
                 end = max(e for _, e in spans)
-                span += (end - start - _overlap(start, end, [(a, b, None) for a, b in occ.get("compiles", ())])) * 1e-6
+                compiling = _overlap(start, end, [(a, b, None) for a, b in occ.get("compiles", ())])
+                span += (end - start - compiling) * 1e-6
                 busy += busy_us(spans) * 1e-6
+                if not compiling:  # a compile inside the span is no launch gap to replay
+                    lines.append(timeline.occurrence(inside, first - start))
         occs = [s for s in stages if s["name"] == name]
         rows.append({"name": name, "calls": len(occs), "span_s": span, "busy_s": busy, "launches": len(ms),
                      "host_s": sum(s["end_us"] - s["start_us"] for s in occs) * 1e-6,
-                     "host_in_graphs_s": sum(s.get("in_calls_us", 0.0) for s in occs) * 1e-6})
+                     "host_in_graphs_s": sum(s.get("in_calls_us", 0.0) for s in occs) * 1e-6, "timelines": lines})
     return rows
 
 
@@ -575,6 +579,7 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
     rows: dict = {}
     other: dict = {}
     stage_rows: dict = {}
+    timelines: dict = {}
     total = attributed = foreign = 0.0
     for measured, stages in traces:
         first: dict = {}  # (graph, call) -> its earliest-launched kernel: one call, one stage
@@ -608,14 +613,18 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
             if m.name not in r["gpu_kernels"]:
                 r["gpu_kernels"].append(m.name)
         for row in _stage_rows(measured, stages):
+            timelines.setdefault(row["name"], []).extend(row.pop("timelines"))
             acc = stage_rows.setdefault(row["name"], {"name": row["name"], "calls": 0, "span_s": 0.0, "busy_s": 0.0,
                                                       "launches": 0, "host_s": 0.0, "host_in_graphs_s": 0.0})
             for k in ("calls", "span_s", "busy_s", "launches", "host_s", "host_in_graphs_s"):
                 acc[k] += row[k]
     launches = [{**r, "calls": len(r["calls"]), "joined_by": sorted(r["joined_by"])} for r in rows.values()]
+    kept = sum(len(o.get("launches", ())) for occs in timelines.values() for o in occs)
+    if kept > timeline.MAX_LAUNCHES:  # too long a profile to keep every launch: predict() says it fell back
+        timelines = {}
     return Timing(cuda=cuda, launches=launches, stages=sorted(stage_rows.values(), key=lambda r: r["name"]),
                   unattributed=list(other.values()), device_kernel_time_s=total, attributed_time_s=attributed,
-                  notes=list(notes), foreign_time_s=foreign)
+                  notes=list(notes), foreign_time_s=foreign, timelines=timelines)
 
 
 __all__ = ["Measured", "join", "timing", "launch_order", "stage_of", "busy_us", "cpu_events", "stage_ranges", "gpu_kernels",

@@ -164,6 +164,9 @@ class Timing:
     foreign_time_s: float = 0.0  # kernel time of graphs graphmfu did not compile (join.FOREIGN), in the total
     foreign_sites: list = dataclasses.field(default_factory=list)  # torch.compile calls with another backend
     # seen in this process (``{"backend", "mode", "caller"}``): where those graphs likely came from
+    timelines: dict = dataclasses.field(default_factory=dict)  # stage -> its occurrences' launch timelines
+    # (``timeline.occurrence``: each launch's CPU time, device start and end, graph and kernel), for predict()'s
+    # replay; {} in records written before them or from profiles of more than timeline.MAX_LAUNCHES launches
 
 
 @dataclasses.dataclass

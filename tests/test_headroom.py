@@ -299,6 +299,51 @@ def test_predict_per_class_arithmetic_by_hand():
     assert any("unchanged" in a for a in p.assumes) and "assumes" in p.table()
 
 
+def _with_timeline(launches, span, busy, cuda=True):
+    rec = synthetic()
+    stage = {"name": "step", "calls": 1, "span_s": span, "busy_s": busy, "launches": 3}
+    rec.timing = dataclasses.replace(rec.timing, cuda=cuda, stages=[stage],
+                                     timelines={"step": [{"lead_us": 0.0, "launches": launches}]})
+    return rec
+
+
+def test_predict_replays_the_launch_timeline_of_a_host_paced_stage():
+    """synthetic()'s three kernels (GEMM 20 ms, add 8 ms, eager 2 ms) launched by a slow host: at 0, 25 and 38 ms
+    (us below: [launch, start, end, graph, kernel]), the device idle 10 of 40 ms.  On B each kernel runs x0.5,
+    x0.25 and x0.25 (test_predict_per_class_arithmetic_by_hand); replayed, each still waits for its launch:
+    GEMM 0 -> 10 ms, add 25 -> 27 ms, eager 38 -> 38.5 ms: the step 38.5 ms, idle 26 ms (the additive model said
+    22.5 ms).  Launched all at once (device-paced, 30 ms busy of 30) the replay gives the additive 12.5 ms; on A
+    both give back the measured span; a CPU record keeps the gaps (its host is the device)."""
+    host = [[0, 0, 20000, 0, 0], [25000, 25000, 33000, 0, 1], [38000, 38000, 40000, None, None]]
+    p = Report(_with_timeline(host, 0.040, 0.030), A).predict(B)
+    st = p.stages[0]
+    assert st["replayed"] and st["predicted_s"] == pytest.approx(0.0385) and p.predicted_step_s == pytest.approx(0.0385)
+    assert st["predicted_idle_s"] == pytest.approx(0.026)
+    assert {c["class"]: c["predicted_s"] for c in p.classes}["idle"] == pytest.approx(0.026)
+    assert any("replayed" in a for a in p.assumes) and "replayed" in p.table()
+    assert Report(_with_timeline(host, 0.040, 0.030), A).predict(A).predicted_step_s == pytest.approx(0.040)
+    device = [[0, 0, 20000, 0, 0], [0, 20000, 28000, 0, 1], [0, 28000, 30000, None, None]]
+    assert Report(_with_timeline(device, 0.030, 0.030), A).predict(B).predicted_step_s == pytest.approx(0.0125)
+    cpu = Report(_with_timeline(host, 0.040, 0.030, cuda=False), A).predict(B)
+    assert not cpu.stages[0]["replayed"] and cpu.predicted_step_s == pytest.approx(0.0225)
+
+
+def test_timeline_occurrence_keeps_launches_and_refuses_concurrent_streams():
+    """Stored relative to the first start, device order; kernels overlapping by more than 2 us (two streams) keep no
+    launches; a 1 us overlap (a dependent launch starting early) is kept and replayed as measured."""
+    from graphmfu.join import Measured
+    from graphmfu.timeline import occurrence, replay
+
+    def m(launch, start, end, g=0, k=0):
+        return Measured("k", start, end, "op", launch, graph=g, kernel=k)
+    occ = occurrence([m(105, 120, 130, 0, 1), m(100, 110, 119, 0, 0)], lead_us=4.0)
+    assert occ == {"lead_us": 4.0, "launches": [[-10.0, 0.0, 9.0, 0, 0], [-5.0, 10.0, 20.0, 0, 1]]}
+    assert replay(occ, lambda g, k: 1.0) == pytest.approx((24.0, 19.0))
+    assert occurrence([m(0, 0, 50), m(1, 10, 60)], 0.0) == {"lead_us": 0.0, "overlapped": True}
+    early = occurrence([m(0, 0, 50), m(1, 49, 60)], 0.0)
+    assert "launches" in early and replay(early, lambda g, k: 1.0)[0] == pytest.approx(60.0)
+
+
 def test_predict_keeps_a_per_launch_floor_measured_in_the_run():
     """Two latency-bound kernels (a 1e5-byte add: 0.1 us at A's 1000 GB/s, measured 3 and 5 us) set the floor:
     the shortest launch of a kernel under 10% of its roofline, 3 us; it stays on B, the rest scales."""

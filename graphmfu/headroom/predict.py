@@ -12,9 +12,12 @@ Per kernel class — ``gemm`` (matrix FLOPs), ``attention`` (SDPA / flex / atten
                  for one kernel, its achieved fraction kept)
   uncosted     : time x DRAM GB/s(measured) / DRAM GB/s(target)
   collective   : time x NVLink GB/s(measured) / NVLink GB/s(target) when both have a figure, else unchanged
-  idle         : unchanged (the host and its launch path are the same)
+  idle         : the replay's (the host's launch times are the same); unchanged where there is no timeline
 
-Per stage (inclusive of nested stages, each with its own classes): predicted span = idle + busy x (predicted
+Per stage (inclusive of nested stages, each with its own classes): predicted span = the stage's launch timeline
+replayed with each kernel's predicted time (``timeline.replay``: a kernel starts when the host launched it or
+when the previous one ends, whichever is later; a host-paced stage stays as long as its launches), else (no
+timeline kept: kernels on several streams, an older record, a very long profile) idle + busy x (predicted
 kernel time / measured kernel time).  The step is the top-level stages plus kernels outside stages (no
 stages: the kernel time); predicted MFU = the step's matrix FLOPs at the target's peaks / predicted step.
 Predicting the measured device returns the measured times.  ``Prediction.assumes`` says all of this.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from graphmfu import timeline
 from graphmfu.derive import in_stage, views
 from graphmfu.errors import GraphMFUError
 from graphmfu.headroom.ranking import step_s
@@ -59,8 +63,10 @@ class Prediction:
                        [[c["class"], ms(c["measured_s"]), ms(c["t_min_s"]), pct(c["achieved"]),
                          ms(c["t_min_target_s"]), ms(c["predicted_s"])] for c in self.classes])]
         if self.stages:
-            out.append(Section("per stage", ["stage", "measured ms", "predicted ms", "idle ms (kept)"],
-                               [[s["name"], ms(s["measured_s"]), ms(s["predicted_s"]), ms(s["idle_s"])]
+            out.append(Section("per stage", ["stage", "measured ms", "predicted ms", "idle ms", "predicted idle ms",
+                                             "launch gaps"],
+                               [[s["name"], ms(s["measured_s"]), ms(s["predicted_s"]), ms(s["idle_s"]),
+                                 ms(s["predicted_idle_s"]), "replayed" if s["replayed"] else "kept"]
                                 for s in self.stages]))
         out.append(Section("assumes", lines=[f"- {a}" for a in self.assumes]))
         return out
@@ -198,13 +204,21 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
         t = sum(v[0] for v in cls.values())
         return t, sum(v[0] * r[c] for c, v in cls.items()), {c: (v, r[c]) for c, v in cls.items()}
 
+    ratio = _launch_ratios(rows, bw, link)
+    # a CPU run's "kernels" run on the host that launches them: its gaps are its own time, not slack to replay
+    lines = record.timing.timelines if record.timing is not None and record.timing.cuda else {}
     stages = []
     for s in data.get("stages", []):
         t, pt, _ = carried(lambda k, n=s["name"]: in_stage(k["stage"], n), lambda o, n=s["name"]: in_stage(o["stage"], n))
         idle = s["span_s"] - s["busy_s"]
         busy = s["busy_s"] * (pt / t) if t else s["busy_s"]
-        stages.append({"name": s["name"], "parent": s["parent"], "measured_s": s["span_s"], "predicted_s": idle + busy,
-                       "idle_s": idle, "kernel_s": t, "predicted_kernel_s": pt})
+        span, replayed = idle + busy, False
+        occs = [timeline.replay(o, ratio) for o in lines.get(s["name"], ())]
+        if occs and len(occs) == s["calls"] and all(o is not None for o in occs):
+            span, busy, replayed = sum(o[0] for o in occs) * 1e-6, sum(o[1] for o in occs) * 1e-6, True
+        stages.append({"name": s["name"], "parent": s["parent"], "measured_s": s["span_s"], "predicted_s": span,
+                       "idle_s": idle, "predicted_idle_s": max(span - busy, 0.0), "replayed": replayed,
+                       "kernel_s": t, "predicted_kernel_s": pt})
     step = step_s(data, un)
     if stages:
         _, outside, _ = carried(lambda k: not k["stage"], lambda o: not o["stage"])
@@ -217,11 +231,14 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
                 "t_min_target_s": v[2], "predicted_s": v[0] * r, "ratio": r} for c, (v, r) in cls.items() if v[0]]
     idle_all = sum(s["idle_s"] for s in stages if s["parent"] is None)
     if idle_all:
+        idle_pred = sum(s["predicted_idle_s"] for s in stages if s["parent"] is None)
         classes.append({"class": "idle", "measured_s": idle_all, "t_min_s": 0.0, "achieved": None,
-                        "t_min_target_s": 0.0, "predicted_s": idle_all, "ratio": 1.0})
+                        "t_min_target_s": 0.0, "predicted_s": idle_pred, "ratio": idle_pred / idle_all})
     mfu = sum(k["t_matrix_s"] for k in data.get("kernels", [])) / step if step else None
     pmfu = sum(t_matrix.values()) / predicted if predicted else None
-    said = assumes(measured, target, ceilings, link is not None, floor)
+    said = assumes(measured, target, ceilings, link is not None, floor,
+                   replayed=[s["name"] for s in stages if s["replayed"]],
+                   kept=[s["name"] for s in stages if not s["replayed"]])
     if sizes:
         said += [f"at {_sizes(sizes)}: each measured kernel costed at these symbol values, the others as measured "
                  f"(a probe's count, e.g. an attention mask's kept pairs, is a symbol too: give it when it changes); "
@@ -234,18 +251,38 @@ def _sizes(sizes: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
-def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0) -> list[str]:
+def _launch_ratios(rows: list, bw: float, link: float | None):
+    """``ratio(graph, kernel)``: a launch's predicted / measured time, for the timeline replay: its kernel's own
+    carried time (collectives: the link ratio), kernels outside graphmfu's graphs the DRAM ratio."""
+    acc: dict = {}
+    for k, cls, _tt, pt in rows:
+        a = acc.setdefault((k["graph"], k["index"]), [0.0, 0.0])
+        a[0] += k["time_s"]
+        a[1] += k["time_s"] * (link if link is not None else 1.0) if cls == "collective" else pt
+    by = {key: (p / t if t else 1.0) for key, (t, p) in acc.items()}
+    return lambda g, k: bw if g is None else by.get((g, k), 1.0)
+
+
+def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, replayed=(), kept=()) -> list[str]:
     out = [f"each kernel keeps the fraction of its roofline minimum it reached on {measured.name} (same kernels, "
            f"shapes, dtypes and fusion; its time x t_min on {target.name} / t_min on {measured.name})"
            + (f", above a fixed {floor * 1e6:.2f} us per launch that does not scale (the run's shortest launch "
               f"of a latency-bound kernel: under {LATENCY_SHARE:.0%} of its roofline)" if floor else
               "; no kernel of this run is latency-bound, so no per-launch floor is kept"),
            f"ceilings: {target.name} {ceilings} ({target.source}); {measured.name}: {measured.source}",
-           "launch gaps (span - busy) are unchanged: the same host, launch path and Python overhead",
+           *([f"stage(s) {', '.join(replayed)}: the measured launch timeline replayed with the predicted kernel "
+              f"times (each kernel starts when the host launched it or when the previous one ends; the host's "
+              f"launch times are the same: the same host, launch path and Python overhead; a host that waits on "
+              f"the device is not moved with it)"] if replayed else []),
+           *([f"stage(s) {', '.join(kept)}: launch gaps (span - busy) unchanged (no launch timeline to replay: "
+              f"a CPU run, kernels on several streams, a record without timelines, or a profile of over "
+              f"{timeline.MAX_LAUNCHES} launches); busy time scales with the stage's kernel time"] if kept else []),
+           *([] if replayed or kept else ["launch gaps (span - busy) are unchanged: the same host, launch path and "
+                                          "Python overhead"]),
            "kernels of no known cost (outside every graph, unknown ops) scale with DRAM bandwidth",
            ("collectives scale with NVLink bandwidth" if link else
             "collectives are unchanged (no link figure for both devices)"),
-           "overlap is unchanged: busy time scales with the stage's kernel time",
+           "overlap between streams is unchanged: busy time scales with the kernel time",
            "TF32 and dtypes as recorded: a faster path the target offers (fp8, TF32 left off) is not taken"]
     if measured.measured and not target.measured:
         out.append(f"measured on a CPU ({measured.name}): its achieved fractions say little about a GPU; read the "
