@@ -156,13 +156,15 @@ def stage_ranges(events) -> list[dict]:
     between the calls, eager ops, graph breaks' returns to Python)."""
     calls = sorted((e.time_range.start, e.time_range.end) for e in events if e.name.startswith(_inductor.CALL_RANGE))
     starts = [a for a, _ in calls]
+    syncs = sorted(e.time_range.start for e in events if e.name in timeline.SYNCS)
     out = []
     for e in events:
         if not e.name.startswith(STAGE_RANGE):
             continue
         a, b = e.time_range.start, e.time_range.end
         inside = [(x, min(y, b)) for x, y in calls[bisect.bisect_left(starts, a):bisect.bisect_right(starts, b)]]
-        out.append({"name": e.name[len(STAGE_RANGE):], "start_us": a, "end_us": b, "in_calls_us": busy_us(inside)})
+        out.append({"name": e.name[len(STAGE_RANGE):], "start_us": a, "end_us": b, "in_calls_us": busy_us(inside),
+                    "syncs": bisect.bisect_right(syncs, b) - bisect.bisect_left(syncs, a)})
     return out
 
 
@@ -525,7 +527,7 @@ def _in_stage(stage: str | None, name: str) -> bool:
     return bool(stage) and (stage == name or stage.startswith(name + "/"))
 
 
-def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
+def _stage_rows(measured: list[Measured], stages: list[dict], keep: list | None = None) -> list[dict]:
     """Per stage name (inclusive of nested stages): calls, device span, busy time, launches.
 
     Span and busy are taken per occurrence of the stage (a repeated stage interleaved with another
@@ -536,7 +538,11 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
     before it starts), the CPU's time from the stage start to its first kernel's launch before that
     kernel's start on the device: the leading launch gap is idle time of the stage, but the launch
     latency and any offset between the CPU and GPU clocks are not (an H200 prefill of 10 calls in one
-    stage: the CPU start put the span 3.2% above CUDA events inside the stage)."""
+    stage: the CPU start put the span 3.2% above CUDA events inside the stage).
+
+    ``keep``: a one-element list, how many more launches may be stored: each occurrence's launch timeline
+    (``timeline.occurrence``) goes on the row (``timelines``) while they last, then ``keep[0]`` is set to -1
+    (the caller keeps none); None: none stored."""
     by_start = sorted(measured, key=lambda m: m.start_us)  # device order: what ran before a stage's first kernel
     starts = [m.start_us for m in by_start]
     prefix_end, cur = [], float("-inf")
@@ -551,6 +557,8 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
         for occ in (s for s in stages if s["name"] == name):
             inside = [m for m in ms if occ["start_us"] <= m.launch_start_us <= occ["end_us"]]
             spans = [(m.start_us, m.end_us) for m in inside]
+            if not spans and keep is not None:
+                lines.append(timeline.occurrence([], 0.0, 0.0, 0.0))
             if spans:
                 lead = min(inside, key=lambda m: m.start_us)
                 first = lead.start_us
@@ -563,9 +571,14 @@ def _stage_rows(measured: list[Measured], stages: list[dict]) -> list[dict]:
                 end = max(e for _, e in spans)
                 compiling = _overlap(start, end, [(a, b, None) for a, b in occ.get("compiles", ())])
                 span += (end - start - compiling) * 1e-6
-                busy += busy_us(spans) * 1e-6
-                if not compiling:  # a compile inside the span is no launch gap to replay
-                    lines.append(timeline.occurrence(inside, first - start))
+                b_us = busy_us(spans)
+                busy += b_us * 1e-6
+                if keep is not None and keep[0] >= len(inside):
+                    keep[0] -= len(inside)
+                    lines.append(timeline.occurrence(inside, first - start, end - start - compiling, b_us,
+                                                     occ.get("syncs", 0), bool(compiling)))
+                elif keep is not None:
+                    keep[0] = -1  # over the limit: the caller keeps none
         occs = [s for s in stages if s["name"] == name]
         rows.append({"name": name, "calls": len(occs), "span_s": span, "busy_s": busy, "launches": len(ms),
                      "host_s": sum(s["end_us"] - s["start_us"] for s in occs) * 1e-6,
@@ -580,6 +593,7 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
     other: dict = {}
     stage_rows: dict = {}
     timelines: dict = {}
+    keep = [timeline.MAX_LAUNCHES] if cuda else None  # CPU runs: predict() does not replay them
     total = attributed = foreign = 0.0
     for measured, stages in traces:
         first: dict = {}  # (graph, call) -> its earliest-launched kernel: one call, one stage
@@ -612,15 +626,14 @@ def timing(traces: list[tuple], notes: list[str], cuda: bool) -> Timing:
             r["joined_by"].add(m.how)
             if m.name not in r["gpu_kernels"]:
                 r["gpu_kernels"].append(m.name)
-        for row in _stage_rows(measured, stages):
+        for row in _stage_rows(measured, stages, keep):
             timelines.setdefault(row["name"], []).extend(row.pop("timelines"))
             acc = stage_rows.setdefault(row["name"], {"name": row["name"], "calls": 0, "span_s": 0.0, "busy_s": 0.0,
                                                       "launches": 0, "host_s": 0.0, "host_in_graphs_s": 0.0})
             for k in ("calls", "span_s", "busy_s", "launches", "host_s", "host_in_graphs_s"):
                 acc[k] += row[k]
     launches = [{**r, "calls": len(r["calls"]), "joined_by": sorted(r["joined_by"])} for r in rows.values()]
-    kept = sum(len(o.get("launches", ())) for occs in timelines.values() for o in occs)
-    if kept > timeline.MAX_LAUNCHES:  # too long a profile to keep every launch: predict() says it fell back
+    if keep is None or keep[0] < 0:  # a CPU run, or too long a profile to keep every launch: predict() says so
         timelines = {}
     return Timing(cuda=cuda, launches=launches, stages=sorted(stage_rows.values(), key=lambda r: r["name"]),
                   unattributed=list(other.values()), device_kernel_time_s=total, attributed_time_s=attributed,

@@ -299,11 +299,12 @@ def test_predict_per_class_arithmetic_by_hand():
     assert any("unchanged" in a for a in p.assumes) and "assumes" in p.table()
 
 
-def _with_timeline(launches, span, busy, cuda=True):
+def _with_timeline(launches, span, busy, cuda=True, **flags):
     rec = synthetic()
     stage = {"name": "step", "calls": 1, "span_s": span, "busy_s": busy, "launches": 3}
-    rec.timing = dataclasses.replace(rec.timing, cuda=cuda, stages=[stage],
-                                     timelines={"step": [{"lead_us": 0.0, "launches": launches}]})
+    occ = {"lead_us": 0.0, "span_us": span * 1e6, "busy_us": busy * 1e6, "stages": ["step"],
+           "launches": [[*x, 0] for x in launches], **flags}
+    rec.timing = dataclasses.replace(rec.timing, cuda=cuda, stages=[stage], timelines={"step": [occ]})
     return rec
 
 
@@ -313,7 +314,8 @@ def test_predict_replays_the_launch_timeline_of_a_host_paced_stage():
     x0.25 and x0.25 (test_predict_per_class_arithmetic_by_hand); replayed, each still waits for its launch:
     GEMM 0 -> 10 ms, add 25 -> 27 ms, eager 38 -> 38.5 ms: the step 38.5 ms, idle 26 ms (the additive model said
     22.5 ms).  Launched all at once (device-paced, 30 ms busy of 30) the replay gives the additive 12.5 ms; on A
-    both give back the measured span; a CPU record keeps the gaps (its host is the device)."""
+    both give back the measured span; a CPU record, or an occurrence in which the host waited for the device,
+    keeps the gaps (22.5 ms)."""
     host = [[0, 0, 20000, 0, 0], [25000, 25000, 33000, 0, 1], [38000, 38000, 40000, None, None]]
     p = Report(_with_timeline(host, 0.040, 0.030), A).predict(B)
     st = p.stages[0]
@@ -326,22 +328,50 @@ def test_predict_replays_the_launch_timeline_of_a_host_paced_stage():
     assert Report(_with_timeline(device, 0.030, 0.030), A).predict(B).predicted_step_s == pytest.approx(0.0125)
     cpu = Report(_with_timeline(host, 0.040, 0.030, cuda=False), A).predict(B)
     assert not cpu.stages[0]["replayed"] and cpu.predicted_step_s == pytest.approx(0.0225)
+    assert any("a CPU run" in a for a in cpu.assumes)
+    synced = Report(_with_timeline(host, 0.040, 0.030, syncs=1), A).predict(B)
+    assert not synced.stages[0]["replayed"] and synced.predicted_step_s == pytest.approx(0.0225)
+    assert any("the host waited for the device" in a for a in synced.assumes)
 
 
-def test_timeline_occurrence_keeps_launches_and_refuses_concurrent_streams():
-    """Stored relative to the first start, device order; kernels overlapping by more than 2 us (two streams) keep no
-    launches; a 1 us overlap (a dependent launch starting early) is kept and replayed as measured."""
+def _m(launch, start, end, g=0, k=0, stage="s"):
     from graphmfu.join import Measured
+
+    return Measured("k", start, end, "op", launch, graph=g, kernel=k, stage=stage)
+
+
+def test_timeline_occurrence_and_replay_by_hand():
+    """Stored relative to the first start, device order, each launch with its innermost stage; more than 2 us of
+    overlap (two streams) is flagged and carried additively; a 1 us overlap (a dependent launch starting early)
+    is replayed, and a kernel never starts before its launch (+ delta) however early the previous one ends."""
     from graphmfu.timeline import occurrence, replay
 
-    def m(launch, start, end, g=0, k=0):
-        return Measured("k", start, end, "op", launch, graph=g, kernel=k)
-    occ = occurrence([m(105, 120, 130, 0, 1), m(100, 110, 119, 0, 0)], lead_us=4.0)
-    assert occ == {"lead_us": 4.0, "launches": [[-10.0, 0.0, 9.0, 0, 0], [-5.0, 10.0, 20.0, 0, 1]]}
-    assert replay(occ, lambda g, k: 1.0) == pytest.approx((24.0, 19.0))
-    assert occurrence([m(0, 0, 50), m(1, 10, 60)], 0.0) == {"lead_us": 0.0, "overlapped": True}
-    early = occurrence([m(0, 0, 50), m(1, 49, 60)], 0.0)
-    assert "launches" in early and replay(early, lambda g, k: 1.0)[0] == pytest.approx(60.0)
+    one = lambda g, k, st: 1.0  # noqa: E731
+    occ = occurrence([_m(105, 120, 130, 0, 1), _m(100, 110, 119, 0, 0)], 4.0, 24.0, 19.0)
+    assert occ["launches"] == [[-10.0, 0.0, 9.0, 0, 0, 0], [-5.0, 10.0, 20.0, 0, 1, 0]] and occ["stages"] == ["s"]
+    assert replay(occ, one) == pytest.approx((24.0, 19.0))
+    two = occurrence([_m(0, 0, 50), _m(1, 10, 60)], 0.0, 60.0, 60.0)
+    assert two["overlapped"] and replay(two, lambda g, k, st: 0.5) == pytest.approx((30.0, 30.0))  # additive
+    early = occurrence([_m(0, 0, 50, k=0), _m(40, 49, 60, k=1)], 0.0, 60.0, 60.0)
+    assert "overlapped" not in early and replay(early, one)[0] == pytest.approx(60.0)
+    # kernel 0 at x0.1 ends at 5; kernel 1 (delta 0) is ready at 40 and lasts 11: the span is 51, not 50
+    assert replay(early, lambda g, k, st: 0.1 if k == 0 else 1.0)[0] == pytest.approx(51.0)
+    assert replay(occurrence([], 0.0, 0.0, 0.0), one) == (0.0, 0.0)
+
+
+def test_replay_lets_a_host_far_ahead_go_and_keys_ratios_by_stage():
+    """A device-bound stream of 300 kernels of 100 us, launched 1 us apart until 100 are queued, then each only as
+    one ends (launch = the end of kernel i - 100: the host blocked on a full queue): at x0.5 the replay must give
+    300 x 50 us (+ the 5 us lead), not pin the late launches to their measured, device-paced times.  The ratio is
+    taken per (graph, kernel, stage): the same kernel x0.5 in stage a and x2 in stage b."""
+    from graphmfu.timeline import occurrence, replay
+
+    ks = [_m(i * 1.0 if i < 100 else (i - 100) * 100.0 + 105.0, i * 100.0 + 5.0, i * 100.0 + 105.0) for i in range(300)]
+    occ = occurrence(ks, 5.0, 30005.0, 30000.0)
+    assert replay(occ, lambda g, k, st: 1.0)[0] == pytest.approx(30005.0)
+    assert replay(occ, lambda g, k, st: 0.5)[0] == pytest.approx(15005.0)
+    mixed = occurrence([_m(0, 0, 10, stage="a"), _m(0, 10, 20, stage="b")], 0.0, 20.0, 20.0)
+    assert replay(mixed, lambda g, k, st: {"a": 0.5, "b": 2.0}[st]) == pytest.approx((25.0, 25.0))
 
 
 def test_predict_keeps_a_per_launch_floor_measured_in_the_run():

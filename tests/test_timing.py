@@ -270,3 +270,27 @@ def test_a_kernel_without_its_launch_op_stays_in_its_step():
     assert rows["a"]["span_s"] == pytest.approx(17e-6) and rows["a"]["launches"] == 3
     assert rows["c"]["span_s"] == pytest.approx(39e-6) and rows["c"]["launches"] == 2
     assert rows["b"]["launches"] == 0
+
+
+def test_join_keeps_each_stage_occurrence_launch_timeline(monkeypatch):
+    """join.timing on hand-made kernels: stage "step" twice (two kernels and a sync in the first, none in the
+    second): its timelines hold both occurrences in device order relative to the first start, the innermost stage
+    of each launch, the sync count; a CPU run keeps none (predict does not replay it); over the launch limit, none."""
+    from graphmfu import join, timeline
+    from graphmfu.join import Measured
+
+    ks = [Measured("b", 130.0, 150.0, "op", 120.0, graph=0, kernel=1),
+          Measured("a", 110.0, 125.0, "op", 100.0, graph=0, kernel=0)]
+    stages = [{"name": "step", "start_us": 90.0, "end_us": 160.0, "in_calls_us": 0.0, "syncs": 1},
+              {"name": "step", "start_us": 200.0, "end_us": 210.0, "in_calls_us": 0.0, "syncs": 0}]
+    t = join.timing([(ks, stages)], [], cuda=True)
+    first, empty = t.timelines["step"]
+    # span: the device was idle at the stage start, so it starts 10 us (CPU 90 -> launch 100) before 110: 100 -> 150
+    assert first["lead_us"] == 10.0 and first["span_us"] == 50.0 and first["busy_us"] == 35.0
+    assert first["launches"] == [[-10.0, 0.0, 15.0, 0, 0, 0], [10.0, 20.0, 40.0, 0, 1, 0]]
+    assert first["stages"] == ["step"] and first["syncs"] == 1 and timeline.why_not(first)
+    assert empty["launches"] == [] and timeline.replay(empty, lambda g, k, s: 1.0) == (0.0, 0.0)
+    assert t.stages[0]["span_s"] == pytest.approx(50e-6)
+    assert join.timing([(ks, stages)], [], cuda=False).timelines == {}
+    monkeypatch.setattr(timeline, "MAX_LAUNCHES", 1)
+    assert join.timing([(ks, stages)], [], cuda=True).timelines == {}

@@ -212,13 +212,16 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
         t, pt, _ = carried(lambda k, n=s["name"]: in_stage(k["stage"], n), lambda o, n=s["name"]: in_stage(o["stage"], n))
         idle = s["span_s"] - s["busy_s"]
         busy = s["busy_s"] * (pt / t) if t else s["busy_s"]
-        span, replayed = idle + busy, False
-        occs = [timeline.replay(o, ratio) for o in lines.get(s["name"], ())]
-        if occs and len(occs) == s["calls"] and all(o is not None for o in occs):
-            span, busy, replayed = sum(o[0] for o in occs) * 1e-6, sum(o[1] for o in occs) * 1e-6, True
+        span, replayed, why = idle + busy, False, None
+        occs = lines.get(s["name"], ())
+        if occs and len(occs) == s["calls"]:
+            out = [timeline.replay(o, ratio) for o in occs]
+            span, busy = sum(o[0] for o in out) * 1e-6, sum(o[1] for o in out) * 1e-6
+            whys = sorted({w for w in map(timeline.why_not, occs) if w})
+            replayed, why = not whys, "; ".join(whys) or None
         stages.append({"name": s["name"], "parent": s["parent"], "measured_s": s["span_s"], "predicted_s": span,
                        "idle_s": idle, "predicted_idle_s": max(span - busy, 0.0), "replayed": replayed,
-                       "kernel_s": t, "predicted_kernel_s": pt})
+                       "not_replayed": why if occs else None, "kernel_s": t, "predicted_kernel_s": pt})
     step = step_s(data, un)
     if stages:
         _, outside, _ = carried(lambda k: not k["stage"], lambda o: not o["stage"])
@@ -238,7 +241,9 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
     pmfu = sum(t_matrix.values()) / predicted if predicted else None
     said = assumes(measured, target, ceilings, link is not None, floor,
                    replayed=[s["name"] for s in stages if s["replayed"]],
-                   kept=[s["name"] for s in stages if not s["replayed"]])
+                   kept=[s["name"] + (f" (occurrences with {s['not_replayed']}: gaps kept)" if s["not_replayed"] else "")
+                         for s in stages if not s["replayed"]],
+                   why=_why_none(record))
     if sizes:
         said += [f"at {_sizes(sizes)}: each measured kernel costed at these symbol values, the others as measured "
                  f"(a probe's count, e.g. an attention mask's kept pairs, is a symbol too: give it when it changes); "
@@ -252,18 +257,26 @@ def _sizes(sizes: dict) -> str:
 
 
 def _launch_ratios(rows: list, bw: float, link: float | None):
-    """``ratio(graph, kernel)``: a launch's predicted / measured time, for the timeline replay: its kernel's own
-    carried time (collectives: the link ratio), kernels outside graphmfu's graphs the DRAM ratio."""
-    acc: dict = {}
-    for k, cls, _tt, pt in rows:
-        a = acc.setdefault((k["graph"], k["index"]), [0.0, 0.0])
-        a[0] += k["time_s"]
-        a[1] += k["time_s"] * (link if link is not None else 1.0) if cls == "collective" else pt
-    by = {key: (p / t if t else 1.0) for key, (t, p) in acc.items()}
-    return lambda g, k: bw if g is None else by.get((g, k), 1.0)
+    """``ratio(graph, kernel, stage)``: a launch's predicted / measured time, for the timeline replay: its kernel
+    row's own carried time in that stage (collectives: the link ratio), kernels outside graphmfu's graphs the
+    DRAM ratio."""
+    by = {(k["graph"], k["index"], k["stage"]): ((k["time_s"] * (link if link is not None else 1.0)
+                                                  if cls == "collective" else pt) / k["time_s"] if k["time_s"] else 1.0)
+          for k, cls, _tt, pt in rows}
+    return lambda g, k, stage: bw if g is None else by.get((g, k, stage), 1.0)
 
 
-def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, replayed=(), kept=()) -> list[str]:
+def _why_none(record) -> str:
+    """Why a CUDA record has no launch timelines at all."""
+    if record.timing is None or not record.timing.cuda:
+        return "a CPU run (its kernels run on the host that launches them)"
+    if not record.timing.timelines:
+        return f"a record without timelines (from before them, or a profile of over {timeline.MAX_LAUNCHES} launches)"
+    return "no timeline for the stage"
+
+
+def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, replayed=(), kept=(),
+            why: str = "") -> list[str]:
     out = [f"each kernel keeps the fraction of its roofline minimum it reached on {measured.name} (same kernels, "
            f"shapes, dtypes and fusion; its time x t_min on {target.name} / t_min on {measured.name})"
            + (f", above a fixed {floor * 1e6:.2f} us per launch that does not scale (the run's shortest launch "
@@ -272,11 +285,10 @@ def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, rep
            f"ceilings: {target.name} {ceilings} ({target.source}); {measured.name}: {measured.source}",
            *([f"stage(s) {', '.join(replayed)}: the measured launch timeline replayed with the predicted kernel "
               f"times (each kernel starts when the host launched it or when the previous one ends; the host's "
-              f"launch times are the same: the same host, launch path and Python overhead; a host that waits on "
-              f"the device is not moved with it)"] if replayed else []),
-           *([f"stage(s) {', '.join(kept)}: launch gaps (span - busy) unchanged (no launch timeline to replay: "
-              f"a CPU run, kernels on several streams, a record without timelines, or a profile of over "
-              f"{timeline.MAX_LAUNCHES} launches); busy time scales with the stage's kernel time"] if kept else []),
+              f"launch times are the same: the same host, launch path and Python overhead; a launch made while "
+              f"{timeline.QUEUED}+ kernels were queued waits only for the previous kernel)"] if replayed else []),
+           *([f"stage(s) {', '.join(kept)}: launch gaps (span - busy) unchanged, busy time scaled with the kernel "
+              f"time" + ("" if any("(" in k for k in kept) else f" ({why})")] if kept else []),
            *([] if replayed or kept else ["launch gaps (span - busy) are unchanged: the same host, launch path and "
                                           "Python overhead"]),
            "kernels of no known cost (outside every graph, unknown ops) scale with DRAM bandwidth",
