@@ -105,23 +105,17 @@ def replay(occ: dict, ratio: Ratio) -> tuple[float, float]:
     durations = _scaled(occ, ratio)
     delta = min(s - launch for launch, s, *_ in launches)
     ends: list = []  # the latest measured end so far, per kernel (non-decreasing)
-    end = end2 = None
+    end = end2 = launches[0][1]  # the first kernel starts where it did: nothing before it to wait for
     busy = 0.0
     for (launch, s, e, *_), d in zip(launches, durations):
         ahead = len(ends) - bisect.bisect_right(ends, launch + delta)  # earlier kernels unfinished at the launch
-        ready = launch + delta if ahead < QUEUED else None
-        base = s if end is None else (end if ready is None else max(ready, end))
-        wait = s - base
-        if end2 is None:
-            start2 = s
-        else:
-            start2 = (end2 if ready is None else max(ready, end2)) + wait
-            if ready is not None:
-                start2 = max(ready, start2)
-        end = e if end is None else max(end, e)
+        ready = launch + delta if ahead < QUEUED else float("-inf")
+        wait = s - max(ready, end)
+        start2 = max(ready, max(ready, end2) + wait)
+        end = max(end, e)
         ends.append(end)
-        busy += d if end2 is None else max(0.0, start2 + d - max(start2, end2))  # the union, as measured busy
-        end2 = start2 + d if end2 is None else max(end2, start2 + d)
+        busy += max(0.0, start2 + d - max(start2, end2))  # the union, as measured busy
+        end2 = max(end2, start2 + d)
     return occ["lead_us"] + end2, busy
 
 

@@ -19,7 +19,7 @@ LAUNCH_BOUND_KERNEL_S = 20e-6  # kernels shorter than this on average: the launc
 # host Inductor's wrapper and launcher took 22-25 us per launch without the profiler and at most ~3 us more under
 # it (bench/probe/profiler_launch_cost.py, docs/validation.md 2026-12-04 fifth session); the plants' 35-47 us runs
 # were that host on slower days, not the profiler
-PROFILED_LAUNCH_S = 20e-6
+SLOW_LAUNCH_S = 20e-6
 
 
 def _leaves(stages: list[dict]) -> list[dict]:
@@ -48,7 +48,7 @@ def launch_gaps(ctx: Context) -> list[Cause]:
             action += " (CPU run: the gaps are Python and dispatcher time between ops; CUDA graphs apply on a GPU)"
         inside = s.get("host_in_graphs_s")
         graph_launches = n - eager_launches(ctx, s["name"])
-        if cuda and inside and graph_launches > 0 and inside / graph_launches > PROFILED_LAUNCH_S:
+        if cuda and inside and graph_launches > 0 and inside / graph_launches > SLOW_LAUNCH_S:
             evidence += (f"; inside the graph calls the host spent {us(inside / graph_launches)} per kernel launch "
                          f"(under the profiler: Inductor's wrapper and launcher, which the profiler slows by a few us "
                          f"per launch; graphmfu.meter() times steps without it): the launch path paces this stage")

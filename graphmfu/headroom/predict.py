@@ -221,7 +221,7 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
             replayed, why = not whys, "; ".join(whys) or None
         stages.append({"name": s["name"], "parent": s["parent"], "measured_s": s["span_s"], "predicted_s": span,
                        "idle_s": idle, "predicted_idle_s": max(span - busy, 0.0), "replayed": replayed,
-                       "not_replayed": why if occs else None, "kernel_s": t, "predicted_kernel_s": pt})
+                       "not_replayed": why, "kernel_s": t, "predicted_kernel_s": pt})
     step = step_s(data, un)
     if stages:
         _, outside, _ = carried(lambda k: not k["stage"], lambda o: not o["stage"])
@@ -241,9 +241,8 @@ def predict(data: dict, record, measured, target, ceilings: str = "datasheet", s
     pmfu = sum(t_matrix.values()) / predicted if predicted else None
     said = assumes(measured, target, ceilings, link is not None, floor,
                    replayed=[s["name"] for s in stages if s["replayed"]],
-                   kept=[s["name"] + (f" (occurrences with {s['not_replayed']}: gaps kept)" if s["not_replayed"] else "")
-                         for s in stages if not s["replayed"]],
-                   why=_why_none(record))
+                   kept=[f"{s['name']} ({'in some occurrences: ' + s['not_replayed'] if s['not_replayed'] else _why_none(record)})"
+                         for s in stages if not s["replayed"]])
     if sizes:
         said += [f"at {_sizes(sizes)}: each measured kernel costed at these symbol values, the others as measured "
                  f"(a probe's count, e.g. an attention mask's kept pairs, is a symbol too: give it when it changes); "
@@ -260,23 +259,24 @@ def _launch_ratios(rows: list, bw: float, link: float | None):
     """``ratio(graph, kernel, stage)``: a launch's predicted / measured time, for the timeline replay: its kernel
     row's own carried time in that stage (collectives: the link ratio), kernels outside graphmfu's graphs the
     DRAM ratio."""
-    by = {(k["graph"], k["index"], k["stage"]): ((k["time_s"] * (link if link is not None else 1.0)
-                                                  if cls == "collective" else pt) / k["time_s"] if k["time_s"] else 1.0)
+    link = link if link is not None else 1.0
+    by = {(k["graph"], k["index"], k["stage"]): (link if cls == "collective" else pt / k["time_s"]) if k["time_s"] else 1.0
           for k, cls, _tt, pt in rows}
     return lambda g, k, stage: bw if g is None else by.get((g, k, stage), 1.0)
 
 
 def _why_none(record) -> str:
-    """Why a CUDA record has no launch timelines at all."""
+    """Why a stage of ``record`` had no launch timeline to replay."""
     if record.timing is None or not record.timing.cuda:
-        return "a CPU run (its kernels run on the host that launches them)"
+        return "a CPU run: its kernels run on the host that launches them"
     if not record.timing.timelines:
         return f"a record without timelines (from before them, or a profile of over {timeline.MAX_LAUNCHES} launches)"
     return "no timeline for the stage"
 
 
-def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, replayed=(), kept=(),
-            why: str = "") -> list[str]:
+def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, replayed=(), kept=()) -> list[str]:
+    """What the prediction takes for granted; ``replayed``: the stages whose launch timelines were replayed,
+    ``kept``: the others, each with why (``"decode (a CPU run ...)"``)."""
     out = [f"each kernel keeps the fraction of its roofline minimum it reached on {measured.name} (same kernels, "
            f"shapes, dtypes and fusion; its time x t_min on {target.name} / t_min on {measured.name})"
            + (f", above a fixed {floor * 1e6:.2f} us per launch that does not scale (the run's shortest launch "
@@ -287,8 +287,8 @@ def assumes(measured, target, ceilings: str, link: bool, floor: float = 0.0, rep
               f"times (each kernel starts when the host launched it or when the previous one ends; the host's "
               f"launch times are the same: the same host, launch path and Python overhead; a launch made while "
               f"{timeline.QUEUED}+ kernels were queued waits only for the previous kernel)"] if replayed else []),
-           *([f"stage(s) {', '.join(kept)}: launch gaps (span - busy) unchanged, busy time scaled with the kernel "
-              f"time" + ("" if any("(" in k for k in kept) else f" ({why})")] if kept else []),
+           *([f"stage(s) {'; '.join(kept)}: launch gaps (span - busy) unchanged, busy time scaled with the kernel "
+              f"time"] if kept else []),
            *([] if replayed or kept else ["launch gaps (span - busy) are unchanged: the same host, launch path and "
                                           "Python overhead"]),
            "kernels of no known cost (outside every graph, unknown ops) scale with DRAM bandwidth",
